@@ -1,0 +1,3 @@
+from coiled_setup.cli import main
+
+main()

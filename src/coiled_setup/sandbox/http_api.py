@@ -1,0 +1,331 @@
+"""The HTTP side of the sandbox: the OAuth token endpoint, Coiled's routes, and /_sandbox."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from coiled_setup.sandbox.auth import GrantError, grant_token
+from coiled_setup.sandbox.world import World
+
+KEY_FIELDS = (
+    "type", "project_id", "private_key_id", "private_key", "client_email", "client_id",
+    "auth_uri", "token_uri", "auth_provider_x509_cert_url", "client_x509_cert_url",
+)
+REGISTRY_TYPES = {"gar", "ecr", "dockerhub"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class Route:
+    def __init__(self, method: str, pattern: str, fn, writes: bool = False):
+        self.method = method
+        self.pattern = pattern
+        self.regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+        self.fn = fn
+        self.writes = writes
+
+
+class CoiledApi:
+    """Coiled's control-plane routes, over the shared world."""
+
+    def __init__(self, world: World, required_permissions: list[str]):
+        self.world = world
+        self.required = required_permissions
+        self.routes = [
+            Route("GET", "/api/v2/user/me", self.me),
+            Route("GET", "/api/v2/user/me/memberships", self.memberships),
+            Route("POST", "/api/v2/cloud-credentials/{ws}/gcp", self.store_credentials, True),
+            Route("DELETE", "/api/v2/cloud-credentials/{ws}/gcp", self.drop_credentials, True),
+            Route("PATCH", "/api/v2/setup/account/{ws}/gcp/settings", self.settings, True),
+            Route("DELETE", "/api/v2/setup/account/{ws}/gcp", self.drop_infra, True),
+            Route("POST", "/api/v2/setup/account/{ws}/gcp/global", self.start_global, True),
+            Route("GET", "/api/v2/setup/account/{ws}/gcp/global", self.get_global),
+            Route("POST", "/api/v2/setup/account/{ws}/gcp/regions", self.start_region, True),
+            Route("GET", "/api/v2/setup/account/{ws}/gcp/regions", self.get_regions),
+            Route("POST", "/api/v2/user/account/{ws}/registry", self.set_registry, True),
+            Route("GET", "/api/v1/{ws}/backend_options/", self.backend_options),
+        ]
+
+    # -- helpers -----------------------------------------------------------------------------
+    def user(self, authorization: str | None):
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme in ("Token", "ApiToken") and token in self.world.coiled.users:
+                return self.world.coiled.users[token]
+        raise HttpError(401, "Invalid token.")
+
+    def workspace(self, user, slug: str):
+        ws = self.world.coiled.workspaces.get(slug)
+        if ws is None or slug not in user.workspaces:
+            raise HttpError(404, f"Workspace {slug} not found.")
+        return ws
+
+    def _component(self, comp: dict | None, ws, region: str | None) -> dict | None:
+        """Settles a component whose work time has passed: created, or error with the reason."""
+        if comp is None:
+            return None
+        if comp["state"] == "in progress" and time.monotonic() >= comp["ready_at"]:
+            reason = self._missing(ws, region)
+            comp["state"] = "error" if reason else "created"
+            comp["reason"] = reason
+        return {"state": comp["state"], "reason": comp.get("reason")}
+
+    def _missing(self, ws, region: str | None) -> str | None:
+        """Why Coiled could not work with the stored credentials, as it would find out."""
+        w = self.world
+        creds = ws.credentials or {}
+        sa = w.accounts.get(creds.get("client_email", ""))
+        p = w.projects.get(creds.get("project_id", ""))
+        key = w.keys.get(creds.get("private_key_id", ""))
+        if sa is None or p is None or key is None or key.disabled or sa.disabled:
+            return "The stored service account key is no longer valid."
+        for perm in self.required:
+            if not w.holds(sa.email, perm, p):
+                return f"Permission '{perm}' denied for {sa.email} on project {p.project_id}."
+        if region and ws.registry and ws.registry.get("type") == "gar":
+            repo = w.repositories.get(f"projects/{p.project_id}/locations/{region}/repositories/coiled")
+            if repo is None or repo.ready_at > time.monotonic():
+                return f"Artifact Registry repository 'coiled' not found in {region}."
+            perm = "artifactregistry.repositories.uploadArtifacts"
+            if not w.holds(sa.email, perm, p, repo.policy):
+                return f"Permission '{perm}' denied for {sa.email} on repository {repo.name}."
+        return None
+
+    # -- routes ----------------------------------------------------------------------------------
+    def me(self, user, body, **_):
+        return 200, {"username": user.username}
+
+    def memberships(self, user, body, **_):
+        return 200, [{"account": {"slug": s, "name": s}, "is_admin": user.admin} for s in user.workspaces]
+
+    def store_credentials(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        creds = (body or {}).get("credentials")
+        if isinstance(creds, str):
+            try:
+                creds = json.loads(creds)
+            except ValueError:
+                raise HttpError(400, "The credentials are not valid JSON.") from None
+        if not isinstance(creds, dict):
+            raise HttpError(400, "The credentials must be a service account key (JSON object).")
+        missing = [f for f in KEY_FIELDS if not creds.get(f)]
+        if missing:
+            raise HttpError(400, f"The service account key is missing required fields: {', '.join(missing)}.")
+        key = self.world.keys.get(creds["private_key_id"])
+        sa = self.world.accounts.get(creds["client_email"])
+        if key is None or sa is None or key.email != sa.email or key.disabled or sa.disabled:
+            raise HttpError(400, "Google rejected the service account key: invalid_grant.")
+        w.credentials = {f: creds[f] for f in ("project_id", "private_key_id", "client_email", "client_id")}
+        w.instance_service_account = body.get("instance_service_account")
+        return 201, {"detail": "stored"}
+
+    def drop_credentials(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        w.credentials = None
+        w.instance_service_account = None
+        return 204, None
+
+    def settings(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        if not isinstance(body, dict):
+            raise HttpError(400, "Settings must be a JSON object.")
+        w.settings.update(body)
+        return 200, w.settings
+
+    def drop_infra(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        w.global_infra = None
+        w.regions = []
+        return 204, None
+
+    def start_global(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        if not w.credentials:
+            raise HttpError(400, f"No GCP credentials are stored for workspace {ws}.")
+        w.global_infra = {"state": "in progress", "ready_at": time.monotonic() + self.world.config.infra_s}
+        return 201, {"component": self._component(w.global_infra, w, None)}
+
+    def get_global(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        return 200, {"component": self._component(w.global_infra, w, None)}
+
+    def start_region(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        if not w.credentials:
+            raise HttpError(400, f"No GCP credentials are stored for workspace {ws}.")
+        region = (body or {}).get("region")
+        if not region:
+            raise HttpError(400, "A region is required.")
+        entry = {
+            "region": region,
+            "default": bool(body.get("default")),
+            "managed": bool(body.get("managed", True)),
+            "component": {"state": "in progress", "ready_at": time.monotonic() + self.world.config.infra_s},
+        }
+        if entry["default"]:
+            for r in w.regions:
+                r["default"] = False
+        w.regions = [r for r in w.regions if r["region"] != region] + [entry]
+        return 201, self._region_view(w, entry)
+
+    def _region_view(self, w, r):
+        return {"region": r["region"], "default": r["default"], "managed": r["managed"],
+                "component": self._component(r["component"], w, r["region"])}
+
+    def get_regions(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        return 200, [self._region_view(w, r) for r in w.regions]
+
+    def set_registry(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        rtype = (body or {}).get("type")
+        if rtype not in REGISTRY_TYPES:
+            raise HttpError(400, f"Unknown registry type {rtype!r}.")
+        w.registry = dict(body)
+        return 200, w.registry
+
+    def backend_options(self, user, body, ws, **_):
+        w = self.workspace(user, ws)
+        if not w.credentials:
+            return 200, {"backend": "vm", "options": {}}
+        default = next((r["region"] for r in w.regions if r["default"]), None)
+        c = w.credentials
+        options = {
+            "provider_name": "gcp",
+            "type": "gcp_cloudbridge_backend_options",
+            "gcp_project_name": c["project_id"],
+            "gcp_region_name": default,
+            "instance_service_account": w.instance_service_account,
+            "gcp_service_creds_dict": dict(c),  # public fields only
+            "firewall_spec": w.settings.get("scheduler_firewall"),
+            "registry": (
+                {"type": "gar", "location": default, "project_id": c["project_id"]}
+                if (w.registry or {}).get("type") == "gar" else w.registry
+            ),
+        }
+        return 200, {"backend": "vm_gcp", "options": options}
+
+
+def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # quiet: the call record is the log
+            pass
+
+        def _send(self, status: int, payload) -> None:
+            body = b"" if payload is None else json.dumps(payload).encode()
+            self.send_response(status)
+            if payload is not None:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _body(self) -> bytes:
+            n = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(n) if n else b""
+
+        def _handle(self, method: str) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            raw = self._body()
+            if url.path == "/token" and method == "POST":
+                return self._token(raw)
+            if url.path.startswith("/_sandbox/"):
+                return self._sandbox(method, url, raw)
+            for route in coiled.routes:
+                m = route.regex.match(url.path)
+                if m and route.method == method:
+                    return self._coiled(route, m.groupdict(), raw)
+            self._send(404, {"detail": "Not found."})
+
+        def _token(self, raw: bytes) -> None:
+            form = dict(urllib.parse.parse_qsl(raw.decode()))
+            try:
+                self._send(200, grant_token(world, form))
+            except GrantError as e:
+                self._send(400, {"error": e.error, "error_description": e.description})
+
+        def _sandbox(self, method: str, url, raw: bytes) -> None:
+            q = dict(urllib.parse.parse_qsl(url.query))
+            if url.path == "/_sandbox/calls" and method == "GET":
+                since = int(q.get("since", 0))
+                with world.lock:
+                    return self._send(200, world.calls[since:])
+            if url.path == "/_sandbox/state" and method == "GET":
+                return self._send(200, world.dump())
+            if url.path == "/_sandbox/config" and method == "POST":
+                data = json.loads(raw or b"{}")
+                with world.lock:
+                    for k, v in data.items():
+                        if not hasattr(world.config, k):
+                            return self._send(400, {"detail": f"unknown setting {k}"})
+                        setattr(world.config, k, v)
+                    if "seed" in data:
+                        import random
+
+                        world._rng = random.Random(data["seed"])
+                return self._send(200, world.config.__dict__)
+            self._send(404, {"detail": "Not found."})
+
+        def _coiled(self, route: Route, params: dict, raw: bytes) -> None:
+            cfg = world.config
+            if cfg.latency_ms:
+                time.sleep(cfg.latency_ms / 1000.0)
+            fault = None
+            if cfg.fault_rate and world.draw_fault() < cfg.fault_rate:
+                fault = world.pick([429, 502, 503])
+            status, username, changed = 500, None, False
+            try:
+                if fault in (429, 503):
+                    status = fault
+                    return self._send(fault, {"detail": "Too many requests." if fault == 429 else "Service unavailable."})
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    status = 400
+                    return self._send(400, {"detail": "The body is not valid JSON."})
+                with world.lock:
+                    try:
+                        user = coiled.user(self.headers.get("Authorization"))
+                        username = user.username
+                        status, payload = route.fn(user, body, **params)
+                        changed = route.writes and status < 300
+                    except HttpError as e:
+                        status, payload = e.status, {"detail": e.detail}
+                if fault == 502 and status < 300:
+                    status = 502  # done, but the answer is lost on the way back
+                    return self._send(502, {"detail": "Bad gateway."})
+                self._send(status, payload)
+            finally:
+                world.record(service="coiled", method=f"{route.method} {route.pattern}", caller=username,
+                             code=status, write=route.writes, mutating=changed,
+                             resource=params.get("ws", ""), fault=fault)
+
+        def do_GET(self):
+            self._handle("GET")
+
+        def do_POST(self):
+            self._handle("POST")
+
+        def do_PATCH(self):
+            self._handle("PATCH")
+
+        def do_DELETE(self):
+            self._handle("DELETE")
+
+        def do_PUT(self):
+            self._handle("PUT")
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    return server

@@ -1,0 +1,115 @@
+"""Predefined roles the sandbox knows, and permission matching."""
+
+from __future__ import annotations
+
+# Only what the wizard, verify and their tests touch; permissions may end in ".*".
+PREDEFINED_ROLES: dict[str, list[str]] = {
+    "roles/owner": ["*"],
+    "roles/editor": [
+        "iam.serviceAccounts.*",
+        "iam.serviceAccountKeys.*",
+        "iam.roles.get",
+        "iam.roles.list",
+        "resourcemanager.projects.get",
+        "resourcemanager.projects.getIamPolicy",
+        "serviceusage.services.*",
+        "artifactregistry.repositories.create",
+        "artifactregistry.repositories.get",
+        "artifactregistry.repositories.list",
+        "artifactregistry.repositories.delete",
+        "artifactregistry.repositories.getIamPolicy",
+        "compute.*",
+        "logging.*",
+        "storage.*",
+        "bigquery.*",
+    ],
+    "roles/viewer": [
+        "iam.serviceAccounts.get",
+        "iam.serviceAccounts.list",
+        "iam.serviceAccountKeys.get",
+        "iam.serviceAccountKeys.list",
+        "iam.roles.get",
+        "iam.roles.list",
+        "resourcemanager.projects.get",
+        "resourcemanager.projects.getIamPolicy",
+        "serviceusage.services.get",
+        "serviceusage.services.list",
+        "artifactregistry.repositories.get",
+        "artifactregistry.repositories.list",
+        "artifactregistry.repositories.getIamPolicy",
+    ],
+    "roles/browser": ["resourcemanager.projects.get"],
+    "roles/iam.serviceAccountAdmin": [
+        "iam.serviceAccounts.*",
+        "resourcemanager.projects.get",
+    ],
+    "roles/iam.serviceAccountCreator": [
+        "iam.serviceAccounts.create",
+        "resourcemanager.projects.get",
+    ],
+    "roles/iam.serviceAccountKeyAdmin": [
+        "iam.serviceAccountKeys.*",
+        "iam.serviceAccounts.get",
+        "iam.serviceAccounts.list",
+        "resourcemanager.projects.get",
+    ],
+    "roles/iam.roleAdmin": [
+        "iam.roles.*",
+        "resourcemanager.projects.get",
+        "resourcemanager.projects.getIamPolicy",
+    ],
+    "roles/iam.roleViewer": ["iam.roles.get", "iam.roles.list"],
+    "roles/iam.securityReviewer": [
+        "iam.roles.get",
+        "iam.roles.list",
+        "iam.serviceAccounts.get",
+        "iam.serviceAccounts.list",
+        "iam.serviceAccountKeys.get",
+        "iam.serviceAccountKeys.list",
+        "resourcemanager.projects.getIamPolicy",
+        "artifactregistry.repositories.getIamPolicy",
+    ],
+    "roles/resourcemanager.projectIamAdmin": [
+        "resourcemanager.projects.get",
+        "resourcemanager.projects.getIamPolicy",
+        "resourcemanager.projects.setIamPolicy",
+    ],
+    "roles/serviceusage.serviceUsageAdmin": [
+        "serviceusage.services.*",
+        "resourcemanager.projects.get",
+    ],
+    "roles/serviceusage.serviceUsageConsumer": [
+        "serviceusage.services.get",
+        "serviceusage.services.list",
+        "serviceusage.services.use",
+    ],
+    "roles/artifactregistry.admin": ["artifactregistry.*"],
+    "roles/artifactregistry.repoAdmin": [
+        "artifactregistry.repositories.get",
+        "artifactregistry.repositories.list",
+        "artifactregistry.repositories.downloadArtifacts",
+        "artifactregistry.repositories.uploadArtifacts",
+        "artifactregistry.repositories.deleteArtifacts",
+        "artifactregistry.repositories.readViaVirtualRepository",
+        "artifactregistry.packages.*",
+        "artifactregistry.tags.*",
+        "artifactregistry.versions.*",
+        "artifactregistry.files.*",
+        "artifactregistry.dockerimages.*",
+    ],
+    "roles/artifactregistry.reader": [
+        "artifactregistry.repositories.get",
+        "artifactregistry.repositories.list",
+        "artifactregistry.repositories.downloadArtifacts",
+    ],
+    "roles/logging.logWriter": ["logging.logEntries.create"],
+}
+
+
+def grants(patterns, permission: str) -> bool:
+    for p in patterns:
+        if p == "*" or p == permission:
+            return True
+        if p.endswith(".*") and permission.startswith(p[:-1]):
+            return True
+    return False

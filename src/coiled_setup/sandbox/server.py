@@ -1,0 +1,101 @@
+"""Starts and stops the sandbox: a gRPC server for Google, an HTTP server for tokens and Coiled."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from coiled_setup import role_templates
+from coiled_setup.sandbox import scenario as scenarios
+from coiled_setup.sandbox.grpc_api import build_handlers
+from coiled_setup.sandbox.http_api import CoiledApi, make_server
+from coiled_setup.sandbox.world import Config, World
+
+ENDPOINT_VAR = "COILED_SETUP_GOOGLE_ENDPOINT"
+
+
+class Sandbox:
+    def __init__(
+        self,
+        scenario: dict | str | Path | None = None,
+        config: Config | None = None,
+        *,
+        state_dir: str | Path | None = None,
+        port: int = 0,
+    ):
+        self.world = World(config or Config())
+        self._scenario = scenario if isinstance(scenario, dict) else scenarios.load(scenario)
+        self._port = port
+        self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="coiled-sandbox-"))
+        self._grpc: grpc.Server | None = None
+        self._http = None
+        self._http_thread: threading.Thread | None = None
+        self.project = self._scenario["projects"][0]["id"]
+
+    def start(self) -> "Sandbox":
+        perms = list(role_templates.load().permissions)
+        self._http = make_server(self.world, CoiledApi(self.world, perms), port=self._port + 1 if self._port else 0)
+        http_port = self._http.server_address[1]
+        self.world.token_uri = f"http://127.0.0.1:{http_port}/token"
+        keyfile = scenarios.apply(self.world, self._scenario)
+
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=build_handlers(self.world))
+        grpc_port = self._grpc.add_insecure_port(f"127.0.0.1:{self._port}")
+        if not grpc_port:
+            raise OSError(f"cannot listen on 127.0.0.1:{self._port}")
+        self._grpc.start()
+        self._http_thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._http_thread.start()
+
+        self.google_endpoint = f"127.0.0.1:{grpc_port}"
+        self.coiled_url = f"http://127.0.0.1:{http_port}"
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.operator_key_path = self.state_dir / "operator-key.json"
+        fd = os.open(self.operator_key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(keyfile, f)
+        self.operator_email = keyfile["client_email"]
+        self.coiled_token = next(iter(self.world.coiled.users), "")
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Variables that point coiled-setup (and a Coiled login) at this sandbox."""
+        return {
+            ENDPOINT_VAR: self.google_endpoint,
+            "GOOGLE_APPLICATION_CREDENTIALS": str(self.operator_key_path),
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "DASK_COILED__SERVER": self.coiled_url,
+            "DASK_COILED__TOKEN": self.coiled_token,
+            "COILED_SETUP_HOME": str(self.state_dir / "home"),
+            "DASK_CONFIG": str(self.state_dir / "dask"),
+        }
+
+    def describe(self) -> dict:
+        return {
+            "google_endpoint": self.google_endpoint,
+            "coiled_url": self.coiled_url,
+            "project": self.project,
+            "env": self.env,
+        }
+
+    def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=None)
+            self._grpc = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

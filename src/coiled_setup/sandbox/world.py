@@ -1,0 +1,470 @@
+"""The sandbox's whole state: projects, accounts, keys, roles, policies, repositories, Coiled."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import random
+import re
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+
+from coiled_setup.sandbox import errors
+from coiled_setup.sandbox.roles import PREDEFINED_ROLES, grants
+
+SA_DOMAIN = "iam.gserviceaccount.com"
+ACCOUNT_ID_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])$")
+ROLE_ID_RE = re.compile(r"^[a-zA-Z0-9_.]{3,64}$")
+REPO_ID_RE = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+PERMISSION_RE = re.compile(r"^[a-z][a-zA-Z0-9]*(\.[a-zA-Z0-9]+){2,}$")
+MEMBER_PREFIXES = ("user:", "serviceAccount:", "group:", "domain:", "principal:", "principalSet:", "deleted:")
+MAX_USER_KEYS = 10
+# Artifact Registry's regional locations (multi-regions "us", "europe", "asia" too).
+AR_LOCATIONS = {
+    "us", "europe", "asia", "us-central1", "us-east1", "us-east4", "us-east5", "us-south1",
+    "us-west1", "us-west2", "us-west3", "us-west4", "northamerica-northeast1",
+    "northamerica-northeast2", "southamerica-east1", "europe-west1", "europe-west2",
+    "europe-west3", "europe-west4", "europe-west6", "europe-north1", "europe-central2",
+    "asia-east1", "asia-east2", "asia-northeast1", "asia-south1", "asia-southeast1",
+    "australia-southeast1",
+}
+DEFAULT_SERVICES = [
+    "iam.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "serviceusage.googleapis.com",
+    "compute.googleapis.com",
+    "logging.googleapis.com",
+]
+SERVICE_TITLES = {
+    "artifactregistry.googleapis.com": "Artifact Registry API",
+    "iam.googleapis.com": "Identity and Access Management (IAM) API",
+    "cloudresourcemanager.googleapis.com": "Cloud Resource Manager API",
+    "serviceusage.googleapis.com": "Service Usage API",
+    "compute.googleapis.com": "Compute Engine API",
+    "logging.googleapis.com": "Cloud Logging API",
+}
+
+
+def _etag(counter: int, salt: str) -> bytes:
+    return hashlib.sha1(f"{salt}:{counter}".encode()).digest()[:8]
+
+
+@dataclass
+class Binding:
+    role: str
+    members: list[str]
+    condition: dict | None = None  # {"title", "description", "expression"}
+
+    def key(self) -> tuple:
+        c = self.condition
+        return (self.role, json.dumps(c, sort_keys=True) if c else "")
+
+
+@dataclass
+class Policy:
+    """An IAM policy and, per (role, condition, member), when it starts to take effect."""
+
+    salt: str
+    version: int = 1
+    bindings: list[Binding] = field(default_factory=list)
+    counter: int = 0
+    effective_at: dict[tuple, float] = field(default_factory=dict)
+
+    @property
+    def etag(self) -> bytes:
+        return _etag(self.counter, self.salt)
+
+    def grants_to(self, member: str, now: float) -> list[str]:
+        """Roles that `member` holds without a condition, already propagated."""
+        out = []
+        for b in self.bindings:
+            if b.condition or member not in b.members:
+                continue
+            if self.effective_at.get(b.key() + (member,), 0.0) <= now:
+                out.append(b.role)
+        return out
+
+    def replace(self, version: int, bindings: list[Binding], now: float, delay: float) -> None:
+        old = {b.key() + (m,) for b in self.bindings for m in b.members}
+        eff = {}
+        for b in bindings:
+            for m in b.members:
+                k = b.key() + (m,)
+                eff[k] = self.effective_at.get(k, 0.0) if k in old else now + delay
+        self.version = version
+        self.bindings = bindings
+        self.effective_at = eff
+        self.counter += 1
+
+    def dump(self) -> dict:
+        return {
+            "version": self.version,
+            "etag": base64.b64encode(self.etag).decode(),
+            "bindings": [
+                {"role": b.role, "members": list(b.members), **({"condition": b.condition} if b.condition else {})}
+                for b in self.bindings
+            ],
+        }
+
+
+@dataclass
+class Project:
+    project_id: str
+    number: str
+    billing: bool = True
+    state: str = "ACTIVE"
+    key_creation_disabled: bool = False
+    # service -> monotonic time it became (or becomes) enabled; absent = disabled
+    services: dict[str, float] = field(default_factory=dict)
+    policy: Policy = None  # type: ignore[assignment]
+
+
+@dataclass
+class ServiceAccount:
+    project_id: str
+    account_id: str
+    unique_id: str
+    display_name: str = ""
+    description: str = ""
+    disabled: bool = False
+    created_at: float = 0.0  # monotonic
+
+    @property
+    def email(self) -> str:
+        return f"{self.account_id}@{self.project_id}.{SA_DOMAIN}"
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project_id}/serviceAccounts/{self.email}"
+
+
+@dataclass
+class Key:
+    key_id: str
+    email: str
+    public_pem: bytes
+    key_type: str  # USER_MANAGED / SYSTEM_MANAGED
+    created: float  # wall clock
+    disabled: bool = False
+
+
+@dataclass
+class Role:
+    name: str
+    title: str = ""
+    description: str = ""
+    permissions: list[str] = field(default_factory=list)
+    stage: str = "GA"
+    deleted: bool = False
+    counter: int = 0
+
+    @property
+    def etag(self) -> bytes:
+        return _etag(self.counter, self.name)
+
+
+@dataclass
+class Repository:
+    name: str
+    format: str
+    description: str
+    created: float  # wall clock
+    ready_at: float  # monotonic: visible once its creation finished
+    policy: Policy = None  # type: ignore[assignment]
+
+
+@dataclass
+class Operation:
+    name: str
+    done_at: float
+    kind: str  # "enable", "batch_enable", "create_repository"
+    payload: dict
+    error: errors.ApiError | None = None
+
+
+@dataclass
+class Config:
+    latency_ms: float = 0.0
+    fault_rate: float = 0.0
+    seed: int = 0
+    propagation_delay_s: float = 0.0
+    operation_s: float = 0.2
+    infra_s: float = 0.3
+
+
+class World:
+    """All sandbox state behind one lock; handlers take `lock` for each call."""
+
+    def __init__(self, config: Config | None = None):
+        self.config = config or Config()
+        self.lock = threading.RLock()
+        self.projects: dict[str, Project] = {}
+        self.accounts: dict[str, ServiceAccount] = {}  # by email
+        self.keys: dict[str, Key] = {}  # by key id
+        self.roles: dict[str, Role] = {}  # by full name
+        self.repositories: dict[str, Repository] = {}
+        self.operations: dict[str, Operation] = {}
+        self.tokens: dict[str, tuple[str, float]] = {}  # token -> (email, expiry wall)
+        self.calls: list[dict] = []
+        self.coiled = CoiledState()
+        self.token_uri = "http://127.0.0.1:0/token"
+        self._rng = random.Random(self.config.seed)
+        self._ids = itertools.count(1)
+        self._unique = random.Random(self.config.seed + 1)
+
+    # -- clock and randomness -------------------------------------------------
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def draw_fault(self) -> float:
+        with self.lock:
+            return self._rng.random()
+
+    def pick(self, options: list):
+        with self.lock:
+            return self._rng.choice(options)
+
+    def new_unique_id(self) -> str:
+        return str(10**20 + self._unique.randrange(10**20))
+
+    # -- projects ----------------------------------------------------------------
+    def add_project(self, project_id: str, number: str | None = None, **kw) -> Project:
+        number = number or str(100000000000 + len(self.projects) * 7919 + 17)
+        p = Project(project_id=project_id, number=number, **kw)
+        p.policy = Policy(salt=f"projects/{project_id}")
+        self.projects[project_id] = p
+        return p
+
+    def project(self, ref: str) -> Project | None:
+        """A project by id or number."""
+        if ref in self.projects:
+            return self.projects[ref]
+        for p in self.projects.values():
+            if p.number == ref:
+                return p
+        return None
+
+    def service_enabled(self, project: Project, service: str, *, settled: bool = False) -> bool:
+        t = project.services.get(service)
+        if t is None:
+            return False
+        lag = self.config.propagation_delay_s / 2 if settled else 0.0
+        return self.now() >= t + lag
+
+    # -- accounts and keys ---------------------------------------------------------
+    def add_account(self, project_id: str, account_id: str, *, display_name="", description="",
+                    disabled=False, settled=True) -> ServiceAccount:
+        sa = ServiceAccount(
+            project_id=project_id,
+            account_id=account_id,
+            unique_id=self.new_unique_id(),
+            display_name=display_name,
+            description=description,
+            disabled=disabled,
+            created_at=(self.now() - 10**6) if settled else self.now(),
+        )
+        self.accounts[sa.email] = sa
+        # Google keeps a system-managed key per account; it is listed beside user keys.
+        kid = secrets.token_hex(20)
+        self.keys[kid] = Key(kid, sa.email, b"", "SYSTEM_MANAGED", time.time())
+        return sa
+
+    def account(self, ref: str) -> ServiceAccount | None:
+        """An account by email or unique id."""
+        if ref in self.accounts:
+            return self.accounts[ref]
+        for sa in self.accounts.values():
+            if sa.unique_id == ref:
+                return sa
+        return None
+
+    def account_age(self, sa: ServiceAccount) -> float:
+        return self.now() - sa.created_at
+
+    def user_keys(self, email: str) -> list[Key]:
+        return [k for k in self.keys.values() if k.email == email and k.key_type == "USER_MANAGED"]
+
+    def issue_key(self, sa: ServiceAccount) -> tuple[Key, dict]:
+        """A new RSA-2048 key; only the public half stays in the world."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = priv.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        pub = priv.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        kid = secrets.token_hex(20)
+        key = Key(kid, sa.email, pub, "USER_MANAGED", time.time())
+        self.keys[kid] = key
+        quoted = sa.email.replace("@", "%40")
+        keyfile = {
+            "type": "service_account",
+            "project_id": sa.project_id,
+            "private_key_id": kid,
+            "private_key": pem,
+            "client_email": sa.email,
+            "client_id": sa.unique_id,
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": self.token_uri,
+            "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+            "client_x509_cert_url": f"https://www.googleapis.com/robot/v1/metadata/x509/{quoted}",
+            "universe_domain": "googleapis.com",
+        }
+        return key, keyfile
+
+    # -- roles and permissions -------------------------------------------------------
+    def role_permissions(self, role: str) -> list[str]:
+        if role in PREDEFINED_ROLES:
+            return PREDEFINED_ROLES[role]
+        r = self.roles.get(role)
+        if r is None or r.deleted:
+            return []
+        return r.permissions
+
+    def role_exists(self, role: str) -> bool:
+        if role.startswith("roles/"):
+            return True  # predefined roles beyond our table are accepted as Google would
+        r = self.roles.get(role)
+        return r is not None and not r.deleted
+
+    def holds(self, email: str, permission: str, project: Project, resource_policy: Policy | None = None) -> bool:
+        member = f"serviceAccount:{email}"
+        now = self.now()
+        roles = project.policy.grants_to(member, now)
+        if resource_policy is not None:
+            roles += resource_policy.grants_to(member, now)
+        return any(grants(self.role_permissions(r), permission) for r in roles)
+
+    # -- operations -------------------------------------------------------------------
+    def new_operation(self, name: str, kind: str, payload: dict, delay: float | None = None) -> Operation:
+        d = self.config.operation_s if delay is None else delay
+        op = Operation(name=name, done_at=self.now() + d, kind=kind, payload=payload)
+        self.operations[name] = op
+        return op
+
+    # -- recording -------------------------------------------------------------------------
+    def record(self, **entry) -> None:
+        with self.lock:
+            entry["seq"] = len(self.calls) + 1
+            entry["time"] = time.time()
+            self.calls.append(entry)
+
+    # -- dump ------------------------------------------------------------------------------
+    def dump(self) -> dict:
+        """Everything, public parts only: no private key, no token."""
+        with self.lock:
+            now = self.now()
+            return {
+                "config": self.config.__dict__,
+                "projects": {
+                    pid: {
+                        "number": p.number,
+                        "billing": p.billing,
+                        "state": p.state,
+                        "key_creation_disabled": p.key_creation_disabled,
+                        "services": sorted(s for s, t in p.services.items() if t <= now),
+                        "policy": p.policy.dump(),
+                    }
+                    for pid, p in self.projects.items()
+                },
+                "service_accounts": {
+                    e: {
+                        "project_id": sa.project_id,
+                        "unique_id": sa.unique_id,
+                        "display_name": sa.display_name,
+                        "disabled": sa.disabled,
+                        "user_keys": sorted(k.key_id for k in self.user_keys(e)),
+                    }
+                    for e, sa in self.accounts.items()
+                },
+                "keys": {
+                    k.key_id: {
+                        "email": k.email,
+                        "type": k.key_type,
+                        "disabled": k.disabled,
+                        "public_key": k.public_pem.decode(),
+                    }
+                    for k in self.keys.values()
+                    if k.key_type == "USER_MANAGED"
+                },
+                "roles": {
+                    n: {
+                        "title": r.title,
+                        "description": r.description,
+                        "stage": r.stage,
+                        "deleted": r.deleted,
+                        "permissions": list(r.permissions),
+                    }
+                    for n, r in self.roles.items()
+                },
+                "repositories": {
+                    n: {"format": r.format, "ready": r.ready_at <= now, "policy": r.policy.dump()}
+                    for n, r in self.repositories.items()
+                },
+                "coiled": self.coiled.dump(),
+            }
+
+
+@dataclass
+class CoiledUser:
+    username: str
+    workspaces: list[str]
+    admin: bool = True
+
+
+@dataclass
+class Workspace:
+    slug: str
+    credentials: dict | None = None  # public fields of the key only
+    instance_service_account: str | None = None
+    settings: dict = field(default_factory=dict)
+    registry: dict | None = None
+    global_infra: dict | None = None  # {"state", "ready_at", "reason"}
+    regions: list[dict] = field(default_factory=list)
+
+
+class CoiledState:
+    def __init__(self):
+        self.users: dict[str, CoiledUser] = {}  # by token
+        self.workspaces: dict[str, Workspace] = {}
+
+    def dump(self) -> dict:
+        return {
+            "users": [{"username": u.username, "workspaces": u.workspaces} for u in self.users.values()],
+            "workspaces": {
+                s: {
+                    "credentials": w.credentials,
+                    "instance_service_account": w.instance_service_account,
+                    "settings": w.settings,
+                    "registry": w.registry,
+                    "global_infra": _infra_public(w.global_infra),
+                    "regions": [_infra_public(r) for r in w.regions],
+                }
+                for s, w in self.workspaces.items()
+            },
+        }
+
+
+def _infra_public(c: dict | None) -> dict | None:
+    if c is None:
+        return None
+    return {k: v for k, v in c.items() if k != "ready_at"}
+
+
+def new_operation_id() -> str:
+    return uuid.uuid4().hex
+
+
+
