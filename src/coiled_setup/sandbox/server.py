@@ -50,7 +50,10 @@ class Sandbox:
         if not grpc_port:
             raise OSError(f"cannot listen on 127.0.0.1:{self._port}")
         self._grpc.start()
-        self._http_thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for the serving loop to notice, so stop() is quick.
+        self._http_thread = threading.Thread(
+            target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._http_thread.start()
 
         self.google_endpoint = f"127.0.0.1:{grpc_port}"
