@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -110,7 +111,9 @@ def policy_to_proto(p: Policy, requested_version: int) -> policy_pb2.Policy:
                 pb.condition.CopyFrom(expr_pb2.Expr(**b.condition))
             else:
                 # As Google does for a version-1 read of a conditional policy.
-                pb.role = f"{b.role}_withcond_{abs(hash(b.key())) % 16**20:020x}"
+                # A stable suffix (Python's hash() changes from one process to the next).
+                digest = hashlib.sha1(repr(b.key()).encode()).hexdigest()[:20]
+                pb.role = f"{b.role}_withcond_{digest}"
     return out
 
 
