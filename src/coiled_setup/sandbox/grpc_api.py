@@ -66,13 +66,8 @@ class Ctx:
         p = w.project(ref)
         if p is None:
             raise errors.permission_denied(permission, resource)
-        if p.state != "ACTIVE" and permission != "resourcemanager.projects.get":
-            raise ApiError(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"Project {p.project_id} has been scheduled for deletion.",
-                reason="CONSUMER_INVALID",
-                metadata={"consumer": f"projects/{p.number}"},
-            )
+        if permission != "resourcemanager.projects.get":
+            live(p, service)
         if service != CRM_SVC and not w.service_enabled(p, service, settled=True):
             raise errors.service_disabled(service, p.number)
         self.require(permission, p, resource)
@@ -81,6 +76,17 @@ class Ctx:
     def require(self, permission: str, p: Project, resource: str, policy: Policy | None = None) -> None:
         if not self.world.holds(self.caller, permission, p, policy):
             raise errors.permission_denied(permission, resource)
+
+
+def live(p: Project, service: str) -> None:
+    """Refuses a call about a project that is pending deletion, as every API but GetProject does."""
+    if p.state != "ACTIVE":
+        raise ApiError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"Project {p.project_id} has been scheduled for deletion.",
+            reason="CONSUMER_INVALID",
+            metadata={"consumer": f"projects/{p.number}", "service": service},
+        )
 
 
 def _ts(wall: float) -> timestamp_pb2.Timestamp:
@@ -517,6 +523,7 @@ def project_test_permissions(ctx: Ctx, req: iam_policy_pb2.TestIamPermissionsReq
     p = ctx.world.project(ref)
     if p is None:
         raise errors.permission_denied("resourcemanager.projects.get", req.resource)
+    live(p, CRM_SVC)
     return iam_policy_pb2.TestIamPermissionsResponse(
         permissions=test_permissions(ctx, list(req.permissions), p, None)
     )
@@ -618,6 +625,7 @@ def _repository(ctx: Ctx, name: str, permission: str) -> tuple[Repository, Proje
     p = w.project(ref)
     if p is None:
         raise errors.permission_denied(permission, name, domain="artifactregistry.googleapis.com")
+    live(p, AR_SVC)
     if not w.service_enabled(p, AR_SVC, settled=True):
         raise errors.service_disabled(AR_SVC, p.number)
     full = f"projects/{p.project_id}/locations/{location}/repositories/{rid}"
@@ -696,6 +704,7 @@ def repo_test_permissions(ctx: Ctx, req: iam_policy_pb2.TestIamPermissionsReques
     p = w.project(ref)
     if p is None:
         raise errors.permission_denied("artifactregistry.repositories.get", req.resource)
+    live(p, AR_SVC)
     if not w.service_enabled(p, AR_SVC, settled=True):
         raise errors.service_disabled(AR_SVC, p.number)
     r = w.repositories.get(f"projects/{p.project_id}/locations/{location}/repositories/{rid}")
