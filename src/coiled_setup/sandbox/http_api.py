@@ -57,9 +57,12 @@ class CoiledApi:
 
     # -- helpers -----------------------------------------------------------------------------
     def user(self, authorization: str | None):
+        """The user behind the header. API tokens (`<id>-<secret>`) go with the `ApiToken` scheme,
+        legacy tokens (no dash) with `Token`; either under the other scheme is unknown to Coiled."""
         if authorization:
             scheme, _, token = authorization.partition(" ")
-            if scheme in ("Token", "ApiToken") and token in self.world.coiled.users:
+            expected = "ApiToken" if "-" in token else "Token"
+            if scheme == expected and token in self.world.coiled.users:
                 return self.world.coiled.users[token]
         raise HttpError(401, "Invalid token.")
 

@@ -450,7 +450,7 @@ class CoiledState:
                     "settings": w.settings,
                     "registry": w.registry,
                     "global_infra": _infra_public(w.global_infra),
-                    "regions": [_infra_public(r) for r in w.regions],
+                    "regions": [{**r, "component": _infra_public(r["component"])} for r in w.regions],
                 }
                 for s, w in self.workspaces.items()
             },

@@ -1,0 +1,114 @@
+"""Coiled's control plane over plain HTTP, with the retries Coiled's own client makes."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+
+from coiled_setup.errors import UserError
+
+RETRY_STATUSES = {429, 502, 503, 504}
+MAX_ATTEMPTS = 8
+
+
+class CoiledError(UserError):
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+class Coiled:
+    def __init__(self, server: str, token: str, workspace: str | None = None):
+        self.server = server.rstrip("/")
+        self._token = token
+        self.workspace = workspace
+
+    def __repr__(self) -> str:  # never show the token
+        return f"Coiled(server={self.server!r}, workspace={self.workspace!r})"
+
+    def _auth(self) -> str:
+        return f"ApiToken {self._token}" if "-" in self._token else f"Token {self._token}"
+
+    def call(self, method: str, path: str, body=None, *, ok_missing: bool = False):
+        url = self.server + path
+        data = None if body is None else json.dumps(body).encode()
+        delay = 0.2
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            req = urllib.request.Request(url, data=data, method=method)
+            req.add_header("Authorization", self._auth())
+            req.add_header("Accept", "application/json")
+            if data is not None:
+                req.add_header("Content-Type", "application/json")
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    raw = r.read()
+                    return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as e:
+                raw = e.read()
+                if e.code in RETRY_STATUSES and attempt < MAX_ATTEMPTS:
+                    time.sleep(delay * random.uniform(0.8, 1.2))
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if e.code == 404 and ok_missing:
+                    return None
+                raise CoiledError(_message(e.code, raw, method, path), e.code) from None
+            except (urllib.error.URLError, OSError) as e:
+                if attempt < MAX_ATTEMPTS:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                reason = getattr(e, "reason", e)
+                raise CoiledError(f"Could not reach Coiled at {self.server} ({reason}): check your network and --coiled-server.") from None
+        raise AssertionError("unreachable")
+
+    # -- routes ----------------------------------------------------------------------------
+    def me(self) -> dict:
+        return self.call("GET", "/api/v2/user/me")
+
+    def memberships(self) -> list[dict]:
+        return self.call("GET", "/api/v2/user/me/memberships") or []
+
+    def backend_options(self) -> dict:
+        return self.call("GET", f"/api/v1/{self.workspace}/backend_options/") or {}
+
+    def store_credentials(self, keyfile: dict, instance_account: str | None) -> None:
+        self.call("POST", f"/api/v2/cloud-credentials/{self.workspace}/gcp",
+                  {"credentials": keyfile, "instance_service_account": instance_account})
+
+    def settings(self, values: dict) -> None:
+        self.call("PATCH", f"/api/v2/setup/account/{self.workspace}/gcp/settings", values)
+
+    def set_registry(self, body: dict) -> None:
+        self.call("POST", f"/api/v2/user/account/{self.workspace}/registry", body)
+
+    def start_global(self) -> dict:
+        return self.call("POST", f"/api/v2/setup/account/{self.workspace}/gcp/global",
+                         {"managed": True, "network": None, "scheduler_network_tags": None,
+                          "cluster_network_tags": None})
+
+    def get_global(self) -> dict:
+        return self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/global", ok_missing=True) or {}
+
+    def start_region(self, region: str) -> dict:
+        return self.call("POST", f"/api/v2/setup/account/{self.workspace}/gcp/regions",
+                         {"default": True, "region": region, "managed": True, "subnets": []})
+
+    def get_regions(self) -> list[dict]:
+        return self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/regions", ok_missing=True) or []
+
+
+def _message(status: int, raw: bytes, method: str, path: str) -> str:
+    detail = ""
+    try:
+        payload = json.loads(raw)
+        detail = payload.get("detail", "") if isinstance(payload, dict) else ""
+    except ValueError:
+        pass
+    if status in (401, 403) and path.startswith("/api/v2/user/me"):
+        return ("Coiled did not accept your token: run `coiled login` (or set DASK_COILED__TOKEN) "
+                "and try again.")
+    text = f"Coiled answered {status} to {method} {path}"
+    return f"{text}: {detail}" if detail else f"{text}."

@@ -1,0 +1,401 @@
+"""`coiled-setup gcp`: context and validation, preflight, plan, then apply step by step."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from coiled_setup import context, keyfile, role_templates, waiting
+from coiled_setup.cloud import CloudError, Google, NoCredentials, run_all
+from coiled_setup.coiled_api import Coiled, CoiledError
+from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
+from coiled_setup.journal import Journal
+from coiled_setup.options import INSTANCE_ROLE_ID, OPEN_CIDR, Options, validate
+from coiled_setup.remedies import explain, missing_permissions_sentence
+from coiled_setup.steps.account import AccountStep
+from coiled_setup.steps.apis import ApisStep
+from coiled_setup.steps.base import NOTHING, Run, Step
+from coiled_setup.steps.binding import BindingStep
+from coiled_setup.steps.confirm import ConfirmStep
+from coiled_setup.steps.instance import InstanceAccountStep, instance_email
+from coiled_setup.steps.registry import RegistryStep
+from coiled_setup.steps.role import RoleStep
+from coiled_setup.steps.upload import UploadStep
+from coiled_setup.ui import Ui
+
+MAX_ATTEMPTS = 6
+CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
+
+
+def operator_permissions(o: Options) -> list[str]:
+    """What the operator needs for the steps this run will take."""
+    perms = [
+        "resourcemanager.projects.get",
+        "serviceusage.services.get", "serviceusage.services.enable",
+        "iam.serviceAccounts.get", "iam.serviceAccounts.create",
+        "iam.serviceAccountKeys.list", "iam.serviceAccountKeys.create", "iam.serviceAccountKeys.delete",
+        "iam.roles.get", "iam.roles.create", "iam.roles.update", "iam.roles.undelete",
+        "resourcemanager.projects.getIamPolicy", "resourcemanager.projects.setIamPolicy",
+    ]
+    if o.gar:
+        perms += ["artifactregistry.repositories.get", "artifactregistry.repositories.create",
+                  "artifactregistry.repositories.getIamPolicy", "artifactregistry.repositories.setIamPolicy"]
+    if o.interactive and "service_account" not in o.explicit:
+        perms.append("iam.serviceAccounts.list")
+    return perms
+
+
+def build_steps(o: Options) -> list[Step]:
+    account = AccountStep()
+    member = lambda run: f"serviceAccount:{run.opts.account_email}"  # noqa: E731
+    steps: list[Step] = [
+        ApisStep(),
+        account,
+        RoleStep(o.role_id),
+        BindingStep(member, lambda run: run.opts.role_name),
+    ]
+    if o.gar:
+        steps.append(RegistryStep())
+    if o.instance_service_account or o.create_instance_service_account:
+        steps.append(InstanceAccountStep())
+        if o.create_instance_service_account:
+            steps.append(RoleStep(INSTANCE_ROLE_ID, role_templates.INSTANCE, key="instance_role",
+                                  title="Instance role"))
+            steps.append(BindingStep(
+                lambda run: f"serviceAccount:{instance_email(run.opts)}",
+                lambda run: f"projects/{run.opts.project}/roles/{INSTANCE_ROLE_ID}",
+                key="instance_binding", title="Instance IAM binding"))
+    steps.append(ConfirmStep())
+    if o.upload:
+        steps.append(UploadStep(account))
+    return steps
+
+
+class Wizard:
+    def __init__(self, opts: Options, ui: Ui):
+        self.opts = opts
+        self.ui = ui
+        self.results: list[dict] = []
+        self.run: Run | None = None
+        self.current: Step | None = None
+
+    # -- 0. context and validation ----------------------------------------------------------------
+    def resolve(self) -> None:
+        o = self.opts
+        if not o.project:
+            o.project = context.project_from_environment() or ""
+        if not o.project and o.interactive:
+            o.project = self.ui.text("Google Cloud project id:")
+        if not o.project:
+            raise BadInput("No project given: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT.")
+        validate(o)
+        if o.key_file is not None and o.key_file.exists():
+            data = keyfile.read(o.key_file)
+            if data["project_id"] != o.project:
+                raise BadInput(f"--key-file {str(o.key_file)!r} belongs to project {data['project_id']}, not "
+                               f"{o.project}: pass the key of an account in {o.project}.")
+            if "service_account" in o.explicit and data["client_email"] != o.account_email:
+                raise BadInput(f"--key-file {str(o.key_file)!r} is a key of {data['client_email']}, not "
+                               f"{o.account_email}: pass a matching --service-account or another key file.")
+            o.service_account = data["client_email"]
+            o.explicit.add("service_account")
+
+    def connect_google(self) -> Google:
+        try:
+            return Google.from_environment()
+        except NoCredentials:
+            raise BadInput(
+                "No Google credentials found: run `gcloud auth application-default login`, or set "
+                "GOOGLE_APPLICATION_CREDENTIALS to a key file."
+            ) from None
+
+    def connect_coiled(self) -> Coiled | None:
+        o = self.opts
+        if not o.upload:
+            return None
+        token, server, workspace = context.coiled_login(o.coiled_server, o.workspace)
+        if not token:
+            raise BadInput("No Coiled login found: run `coiled login`, set DASK_COILED__TOKEN, or pass --no-upload.")
+        c = Coiled(server, token)
+        try:
+            me = c.me()
+            memberships = c.memberships()
+        except CoiledError as e:
+            if e.status in (401, 403):
+                raise BadInput(e.message) from None
+            raise
+        slugs = [m.get("account", {}).get("slug") for m in memberships]
+        if workspace:
+            if workspace not in slugs:
+                raise BadInput(f"Coiled workspace {workspace!r} is not one of yours ({', '.join(slugs) or 'none'}): "
+                               "pass --workspace with one of them.")
+        elif len(slugs) == 1:
+            workspace = slugs[0]
+        elif me.get("username") in slugs:
+            workspace = me["username"]
+        elif o.interactive and slugs:
+            workspace = self.ui.select("Coiled workspace:", slugs)
+        else:
+            raise BadInput(f"You belong to several Coiled workspaces ({', '.join(slugs)}): pass --workspace.")
+        c.workspace = workspace
+        o.workspace = workspace
+        return c
+
+    # -- 1. preflight ------------------------------------------------------------------------------
+    def preflight(self, g: Google) -> dict[str, bool]:
+        o = self.opts
+        perms = operator_permissions(o)
+
+        def attempt(fn):
+            def call():
+                for d in waiting.delays(first=0.3, cap=3):
+                    try:
+                        return fn(), None
+                    except CloudError as e:
+                        if not e.transient:
+                            return None, e
+                        if call.tries >= MAX_ATTEMPTS:
+                            return None, e
+                        call.tries += 1
+                        time.sleep(d)
+            call.tries = 1
+            return call
+
+        services = CORE_SERVICES
+        results = run_all([attempt(lambda: g.get_project(o.project)),
+                           attempt(lambda: g.test_permissions(o.project, perms))]
+                          + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
+        (project, perr), (held, terr) = results[0], results[1]
+        if terr is not None and perr is not None:
+            if terr.transient:
+                raise UserError(explain(terr, o.project)[0])
+            if terr.code == "UNAUTHENTICATED":
+                raise BadInput(explain(terr, o.project)[0])
+            raise BadInput(f"Project {o.project} does not exist, or {g.principal or 'your account'} cannot see it: "
+                           "check --project.")
+        if terr is not None:
+            raise UserError(*explain(terr, o.project))
+        missing = [p for p in perms if p not in held]
+        if missing:
+            raise UserError(missing_permissions_sentence(g.principal, o.project, missing), MISSING_PERMISSION)
+        if perr is not None:
+            raise UserError(*explain(perr, o.project))
+        if project.state != "ACTIVE":
+            raise BadInput(f"Project {o.project} is scheduled for deletion: restore it (gcloud projects undelete "
+                           f"{o.project}) or choose another project.")
+        enabled = {}
+        for s, (on, err) in zip(services, results[2:]):
+            if err is not None:
+                raise UserError(*explain(err, o.project))
+            if not on:
+                raise UserError(f"The API {s} is disabled in project {o.project}: enable it (gcloud services enable "
+                                f"{s} --project {o.project}) and run again.")
+            enabled[s] = True
+        return enabled
+
+    # -- interactive choices -------------------------------------------------------------------------
+    def choose(self, g: Google) -> None:
+        o, ui = self.opts, self.ui
+        if not o.interactive:
+            if o.open_firewall:
+                ui.warn(f"Dask schedulers will accept connections on ports {','.join(map(str, o.firewall_ports))} "
+                        f"from anywhere ({OPEN_CIDR}); pass --firewall-cidr with your network to narrow it.")
+            return
+        if "service_account" not in o.explicit:
+            accounts = [a.email for a in g.list_accounts(o.project) if not a.disabled and a.email != g.principal]
+            new = f"create or reuse {o.account_email}"
+            choice = ui.select("Service account for Coiled:", [new] + [a for a in accounts if a != o.account_email],
+                               default=new)
+            if choice != new:
+                o.service_account = choice
+        if "instance" not in o.explicit and not (o.instance_service_account or o.create_instance_service_account):
+            o.create_instance_service_account = ui.confirm(
+                "Create a separate least-privilege service account for cluster instances (recommended when they "
+                "read private data)?", default=False)
+        if o.open_firewall and "firewall_cidr" not in o.explicit:
+            ui.warn(f"By default Dask schedulers accept connections on ports "
+                    f"{','.join(map(str, o.firewall_ports))} from anywhere ({OPEN_CIDR}).")
+
+            def ok(text):
+                try:
+                    import ipaddress
+
+                    ipaddress.ip_network(text, strict=True)
+                    return True
+                except ValueError:
+                    return "Enter a network in CIDR notation, for example 203.0.113.0/24."
+
+            o.firewall_cidr = ui.text("Network allowed to reach the schedulers (CIDR):", default=OPEN_CIDR,
+                                      validate=ok)
+
+    # -- 2. plan and 3. apply -----------------------------------------------------------------------
+    def _retrying(self, step: Step, fn, *, reobserve: bool):
+        run = self.run
+        delays = waiting.delays(first=0.5, cap=5.0)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return fn()
+            except CloudError as e:
+                if not (e.transient or e.code == "ABORTED") or attempt == MAX_ATTEMPTS:
+                    raise
+            except CoiledError as e:
+                if e.status not in (429, 502, 503, 504) or attempt == MAX_ATTEMPTS:
+                    raise
+            self.ui.tick(f"retrying after a temporary error (attempt {attempt + 1})")
+            time.sleep(next(delays))
+            if reobserve:
+                self._retrying(step, lambda: step.observe(run), reobserve=False)
+
+    def observe_all(self, steps: list[Step]) -> None:
+        run_all([lambda s=s: self._retrying(s, lambda: s.observe(self.run), reobserve=False) for s in steps])
+
+    def apply_step(self, step: Step) -> str:
+        run = self.run
+
+        def once():
+            change = step.plan(run)
+            if change.action == NOTHING:
+                return "done"
+            return step.apply(run)
+
+        first = [True]
+
+        def go():
+            if first[0]:
+                first[0] = False
+                return step.apply(run)
+            return once()
+
+        while True:
+            try:
+                return self._retrying(step, go, reobserve=True)
+            except (CloudError, CoiledError, UserError, waiting.TimedOut) as e:
+                message, code = self.describe(e)
+                if not self.opts.interactive:
+                    raise UserError(f"Step '{step.title}' failed: {message}", code) from None
+                self.ui.end("failed", message)
+                choices = ["Retry", "Abort"] + (["Skip"] if step.optional else [])
+                choice = self.ui.select(f"'{step.title}' failed. What now?", choices)
+                if choice == "Abort":
+                    raise UserError(f"Stopped at '{step.title}': {message}", code) from None
+                if choice == "Skip":
+                    return None
+                self.ui.begin(step.title)
+                self._retrying(step, lambda: step.observe(run), reobserve=False)
+                first[0] = False
+
+    def describe(self, e: Exception) -> tuple[str, int]:
+        if isinstance(e, CloudError):
+            return explain(e, self.opts.project)
+        if isinstance(e, waiting.TimedOut):
+            return (f"timed out {e.args[0]} after {int(self.opts.wait_timeout)} s: run again (it resumes) or raise "
+                    "--wait-timeout.", 1)
+        return e.message, e.code
+
+    def execute(self) -> int:
+        o, ui = self.opts, self.ui
+        self.resolve()
+        g = self.connect_google()
+        coiled = self.connect_coiled()
+        services = self.preflight(g)
+        self.choose(g)
+        validate(o)  # the interactive answers too
+        journal = Journal(o.project)
+        self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
+        ui.info(f"Project [bold]{o.project}[/] as {g.principal or 'your account'}"
+                + (f", Coiled workspace [bold]{o.workspace}[/]" if coiled else ""))
+        steps = build_steps(o)
+        self.observe_all(steps)
+        plans = {}
+        for s in steps:
+            plans[s.key] = s.plan(self.run)
+        ui.plan([(s.title, plans[s.key].action, plans[s.key].detail) for s in steps])
+        writes = [s for s in steps if plans[s.key].writes]
+        self.results = [{"step": s.key, "title": s.title, "action": plans[s.key].action,
+                         "detail": plans[s.key].detail, "result": "not run", "outcome": ""} for s in steps]
+        if o.dry_run:
+            ui.info("Dry run: nothing was changed." if writes else "Dry run: nothing to change.")
+            return OK
+        if not writes:
+            ui.info("Nothing to change: everything is already in place.")
+        elif o.interactive and not o.yes and not ui.confirm("Apply this plan?", default=True):
+            raise UserError("Nothing was changed: the plan was not confirmed.", OK)
+        for s, res in zip(steps, self.results):
+            self.current = s
+            if plans[s.key].action == NOTHING:
+                res.update(result="ok", outcome="nothing to do")
+                continue
+            ui.begin(s.title)
+            outcome = self.apply_step(s)
+            if outcome is None:
+                res.update(result="skipped", outcome="skipped after a failure")
+                ui.end("skipped", "skipped")
+            else:
+                res.update(result="ok", outcome=outcome)
+                ui.end("ok", outcome)
+        self.current = None
+        self.finish()
+        return OK
+
+    def finish(self) -> None:
+        o, run, ui = self.opts, self.run, self.ui
+        ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
+        if run.key_path:
+            ui.info(f"The key of {o.account_email} is in {run.key_path} (mode 0600). Keep it private.")
+        if not o.upload:
+            ui.info(
+                "Left to do by hand in Coiled (Account → Cloud Backend Options → GCP → your own account): choose "
+                f"region {o.region} and zone {o.zone}, upload the key file"
+                + (f" {run.key_path}" if run.key_path else "")
+                + (", choose Google Artifact Registry" if o.gar else "")
+                + (f", and set the instance service account {run.instance_email}" if run.instance_email else "")
+                + "."
+            )
+
+
+def run(opts: Options) -> int:
+    ui = Ui(interactive=opts.interactive, output=opts.output)
+    w = Wizard(opts, ui)
+    code, error = OK, None
+    try:
+        code = w.execute()
+    except UserError as e:
+        code, error = e.code, e.message
+        if code != OK:
+            ui.error(e.message)
+        else:
+            ui.info(e.message)
+    except KeyboardInterrupt:
+        code = INTERRUPTED
+        done = [r["title"] for r in w.results if r["result"] == "ok" and r["action"] != NOTHING]
+        where = f" during '{w.current.title}'" if w.current else ""
+        error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
+                 "to resume where it stopped.")
+        ui.error(error)
+    finally:
+        if w.run is not None:
+            w.run.google.close()
+    if opts.output == "json":
+        print(json.dumps({
+            "project": opts.project,
+            "workspace": opts.workspace,
+            "service_account": opts.account_email if opts.project else None,
+            "key_file": w.run.key_path if w.run else None,
+            "steps": w.results,
+            "conflicts_retried": ui.conflicts,
+            "exit_code": code,
+            "error": error,
+        }, indent=2))
+    return code
+
+
+def start_embedded_sandbox():
+    """Starts a sandbox in this process and points this process's environment at it."""
+    from coiled_setup.sandbox import Config, Sandbox
+
+    # Google-like waits, short enough for a rehearsal; a fresh project each time.
+    sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0)).start()
+    os.environ.update(sb.env)
+    return sb
+

@@ -1,0 +1,53 @@
+"""Service-account key files: reading them safely and checking they are what Coiled needs."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from coiled_setup.errors import BadInput
+
+REQUIRED_FIELDS = (
+    "type", "project_id", "private_key_id", "private_key", "client_email", "client_id",
+    "auth_uri", "token_uri", "auth_provider_x509_cert_url", "client_x509_cert_url",
+)
+
+
+def read(path: Path, *, flag: str = "--key-file") -> dict:
+    """The key file's JSON, or BadInput saying what is wrong with it (never its content)."""
+    try:
+        st = path.stat()
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadInput(f"{flag} {str(path)!r} does not exist: give the path of a JSON key file.") from None
+    except PermissionError:
+        raise BadInput(f"{flag} {str(path)!r} cannot be read: check its permissions.") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise BadInput(f"{flag} {str(path)!r} is not a JSON key file.") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise BadInput(
+            f"{flag} {str(path)!r} is readable by other users: run `chmod 600 {path}` first, since it holds a private key."
+        )
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise BadInput(f"{flag} {str(path)!r} is not valid JSON: give a service account key file.") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{flag} {str(path)!r} is not a service account key file.")
+    missing = [f for f in REQUIRED_FIELDS if not data.get(f)]
+    if missing:
+        raise BadInput(f"{flag} {str(path)!r} lacks fields Coiled requires: {', '.join(missing)}.")
+    if data.get("type") != "service_account":
+        raise BadInput(f"{flag} {str(path)!r} is not a service account key (its type is {data.get('type')!r}).")
+    if "PRIVATE KEY" not in str(data.get("private_key")):
+        raise BadInput(f"{flag} {str(path)!r} has no usable private key: it may be truncated.")
+    return data
+
+
+def owner_only(path: Path) -> bool:
+    try:
+        return not (os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,166 @@
+"""The wizard's inputs and their validation: every rule checked before the first call that changes anything."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coiled_setup.errors import BadInput
+
+PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+ACCOUNT_ID_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])$")
+ROLE_ID_RE = re.compile(r"^[a-zA-Z0-9_.]{3,64}$")
+SA_EMAIL_RE = re.compile(r"^([a-z]([-a-z0-9]*[a-z0-9]))@([a-z][a-z0-9-]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+GAR_REGIONS = ("us-east1", "us-central1")
+# Compute Engine regions (zones are REGION-a..f; only these are checked by suffix).
+REGIONS = (
+    "us-central1", "us-east1", "us-east4", "us-east5", "us-south1", "us-west1", "us-west2", "us-west3",
+    "us-west4", "northamerica-northeast1", "northamerica-northeast2", "southamerica-east1",
+    "southamerica-west1", "europe-central2", "europe-north1", "europe-southwest1", "europe-west1",
+    "europe-west2", "europe-west3", "europe-west4", "europe-west6", "europe-west8", "europe-west9",
+    "europe-west10", "europe-west12", "asia-east1", "asia-east2", "asia-northeast1", "asia-northeast2",
+    "asia-northeast3", "asia-south1", "asia-south2", "asia-southeast1", "asia-southeast2",
+    "australia-southeast1", "australia-southeast2", "me-central1", "me-west1", "africa-south1",
+)
+DEFAULT_REGION = "us-east1"
+DEFAULT_ZONE_SUFFIX = "c"
+DEFAULT_PORTS = (22, 8786, 8787)
+OPEN_CIDR = "0.0.0.0/0"
+DEFAULT_ACCOUNT_ID = "coiled"
+DEFAULT_ROLE_ID = "coiled"
+INSTANCE_ACCOUNT_ID = "coiled-instance"
+INSTANCE_ROLE_ID = "coiled_instance"
+
+
+@dataclass
+class Options:
+    project: str = ""
+    workspace: str | None = None
+    region: str = DEFAULT_REGION
+    zone: str | None = None
+    service_account: str = DEFAULT_ACCOUNT_ID  # account id or email
+    key_file: Path | None = None
+    no_local_key: bool = False
+    role_id: str = DEFAULT_ROLE_ID
+    gar: bool = True
+    instance_service_account: str | None = None
+    create_instance_service_account: bool = False
+    preemptible: bool = True
+    firewall_cidr: str = OPEN_CIDR
+    firewall_ports: tuple[int, ...] = DEFAULT_PORTS
+    upload: bool = True
+    dry_run: bool = False
+    yes: bool = False
+    interactive: bool = True
+    output: str = "text"
+    wait_timeout: float = 600.0
+    coiled_server: str | None = None
+    explicit: set[str] = field(default_factory=set)  # flags the user gave
+
+    @property
+    def account_id(self) -> str:
+        return self.service_account.split("@", 1)[0]
+
+    @property
+    def account_email(self) -> str:
+        if "@" in self.service_account:
+            return self.service_account
+        return f"{self.service_account}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def role_name(self) -> str:
+        return f"projects/{self.project}/roles/{self.role_id}"
+
+    @property
+    def repository(self) -> str:
+        return f"projects/{self.project}/locations/{self.region}/repositories/coiled"
+
+    @property
+    def open_firewall(self) -> bool:
+        return ipaddress.ip_network(self.firewall_cidr, strict=False).prefixlen == 0
+
+
+def check_project(project: str) -> None:
+    if not PROJECT_ID_RE.match(project or ""):
+        raise BadInput(
+            f"--project {project!r} is not a valid project id: use 6 to 30 lowercase letters, digits or "
+            "hyphens, starting with a letter and not ending with a hyphen."
+        )
+
+
+def check_account(value: str, project: str, flag: str = "--service-account") -> None:
+    if "@" in value:
+        m = SA_EMAIL_RE.match(value)
+        if not m:
+            raise BadInput(f"{flag} {value!r} is not a service account email (NAME@PROJECT.iam.gserviceaccount.com).")
+        if m.group(3) != project:
+            raise BadInput(f"{flag} {value!r} belongs to project {m.group(3)}, not {project}: name an account of {project}.")
+        value = m.group(1)
+    if not (6 <= len(value) <= 30 and ACCOUNT_ID_RE.match(value)):
+        raise BadInput(
+            f"{flag} {value!r} is not a valid account id: use 6 to 30 lowercase letters, digits or hyphens, "
+            "starting with a letter and not ending with a hyphen."
+        )
+
+
+def validate(o: Options) -> None:
+    """Raises BadInput naming the first input that breaks a rule."""
+    check_project(o.project)
+    check_account(o.service_account, o.project)
+    if not ROLE_ID_RE.match(o.role_id):
+        raise BadInput(f"--role-id {o.role_id!r} is not valid: use 3 to 64 letters, digits, underscores or periods.")
+    if o.gar and o.region not in GAR_REGIONS:
+        raise BadInput(
+            f"--region {o.region!r} cannot hold Coiled's Artifact Registry repository: use us-east1 or "
+            "us-central1, or pass --no-gar to use another registry."
+        )
+    if o.region not in REGIONS:
+        raise BadInput(f"--region {o.region!r} is not a Google Cloud region (for example us-east1).")
+    if o.zone is None:
+        o.zone = f"{o.region}-{DEFAULT_ZONE_SUFFIX}"
+    if not re.match(rf"^{re.escape(o.region)}-[a-f]$", o.zone):
+        raise BadInput(f"--zone {o.zone!r} is not a zone of region {o.region} (for example {o.region}-c).")
+    try:
+        net = ipaddress.ip_network(o.firewall_cidr, strict=True)
+    except ValueError:
+        raise BadInput(
+            f"--firewall-cidr {o.firewall_cidr!r} is not a network in CIDR notation (for example 203.0.113.0/24)."
+        ) from None
+    if net.version != 4:
+        raise BadInput(f"--firewall-cidr {o.firewall_cidr!r} must be an IPv4 network.")
+    if not o.firewall_ports or any(not (1 <= p <= 65535) for p in o.firewall_ports):
+        raise BadInput("--firewall-ports must list ports from 1 to 65535, for example 22,8786,8787.")
+    if o.instance_service_account and o.create_instance_service_account:
+        raise BadInput("Use either --instance-service-account or --create-instance-service-account, not both.")
+    if o.instance_service_account:
+        e = o.instance_service_account
+        if not EMAIL_RE.match(e) or not e.endswith(".gserviceaccount.com"):
+            raise BadInput(f"--instance-service-account {e!r} is not a service account email.")
+        if e == o.account_email:
+            raise BadInput(
+                "--instance-service-account must differ from the Coiled service account: instances should "
+                "get least privilege."
+            )
+    if o.key_file is not None:
+        if o.no_local_key:
+            raise BadInput("Use either --key-file or --no-local-key, not both.")
+        if o.key_file.exists() and not o.key_file.is_file():
+            raise BadInput(f"--key-file {str(o.key_file)!r} is not a file.")
+        parent = o.key_file.parent
+        if not o.key_file.exists() and parent.exists() and not parent.is_dir():
+            raise BadInput(f"--key-file {str(o.key_file)!r} cannot be written: its parent is not a directory.")
+    if o.output not in ("text", "json"):
+        raise BadInput(f"--output {o.output!r} is not known: use text or json.")
+    if o.wait_timeout <= 0:
+        raise BadInput("--wait-timeout must be a positive number of seconds.")
+
+
+def parse_ports(text: str) -> tuple[int, ...]:
+    try:
+        ports = tuple(int(p) for p in text.replace(" ", "").split(",") if p)
+    except ValueError:
+        raise BadInput(f"--firewall-ports {text!r} must be comma-separated port numbers, for example 22,8786,8787.") from None
+    return ports

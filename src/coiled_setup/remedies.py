@@ -1,0 +1,57 @@
+"""One sentence per Google refusal: what is wrong and what to do."""
+
+from __future__ import annotations
+
+from coiled_setup.cloud import CloudError
+from coiled_setup.errors import MISSING_PERMISSION, STEP_FAILED
+
+# The predefined role to ask for, by permission prefix.
+GRANTING_ROLES = [
+    ("iam.serviceAccountKeys.", "roles/iam.serviceAccountKeyAdmin"),
+    ("iam.serviceAccounts.", "roles/iam.serviceAccountAdmin"),
+    ("iam.roles.", "roles/iam.roleAdmin"),
+    ("resourcemanager.projects.setIamPolicy", "roles/resourcemanager.projectIamAdmin"),
+    ("resourcemanager.projects.getIamPolicy", "roles/resourcemanager.projectIamAdmin"),
+    ("resourcemanager.projects.get", "roles/browser"),
+    ("serviceusage.services.", "roles/serviceusage.serviceUsageAdmin"),
+    ("artifactregistry.", "roles/artifactregistry.admin"),
+]
+
+
+def granting_role(permission: str) -> str:
+    for prefix, role in GRANTING_ROLES:
+        if permission.startswith(prefix):
+            return role
+    return "roles/owner"
+
+
+def missing_permissions_sentence(principal: str, project: str, missing: list[str]) -> str:
+    by_role: dict[str, list[str]] = {}
+    for p in missing:
+        by_role.setdefault(granting_role(p), []).append(p)
+    parts = "; ".join(f"{role} grants {', '.join(perms)}" for role, perms in by_role.items())
+    return (f"{principal or 'Your account'} lacks {len(missing)} permission(s) needed in project {project}: "
+            f"{parts}. Ask a project owner for those roles and run again; nothing was changed.")
+
+
+def explain(e: CloudError, project: str) -> tuple[str, int]:
+    """(sentence, exit code) for a Google error a step could not get past."""
+    if e.reason == "SERVICE_DISABLED":
+        svc = e.metadata.get("service", "an API")
+        return (f"The API {svc} is disabled in project {project}: enable it (gcloud services enable {svc} "
+                f"--project {project}) and run again.", STEP_FAILED)
+    if e.reason == "UREQ_PROJECT_BILLING_NOT_FOUND":
+        svc = e.metadata.get("services", "the APIs Coiled needs")
+        return (f"Project {project} has no billing account, which Google requires before enabling {svc}: link "
+                f"one (gcloud billing projects link {project} --billing-account=ACCOUNT_ID) and run again.",
+                STEP_FAILED)
+    if e.code == "PERMISSION_DENIED" and e.permission:
+        return (f"Google refused: your account lacks {e.permission} (granted by {granting_role(e.permission)}) "
+                f"in project {project}; ask a project owner for it and run again.", MISSING_PERMISSION)
+    if e.code == "UNAUTHENTICATED":
+        return (f"Google did not accept your credentials ({e.message}): run `gcloud auth application-default "
+                "login` or point GOOGLE_APPLICATION_CREDENTIALS at a valid key.", STEP_FAILED)
+    if e.transient:
+        return (f"Google kept answering {e.code} ({e.message}): check your connection and run again; "
+                "the run resumes where it stopped.", STEP_FAILED)
+    return f"Google answered {e.code}: {e.message.rstrip('.')}.", STEP_FAILED

@@ -1,0 +1,197 @@
+"""Step 1: the Coiled service account and its JSON key."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from coiled_setup import keyfile as keyfiles
+from coiled_setup import paths, waiting
+from coiled_setup.cloud import CloudError
+from coiled_setup.errors import UserError
+from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
+
+MAX_USER_KEYS = 10
+KEY_ORG_POLICY = "constraints/iam.disableServiceAccountKeyCreation"
+
+
+class AccountStep(Step):
+    key = "account"
+    title = "Service account and key"
+
+    def __init__(self):
+        self.account = None
+        self.keys = []
+        self.local: dict | None = None  # a usable key file's content
+        self.local_path: Path | None = None
+        self.orphans: list[str] = []
+
+    # -- observe --------------------------------------------------------------------------------
+    def key_path(self, run: Run) -> Path:
+        o = run.opts
+        if o.key_file is not None:
+            return o.key_file
+        recorded = run.journal.get("key_file")
+        if recorded and run.journal.get("account") == o.account_email:
+            return Path(recorded)
+        return paths.default_key_path(o.project, o.account_id)
+
+    def observe(self, run: Run) -> None:
+        o = run.opts
+        self.account = run.google.get_account(o.account_email)
+        self.keys = run.google.list_user_keys(o.account_email) if self.account else []
+        self.local, self.local_path = None, None
+        if not o.no_local_key:
+            path = self.key_path(run)
+            self.local_path = path
+            if path.exists():
+                try:
+                    data = keyfiles.read(path)
+                except UserError:
+                    if o.key_file is not None:
+                        raise
+                    data = None  # a damaged default file is replaced, not trusted
+                if data and data["client_email"] == o.account_email and self._live(data["private_key_id"]):
+                    self.local = data
+        pending = run.journal.get("key_pending")
+        self.orphans = []
+        if pending and pending.get("email") == o.account_email:
+            keep = set(pending.get("known", [])) | {self._local_id()}
+            self.orphans = [k.key_id for k in self.keys if k.key_id not in keep]
+
+    def _live(self, key_id: str) -> bool:
+        return any(k.key_id == key_id and not k.disabled for k in self.keys)
+
+    def _local_id(self) -> str | None:
+        return self.local["private_key_id"] if self.local else None
+
+    def _coiled_key(self, run: Run) -> str | None:
+        """The key id Coiled holds for this account, when it is still live on Google."""
+        creds = run.coiled_view.get("credentials") or {}
+        kid = creds.get("private_key_id")
+        if creds.get("client_email") == run.opts.account_email and kid and self._live(kid):
+            return kid
+        return None
+
+    def needs_key(self, run: Run) -> bool:
+        if self.account is None:
+            return True
+        if run.opts.no_local_key:
+            return self._coiled_key(run) is None
+        return self.local is None
+
+    # -- plan -----------------------------------------------------------------------------------
+    def plan(self, run: Run) -> Change:
+        o = run.opts
+        if self.account is None:
+            return Change(CREATE, f"create {o.account_email} and a key")
+        if self.account.disabled:
+            raise UserError(
+                f"Service account {o.account_email} is disabled: enable it (gcloud iam service-accounts "
+                f"enable {o.account_email}) or choose another with --service-account."
+            )
+        extra = f"; delete {len(self.orphans)} key(s) an interrupted run left behind" if self.orphans else ""
+        if self.needs_key(run):
+            return Change(CREATE, f"create a key for {o.account_email}{extra}")
+        kid = self._local_id() or self._coiled_key(run)
+        where = f"in {self.local_path}" if self.local else "held by Coiled"
+        return Change(UPDATE if self.orphans else NOTHING, f"key {kid[:12]}… {where}{extra}")
+
+    # -- apply ----------------------------------------------------------------------------------
+    def apply(self, run: Run) -> str:
+        o, g = run.opts, run.google
+        done = []
+        if self.account is None:
+            try:
+                self.account = g.create_account(o.project, o.account_id, "Coiled",
+                                                "Used by Coiled to run Dask clusters (created by coiled-setup).")
+                run.fresh_account = True
+                done.append("created account")
+            except CloudError as e:
+                if e.code != "ALREADY_EXISTS":
+                    raise
+            run.journal.set(account=o.account_email)
+        elif run.journal.get("account") != o.account_email:
+            run.journal.set(account=o.account_email)
+        if self.orphans:
+            for kid in self.orphans:
+                self._delete_key(run, kid)
+            done.append(f"deleted {len(self.orphans)} orphaned key(s)")
+            self.orphans = []
+        run.journal.set(key_pending=None)
+        if self.needs_key(run):
+            self._create_key(run)
+            done.append(f"created key {run.key_id[:12]}…")
+        elif self.local is not None:
+            run.keyfile, run.key_id, run.key_path = self.local, self.local["private_key_id"], str(self.local_path)
+        else:
+            run.key_id = self._coiled_key(run)
+        return ", ".join(done) or "nothing to do"
+
+    def _delete_key(self, run: Run, kid: str) -> None:
+        try:
+            run.google.delete_key(run.opts.account_email, kid)
+        except CloudError as e:
+            if e.code != "NOT_FOUND":
+                raise
+        run.journal.drop_key(kid)
+
+    def _keys_now(self, run: Run):
+        """User-managed keys, waiting while a just-created account is not yet visible."""
+        def attempt():
+            try:
+                return run.google.list_user_keys(run.opts.account_email), True
+            except CloudError as e:
+                if e.code == "NOT_FOUND" and run.fresh_account:
+                    return None
+                raise
+        keys, _ = waiting.poll(attempt, timeout=run.opts.wait_timeout, what="waiting for the new account to appear",
+                               tick=run.ui.tick)
+        return keys
+
+    def _create_key(self, run: Run) -> None:
+        o, g = run.opts, run.google
+        keys = self._keys_now(run)
+        if len(keys) >= MAX_USER_KEYS:
+            keys = self._make_room(run, keys)
+        # Written before the key exists, so a crash between here and the file leaves a trace to clean up.
+        run.journal.set(key_pending={"email": o.account_email, "known": [k.key_id for k in keys],
+                                     "started": time.time()})
+        try:
+            data = g.create_key(o.account_email)
+        except CloudError as e:
+            if e.code == "FAILED_PRECONDITION" and KEY_ORG_POLICY in e.violations:
+                raise UserError(
+                    f"The organization policy iam.disableServiceAccountKeyCreation forbids creating keys in "
+                    f"project {o.project}: an organization policy administrator must exempt this project "
+                    f"(gcloud resource-manager org-policies disable-enforce iam.disableServiceAccountKeyCreation "
+                    f"--project {o.project}) before Coiled can get a key."
+                ) from None
+            raise
+        kid = data["private_key_id"]
+        run.journal.add_key(kid)
+        if not o.no_local_key:
+            path = self.local_path or paths.default_key_path(o.project, o.account_id)
+            paths.write_private(path, json.dumps(data, indent=2) + "\n")
+            run.key_path = str(path)
+            run.journal.set(key_file=str(path))
+        run.journal.set(key_pending=None, key_id=kid)
+        run.keyfile, run.key_id = data, kid
+
+    def _make_room(self, run: Run, keys):
+        o = run.opts
+        ours = [k for k in keys if k.key_id in run.journal.our_keys() and k.key_id != self._coiled_key(run)]
+        message = (f"Service account {o.account_email} already has {len(keys)} user-managed keys, the most Google "
+                   f"allows")
+        if not ours or not o.interactive:
+            raise UserError(
+                f"{message}: delete one you no longer use (gcloud iam service-accounts keys list "
+                f"--iam-account {o.account_email}, then keys delete) and run again."
+            )
+        oldest = min(ours, key=lambda k: k.created)
+        if not run.ui.confirm(f"{message}. Delete the oldest key coiled-setup created ({oldest.key_id[:12]}…)?",
+                              default=False):
+            raise UserError(f"{message}: delete a key you no longer use and run again.")
+        self._delete_key(run, oldest.key_id)
+        return [k for k in keys if k.key_id != oldest.key_id]

@@ -1,0 +1,35 @@
+"""Step 3: the account bound to the role in the project's IAM policy, everyone else's bindings kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from coiled_setup.steps import policy as policies
+from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
+
+
+class BindingStep(Step):
+    key = "binding"
+    title = "Project IAM binding"
+
+    def __init__(self, member: Callable[[Run], str], role: Callable[[Run], str], key: str = "binding",
+                 title: str = "Project IAM binding"):
+        self.member, self.role = member, role
+        self.key, self.title = key, title
+        self.present = False
+
+    def observe(self, run: Run) -> None:
+        self.present = policies.holds(run.google.get_policy(run.opts.project), self.role(run), self.member(run))
+
+    def plan(self, run: Run) -> Change:
+        what = f"{self.member(run)} → {self.role(run)}"
+        return Change(NOTHING, what) if self.present else Change(CREATE, f"bind {what}")
+
+    def apply(self, run: Run) -> str:
+        g, p = run.google, run.opts.project
+        wrote = policies.ensure_member(
+            lambda: g.get_policy(p), lambda pol: g.set_policy(p, pol), self.role(run), self.member(run),
+            timeout=run.opts.wait_timeout, tick=run.ui.tick, on_conflict=run.ui.conflict,
+        )
+        self.present = True
+        return "bound" if wrote else "already bound"

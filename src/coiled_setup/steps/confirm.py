@@ -1,0 +1,64 @@
+"""Before the upload: prove, as the account itself, that Google grants every permission."""
+
+from __future__ import annotations
+
+from coiled_setup import role_templates, waiting
+from coiled_setup.cloud import CloudError
+from coiled_setup.errors import UserError
+from coiled_setup.steps.base import CHECK, Change, Run, Step
+
+REPO_PERMISSIONS = ["artifactregistry.repositories.uploadArtifacts", "artifactregistry.repositories.downloadArtifacts"]
+
+
+def missing_permissions(google, opts) -> list[str]:
+    """Permissions the account (behind `google`) does not hold yet, project and repository."""
+    want = list(role_templates.load().permissions)
+    held = google.test_permissions(opts.project, want)
+    missing = [p for p in want if p not in held]
+    if opts.gar:
+        rheld = google.test_permissions(opts.repository, REPO_PERMISSIONS, repository=True)
+        missing += [p for p in REPO_PERMISSIONS if p not in rheld]
+    return missing
+
+
+class ConfirmStep(Step):
+    key = "confirm"
+    title = "Permissions in effect"
+
+    def plan(self, run: Run) -> Change:
+        n = len(role_templates.load().permissions) + (len(REPO_PERMISSIONS) if run.opts.gar else 0)
+        return Change(CHECK, f"check {n} permissions as the account itself")
+
+    def apply(self, run: Run) -> str:
+        if run.keyfile is None:
+            return "skipped: the key is held by Coiled only (check later with coiled-setup verify --key-file)"
+        from coiled_setup.cloud import Google
+
+        as_account = Google.from_key(run.keyfile)
+        last: list[str] = []
+
+        def check():
+            nonlocal last
+            try:
+                last = missing_permissions(as_account, run.opts)
+            except CloudError as e:
+                # A new key or binding may not be usable for a little while.
+                if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or e.transient:
+                    last = last or ["(the key is not accepted yet)"]
+                    return False
+                raise
+            return not last
+
+        try:
+            waiting.poll(check, timeout=run.opts.wait_timeout, what="waiting for Google to put the permissions "
+                         "in effect", tick=run.ui.tick)
+        except waiting.TimedOut:
+            raise UserError(
+                f"After {int(run.opts.wait_timeout)} s Google still does not grant {run.opts.account_email}: "
+                f"{', '.join(last[:5])}{' …' if len(last) > 5 else ''}; run `coiled-setup verify` to see why, "
+                "or run again with a longer --wait-timeout."
+            ) from None
+        finally:
+            as_account.close()
+        return "all permissions in effect"
+

@@ -1,0 +1,52 @@
+"""Step 5: the optional instance service account, with least privilege."""
+
+from __future__ import annotations
+
+from coiled_setup.cloud import CloudError
+from coiled_setup.errors import UserError
+from coiled_setup.options import INSTANCE_ACCOUNT_ID
+from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
+
+
+def instance_email(opts) -> str:
+    if opts.instance_service_account:
+        return opts.instance_service_account
+    return f"{INSTANCE_ACCOUNT_ID}@{opts.project}.iam.gserviceaccount.com"
+
+
+class InstanceAccountStep(Step):
+    key = "instance"
+    title = "Instance service account"
+    optional = True
+
+    def __init__(self):
+        self.account = None
+
+    def observe(self, run: Run) -> None:
+        self.account = run.google.get_account(instance_email(run.opts))
+
+    def plan(self, run: Run) -> Change:
+        email = instance_email(run.opts)
+        run.instance_email = email
+        if self.account is not None:
+            return Change(NOTHING, f"use {email}")
+        if run.opts.instance_service_account:
+            raise UserError(
+                f"--instance-service-account {email} does not exist (or you cannot see it): create it first, "
+                "or use --create-instance-service-account."
+            )
+        return Change(CREATE, f"create {email}")
+
+    def apply(self, run: Run) -> str:
+        if self.account is not None:
+            return "nothing to do"
+        try:
+            self.account = run.google.create_account(
+                run.opts.project, INSTANCE_ACCOUNT_ID, "Coiled instances",
+                "Attached to Coiled's cluster instances; grant it only the data access your work needs.",
+            )
+        except CloudError as e:
+            if e.code != "ALREADY_EXISTS":
+                raise
+        run.journal.created("instance_account", instance_email(run.opts))
+        return "created"

@@ -1,0 +1,70 @@
+"""Adding one member to one role in an IAM policy without losing anyone else's bindings."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from coiled_setup import waiting
+from coiled_setup.cloud import Binding, CloudError, Policy
+from coiled_setup.errors import UserError
+
+MAX_CONFLICTS = 12
+
+
+def holds(policy: Policy, role: str, member: str) -> bool:
+    return any(b.role == role and b.condition is None and member in b.members for b in policy.bindings)
+
+
+def with_member(policy: Policy, role: str, member: str) -> Policy:
+    """The same policy plus `member` in the unconditional binding of `role`; conditions are kept as they are."""
+    bindings = [Binding(b.role, list(b.members), b.condition) for b in policy.bindings]
+    for b in bindings:
+        if b.role == role and b.condition is None:
+            b.members.append(member)
+            break
+    else:
+        bindings.append(Binding(role, [member]))
+    # Version 3 keeps conditional bindings intact; a version-1 write would drop them.
+    return Policy(3, policy.etag, bindings)
+
+
+def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], role: str, member: str, *,
+                  timeout: float, tick=None, on_conflict=None) -> bool:
+    """Read-modify-write with the etag, the whole cycle retried on a conflict.
+
+    Answers True when it wrote, False when the member was already there. While a just-created
+    account is unknown to IAM ("does not exist"), waits with backoff up to `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    conflicts = 0
+    waits = waiting.delays()
+    while True:
+        policy = get()
+        if holds(policy, role, member):
+            return False
+        try:
+            put(with_member(policy, role, member))
+            return True
+        except CloudError as e:
+            if e.code == "ABORTED":
+                conflicts += 1
+                if on_conflict:
+                    on_conflict()
+                if conflicts > MAX_CONFLICTS:
+                    raise UserError(
+                        f"The IAM policy kept changing under us ({conflicts} conflicts in a row): "
+                        "run again when other changes have settled."
+                    ) from None
+                time.sleep(random.uniform(0.05, 0.2) * min(conflicts, 5))
+                continue
+            if e.code == "INVALID_ARGUMENT" and "does not exist" in e.message:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                if tick:
+                    tick(f"waiting for Google to know {member.split(':', 1)[1]} ({int(left + 0.999)} s left)")
+                time.sleep(min(next(waits), left))
+                continue
+            raise

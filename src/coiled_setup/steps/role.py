@@ -1,0 +1,74 @@
+"""Step 2: a custom role holding exactly the bundled template's permissions."""
+
+from __future__ import annotations
+
+from coiled_setup import role_templates
+from coiled_setup.cloud import CloudError
+from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
+
+
+class RoleStep(Step):
+    key = "role"
+    title = "Custom role"
+
+    def __init__(self, role_id: str, template: str = role_templates.CONTROL_PLANE, key: str = "role",
+                 title: str = "Custom role"):
+        self.role_id = role_id
+        self.template = role_templates.load(template)
+        self.key, self.title = key, title
+        self.role = None
+
+    def name(self, run: Run) -> str:
+        return f"projects/{run.opts.project}/roles/{self.role_id}"
+
+    def observe(self, run: Run) -> None:
+        self.role = run.google.get_role(self.name(run))
+
+    def diff(self) -> tuple[list[str], list[str]]:
+        want = list(self.template.permissions)
+        have = set(self.role.permissions) if self.role else set()
+        return [p for p in want if p not in have], sorted(have - set(want))
+
+    def _drifted(self) -> bool:
+        r, t = self.role, self.template
+        added, removed = self.diff()
+        return bool(added or removed) or (r.title, r.description, r.stage) != (t.title, t.description, t.stage)
+
+    def plan(self, run: Run) -> Change:
+        n = len(self.template.permissions)
+        if self.role is None:
+            return Change(CREATE, f"create {self.name(run)} with {n} permissions")
+        added, removed = self.diff()
+        what = []
+        if added:
+            what.append(f"add {len(added)}: {', '.join(added)}")
+        if removed:
+            what.append(f"remove {len(removed)}: {', '.join(removed)}")
+        if self.role.deleted:
+            return Change(UPDATE, f"undelete {self.name(run)}" + (f" and {'; '.join(what)}" if what else ""))
+        if self._drifted():
+            return Change(UPDATE, f"update {self.name(run)}: " + ("; ".join(what) or "title/description/stage"))
+        return Change(NOTHING, f"{self.name(run)} has the {n} permissions")
+
+    def apply(self, run: Run) -> str:
+        g, t = run.google, self.template
+        args = (t.title, t.description, list(t.permissions), t.stage)
+        if self.role is None:
+            try:
+                g.create_role(run.opts.project, self.role_id, *args)
+                return "created"
+            except CloudError as e:
+                if e.code not in ("ALREADY_EXISTS", "FAILED_PRECONDITION"):
+                    raise
+                self.observe(run)  # someone else made it, or it is soft-deleted: converge below
+        verbs = []
+        etag = self.role.etag
+        if self.role.deleted:
+            self.role = g.undelete_role(self.name(run), etag)
+            etag = self.role.etag
+            verbs.append("undeleted")
+        if self._drifted():
+            added, removed = self.diff()
+            self.role = g.update_role(self.name(run), etag, *args)
+            verbs.append(f"updated (+{len(added)} −{len(removed)})")
+        return " and ".join(verbs) or "nothing to do"

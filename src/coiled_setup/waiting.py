@@ -1,0 +1,39 @@
+"""Waiting for Google to catch up: polls with capped exponential backoff and jitter, never fixed sleeps."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+FIRST_DELAY_S = 0.1
+MAX_DELAY_S = 1.0
+FACTOR = 1.6
+
+
+def delays(first: float = FIRST_DELAY_S, cap: float = MAX_DELAY_S, factor: float = FACTOR):
+    """0.1, 0.16, 0.26, ... capped, each with +-20 % jitter so many clients don't poll in step."""
+    d = first
+    while True:
+        yield d * random.uniform(0.8, 1.2)
+        d = min(cap, d * factor)
+
+
+class TimedOut(Exception):
+    pass
+
+
+def poll(check: Callable[[], object], *, timeout: float, what: str,
+         tick: Callable[[str], None] | None = None, cap: float = MAX_DELAY_S):
+    """Calls `check` until it answers something truthy; `tick` hears a countdown line between tries."""
+    deadline = time.monotonic() + timeout
+    for d in delays(cap=cap):
+        result = check()
+        if result:
+            return result
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimedOut(what)
+        if tick:
+            tick(f"{what} ({int(left + 0.999)} s left)")
+        time.sleep(min(d, left))
