@@ -123,6 +123,22 @@ def test_delete_service_account(sandbox):
         c.iam.delete_service_account(name=sa.name)
 
 
+def test_deleted_account_bindings_not_inherited(sandbox):
+    c = clients(sandbox)
+    sa = new_account(c, "reborn-account")
+    grant(c, "roles/iam.roleViewer", f"serviceAccount:{sa.email}")
+    c.iam.delete_service_account(name=sa.name)
+    members = [m for b in c.projects.get_iam_policy(resource=f"projects/{c.project}").bindings
+               for m in b.members]
+    assert f"serviceAccount:{sa.email}" not in members
+    assert f"deleted:serviceAccount:{sa.email}?uid={sa.unique_id}" in members
+
+    again = new_account(c, "reborn-account")
+    assert again.email == sa.email and again.unique_id != sa.unique_id
+    as_new = clients(sandbox, json.loads(c.iam.create_service_account_key(name=again.name).private_key_data))
+    assert granted(as_new, ["iam.roles.list"]) == []
+
+
 def test_disable_and_enable_service_account(sandbox):
     c = clients(sandbox)
     sa = new_account(c, "toggled-account")
@@ -135,8 +151,9 @@ def test_disable_and_enable_service_account(sandbox):
     assert c.iam.get_service_account(name=sa.name).disabled is True
     assert state(sandbox)["service_accounts"][sa.email]["disabled"] is True
     # Neither the token it already holds nor a new one works.
-    with pytest.raises(gx.Unauthenticated):
+    with pytest.raises(gx.Unauthenticated) as e:
         granted(as_sa, ["iam.roles.list"])
+    assert e.value.reason == "ACCOUNT_STATE_INVALID"
     with pytest.raises(auth_exceptions.RefreshError) as e:
         credentials(key).refresh(Request())
     assert "invalid_grant" in str(e.value)
@@ -466,5 +483,11 @@ def test_unauthenticated_caller(sandbox):
 
     ch = channel(sandbox.google_endpoint)  # no credentials at all
     iam = iam_admin_v1.IAMClient(transport=iam_admin_v1.IAMClient.get_transport_class("grpc")(channel=ch))
-    with pytest.raises(gx.Unauthenticated):
+    with pytest.raises(gx.Unauthenticated) as e:
         iam.list_service_accounts(name=f"projects/{sandbox.project}")
+    assert e.value.reason == "CREDENTIALS_MISSING"
+    with pytest.raises(gx.Unauthenticated) as e:
+        iam.list_service_accounts(name=f"projects/{sandbox.project}",
+                                  metadata=[("authorization", "Bearer ya29.made-up-token")])
+    assert e.value.reason == "ACCESS_TOKEN_TYPE_UNSUPPORTED"
+    assert state(sandbox)["service_accounts"].keys() == {sandbox.operator_email}

@@ -75,6 +75,10 @@ def caller_of(world: World, authorization: str | None) -> str:
             "login cookie or other valid authentication credential."
         )
     token = authorization[7:].strip()
+    invalid = (
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+        "login cookie or other valid authentication credential."
+    )
     with world.lock:
         if token.count(".") == 2 and not token.startswith("ya29."):
             # Self-signed JWT, as client libraries send for service-account keys.
@@ -85,11 +89,10 @@ def caller_of(world: World, authorization: str | None) -> str:
         else:
             email, expiry = world.tokens.get(token, (None, 0.0))
             if email and expiry < time.time():
-                email = None
-        sa = world.accounts.get(email) if email else None
+                raise errors.unauthenticated(invalid, "ACCESS_TOKEN_EXPIRED")
+        if email is None:
+            raise errors.unauthenticated(invalid, "ACCESS_TOKEN_TYPE_UNSUPPORTED")
+        sa = world.accounts.get(email)
         if sa is None or sa.disabled:
-            raise errors.unauthenticated(
-                "Request had invalid authentication credentials. Expected OAuth 2 access token, "
-                "login cookie or other valid authentication credential."
-            )
+            raise errors.unauthenticated(invalid, "ACCOUNT_STATE_INVALID")
         return email

@@ -99,9 +99,8 @@ def failed_precondition(message: str, **kw) -> ApiError:
     return ApiError(grpc.StatusCode.FAILED_PRECONDITION, message, **kw)
 
 
-def unauthenticated(message: str) -> ApiError:
-    return ApiError(
-        grpc.StatusCode.UNAUTHENTICATED,
-        message,
-        reason="ACCESS_TOKEN_TYPE_UNSUPPORTED" if "type" in message else "CREDENTIALS_MISSING",
-    )
+def unauthenticated(message: str, reason: str = "CREDENTIALS_MISSING") -> ApiError:
+    """UNAUTHENTICATED with Google's ErrorInfo reason: CREDENTIALS_MISSING (no token),
+    ACCESS_TOKEN_TYPE_UNSUPPORTED (a token Google does not know), ACCESS_TOKEN_EXPIRED,
+    ACCOUNT_STATE_INVALID (the token's account is disabled or deleted)."""
+    return ApiError(grpc.StatusCode.UNAUTHENTICATED, message, reason=reason)

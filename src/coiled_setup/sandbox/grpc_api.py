@@ -273,6 +273,11 @@ def delete_service_account(ctx: Ctx, req: iam.DeleteServiceAccountRequest):
     del w.accounts[sa.email]
     for kid in [k.key_id for k in w.keys.values() if k.email == sa.email]:
         del w.keys[kid]
+    # Google keeps the account's bindings under a tombstone name: a new account with the same
+    # email does not inherit them.
+    tomb = f"deleted:serviceAccount:{sa.email}?uid={sa.unique_id}"
+    for policy in [p.policy for p in w.projects.values()] + [r.policy for r in w.repositories.values()]:
+        policy.rename_member(f"serviceAccount:{sa.email}", tomb)
     ctx.changed = True
     return empty_pb2.Empty()
 

@@ -102,6 +102,15 @@ class Policy:
         self.effective_at = eff
         self.counter += 1
 
+    def rename_member(self, old: str, new: str) -> None:
+        """Renames a principal everywhere in the policy (as Google marks a deleted account)."""
+        for b in self.bindings:
+            if old in b.members:
+                b.members = [new if m == old else m for m in b.members]
+        self.effective_at = {
+            (k[:-1] + (new,) if k[-1] == old else k): t for k, t in self.effective_at.items()
+        }
+
     def dump(self) -> dict:
         return {
             "version": self.version,
