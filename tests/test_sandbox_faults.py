@@ -31,6 +31,9 @@ def read_many(sb, n: int) -> list[str]:
             out.append("OK")
         except gx.GoogleAPICallError as e:
             out.append(EXCEPTION_CODES[type(e)])
+            if isinstance(e, gx.ResourceExhausted):  # quota errors carry Google's ErrorInfo
+                assert e.reason == "RATE_LIMIT_EXCEEDED"
+                assert e.metadata["service"] == "cloudresourcemanager.googleapis.com"
     return out
 
 

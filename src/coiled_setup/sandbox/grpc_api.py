@@ -48,7 +48,6 @@ AR_SVC = "artifactregistry.googleapis.com"
 BILLED_SERVICES = {AR_SVC, "compute.googleapis.com", "container.googleapis.com"}
 MAX_TEST_PERMISSIONS = 100
 FAR_FUTURE = 253402300799  # 9999-12-31T23:59:59Z, Google's "never expires"
-TRANSIENT_BEFORE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 FAULT_CODES = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED]
 
 
@@ -808,6 +807,8 @@ METHODS: list[tuple[str, str, Callable, type, bool]] = [
     (OPS_PATH, "GetOperation", get_operation, operations_pb2.GetOperationRequest, False),
 ]
 
+API_HOSTS = {"iam": IAM_SVC, "resourcemanager": CRM_SVC, "serviceusage": SU_SVC,
+             "artifactregistry": AR_SVC, "operations": SU_SVC}
 SERVICE_NAMES = {IAM_PATH: "iam", CRM_PATH: "resourcemanager", SU_PATH: "serviceusage",
                  AR_PATH: "artifactregistry", OPS_PATH: "operations"}
 
@@ -851,9 +852,17 @@ def _wrap(world: World, service: str, method: str, fn: Callable, writes: bool):
         ctx = None
         code = "OK"
         try:
-            if fault in TRANSIENT_BEFORE:
-                raise ApiError(fault, "The service is currently unavailable." if fault == grpc.StatusCode.UNAVAILABLE
-                               else "Quota exceeded; retry later.")
+            if fault == grpc.StatusCode.UNAVAILABLE:
+                raise ApiError(fault, "The service is currently unavailable.")
+            if fault == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                host = API_HOSTS[service]
+                raise ApiError(
+                    fault,
+                    f"Quota exceeded for quota metric 'Requests' and limit 'Requests per minute' of "
+                    f"service '{host}'.",
+                    reason="RATE_LIMIT_EXCEEDED",
+                    metadata={"service": host, "quota_metric": f"{host}/default_requests"},
+                )
             md = {k: v for k, v in context.invocation_metadata()}
             caller = caller_of(world, md.get("authorization"))
             ctx = Ctx(world, caller)
