@@ -25,3 +25,29 @@ def make_sandbox(tmp_path):
 @pytest.fixture
 def sandbox(make_sandbox):
     return make_sandbox()
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Runs the real `coiled-setup` in a subprocess against a sandbox, isolated from the user's files."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "user-home"
+    home.mkdir(exist_ok=True)
+
+    def run(sb, *args, env=None, timeout=120, check=None):
+        full = {k: v for k, v in os.environ.items()
+                if not k.startswith(("GOOGLE_", "CLOUDSDK_", "DASK_", "COILED_"))}
+        full.update({"HOME": str(home), "CLOUDSDK_CONFIG": str(home / "gcloud"), "GRPC_VERBOSITY": "ERROR",
+                     "NO_COLOR": "1", "COLUMNS": "200"})
+        if sb is not None:
+            full.update(sb.env)
+        full.update(env or {})
+        proc = subprocess.run([sys.executable, "-m", "coiled_setup", *args], env=full, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check is not None:
+            assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        return proc
+
+    return run

@@ -14,7 +14,7 @@ from coiled_setup.journal import Journal
 from coiled_setup.options import INSTANCE_ROLE_ID, OPEN_CIDR, Options, validate
 from coiled_setup.remedies import explain, missing_permissions_sentence
 from coiled_setup.steps.account import AccountStep
-from coiled_setup.steps.apis import ApisStep
+from coiled_setup.steps.apis import ApisStep, wanted_services
 from coiled_setup.steps.base import NOTHING, Run, Step
 from coiled_setup.steps.binding import BindingStep
 from coiled_setup.steps.confirm import ConfirmStep
@@ -162,7 +162,7 @@ class Wizard:
             call.tries = 1
             return call
 
-        services = CORE_SERVICES
+        services = CORE_SERVICES + wanted_services(o)
         results = run_all([attempt(lambda: g.get_project(o.project)),
                            attempt(lambda: g.test_permissions(o.project, perms))]
                           + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
@@ -188,10 +188,10 @@ class Wizard:
         for s, (on, err) in zip(services, results[2:]):
             if err is not None:
                 raise UserError(*explain(err, o.project))
-            if not on:
+            if not on and s in CORE_SERVICES:
                 raise UserError(f"The API {s} is disabled in project {o.project}: enable it (gcloud services enable "
                                 f"{s} --project {o.project}) and run again.")
-            enabled[s] = True
+            enabled[s] = bool(on)
         return enabled
 
     # -- interactive choices -------------------------------------------------------------------------
@@ -324,6 +324,7 @@ class Wizard:
         for s, res in zip(steps, self.results):
             self.current = s
             if plans[s.key].action == NOTHING:
+                s.adopt(self.run)
                 res.update(result="ok", outcome="nothing to do")
                 continue
             ui.begin(s.title)

@@ -123,11 +123,15 @@ class AccountStep(Step):
         if self.needs_key(run):
             self._create_key(run)
             done.append(f"created key {run.key_id[:12]}…")
-        elif self.local is not None:
+        else:
+            self.adopt(run)
+        return ", ".join(done) or "nothing to do"
+
+    def adopt(self, run: Run) -> None:
+        if self.local is not None:
             run.keyfile, run.key_id, run.key_path = self.local, self.local["private_key_id"], str(self.local_path)
         else:
             run.key_id = self._coiled_key(run)
-        return ", ".join(done) or "nothing to do"
 
     def _delete_key(self, run: Run, kid: str) -> None:
         try:

@@ -19,7 +19,7 @@ class ApisStep(Step):
 
     def observe(self, run: Run) -> None:
         for s in wanted_services(run.opts):
-            if s not in run.services:
+            if not run.services.get(s):
                 run.services[s] = run.google.service_enabled(run.opts.project, s)
 
     def _missing(self, run: Run) -> list[str]:

@@ -53,3 +53,6 @@ class Step:
     def apply(self, run: Run) -> str:
         """Makes the planned change; answers a short outcome."""
         raise NotImplementedError
+
+    def adopt(self, run: Run) -> None:
+        """When nothing is to change: hands what exists to the later steps."""

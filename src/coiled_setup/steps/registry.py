@@ -30,7 +30,9 @@ class RegistryStep(Step):
 
     def observe(self, run: Run) -> None:
         self.format, self.granted = None, False
-        if not run.services.get(ARTIFACT_REGISTRY):
+        if ARTIFACT_REGISTRY not in run.services:
+            run.services[ARTIFACT_REGISTRY] = run.google.service_enabled(run.opts.project, ARTIFACT_REGISTRY)
+        if not run.services[ARTIFACT_REGISTRY]:
             return
         name = run.opts.repository
         self.format = run.google.get_repository(name)

@@ -1,0 +1,113 @@
+"""The package itself: templates, wheel contents, start-up, the sandbox command."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from coiled_setup import role_templates
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = ROOT.parent / "shared" / "seed" / "gcp-backend.rst"
+
+
+def seed_role() -> dict:
+    """The role YAML block of the seed document, parsed independently of the product."""
+    import yaml
+
+    text = SEED.read_text()
+    block = text.split("Save the below YAML")[1].split(".. code-block:: yaml")[1].split("Then, use the")[0]
+    lines = [line for line in block.splitlines() if line.strip()]
+    indent = min(len(line) - len(line.lstrip()) for line in lines)
+    return yaml.safe_load("\n".join(line[indent:] for line in lines))
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the seed document sits beside the repository")
+def test_bundled_role_equals_the_seed():
+    seed = seed_role()
+    t = role_templates.load()
+    assert (t.title, t.description, t.stage) == (seed["title"], seed["description"], seed["stage"])
+    assert list(t.permissions) == seed["includedPermissions"]
+    assert len(t.permissions) == 81
+
+
+def test_instance_role_is_least_privilege():
+    t = role_templates.load(role_templates.INSTANCE)
+    assert list(t.permissions) == ["logging.logEntries.create"]
+
+
+def test_templates_dir_is_the_packaged_one():
+    assert (ROOT / "templates" / "coiled-role.yaml").read_text() == \
+        (ROOT / "src" / "coiled_setup" / "templates" / "coiled-role.yaml").read_text()
+
+
+def test_wheel_contains_both_templates(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "coiled_setup/templates/coiled-role.yaml" in names
+    assert "coiled_setup/templates/coiled-instance-role.yaml" in names
+    assert not any("/sandbox/" in n and n.endswith(".json") for n in names)
+
+
+def _imports_after(args: list[str]) -> set[str]:
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['coiled-setup', *{args!r}]\n"
+            "try:\n    runpy.run_module('coiled_setup', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return set(proc.stderr.split())
+
+
+@pytest.mark.parametrize("args", [["--help"], ["gcp", "--help"], ["sandbox", "--help"], ["--version"]])
+def test_help_imports_no_google_library(args):
+    mods = _imports_after(args)
+    assert "typer" in mods  # the probe really ran the CLI
+    heavy = sorted(m for m in mods if m.startswith(("google", "grpc", "questionary", "yaml")))
+    assert heavy == []
+
+
+def test_version():
+    proc = subprocess.run([sys.executable, "-m", "coiled_setup", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert re.fullmatch(r"coiled-setup \d+\.\d+\.\d+\n", proc.stdout)
+
+
+def test_sandbox_command_prints_one_json_line_and_stops_on_sigterm(tmp_path):
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", "sandbox", "--state-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", info["google_endpoint"])
+        assert info["coiled_url"].startswith("http://127.0.0.1:")
+        assert info["project"] == "coiled-demo"
+        e = info["env"]
+        assert e["COILED_SETUP_GOOGLE_ENDPOINT"] == info["google_endpoint"]
+        assert e["DASK_COILED__SERVER"] == info["coiled_url"]
+        key = json.loads(Path(e["GOOGLE_APPLICATION_CREDENTIALS"]).read_text())
+        assert key["client_email"].startswith("operator@")
+        assert os.stat(e["GOOGLE_APPLICATION_CREDENTIALS"]).st_mode & 0o777 == 0o600
+        from tests.helpers import http
+
+        status, me = http("GET", info["coiled_url"] + "/api/v2/user/me", token=e["DASK_COILED__TOKEN"])
+        assert (status, me["username"]) == (200, "demo")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_sandbox_command_rejects_a_bad_fault_rate():
+    proc = subprocess.run([sys.executable, "-m", "coiled_setup", "sandbox", "--fault-rate", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--fault-rate" in proc.stderr and "Traceback" not in proc.stderr

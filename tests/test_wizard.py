@@ -1,0 +1,336 @@
+"""End to end: the real CLI against the sandbox, then the sandbox inspected through the real clients."""
+
+import copy
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from google.api_core import exceptions as gexc
+
+from coiled_setup import role_templates
+from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
+from tests.helpers import calls, clients, credentials, state
+
+P = "coiled-demo"
+SA = f"coiled@{P}.iam.gserviceaccount.com"
+MEMBER = f"serviceAccount:{SA}"
+ROLE = f"projects/{P}/roles/coiled"
+REPO = f"projects/{P}/locations/us-east1/repositories/coiled"
+ARGS = ("gcp", "--non-interactive")
+
+
+def journal(sb) -> dict:
+    return json.loads((sb.state_dir / "home" / "state" / f"journal-{P}.json").read_text())
+
+
+def writes(sb, since=0) -> list[dict]:
+    return [c for c in calls(sb, since) if c["write"]]
+
+
+def user_keys(c, email=SA) -> list[str]:
+    resp = c.iam.list_service_account_keys(request={"name": f"projects/-/serviceAccounts/{email}", "key_types": [1]})
+    return [k.name.rsplit("/", 1)[1] for k in resp.keys]
+
+
+def bound(policy, role, member) -> bool:
+    return any(b.role == role and member in b.members and not b.HasField("condition") for b in policy.bindings)
+
+
+def project_policy(c):
+    return c.projects.get_iam_policy(request={"resource": f"projects/{P}", "options": {"requested_policy_version": 3}})
+
+
+def scenario(**changes) -> dict:
+    s = copy.deepcopy(DEFAULT_SCENARIO)
+    s["projects"][0].update(changes)
+    return s
+
+
+def test_fresh_run_builds_everything_and_a_second_run_changes_nothing(make_sandbox, cli):
+    sb = make_sandbox()
+    out = cli(sb, *ARGS, check=0)
+    c = clients(sb)
+
+    # Account and exactly one user-managed key, in a private file that google-auth loads.
+    assert c.iam.get_service_account(name=f"projects/-/serviceAccounts/{SA}").email == SA
+    (kid,) = user_keys(c)
+    key_path = Path(journal(sb)["key_file"])
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_path.parent.stat().st_mode) == 0o700
+    data = json.loads(key_path.read_text())
+    assert data["private_key_id"] == kid
+    assert len({k for k in data if data[k]} & set(
+        "type project_id private_key_id private_key client_email client_id auth_uri token_uri "
+        "auth_provider_x509_cert_url client_x509_cert_url".split())) == 10
+    as_account = clients(sb, data)
+    held = as_account.projects.test_iam_permissions(resource=f"projects/{P}",
+                                                    permissions=["compute.instances.create"]).permissions
+    assert list(held) == ["compute.instances.create"]
+
+    # Role equal to the template, bound without condition; the foreign conditional binding survives.
+    role = c.iam.get_role(request={"name": ROLE})
+    assert list(role.included_permissions) == list(role_templates.load().permissions)
+    pol = project_policy(c)
+    assert bound(pol, ROLE, MEMBER)
+    assert any(b.HasField("condition") and b.role == "roles/storage.objectViewer" for b in pol.bindings)
+    assert pol.version == 3
+
+    # Registry, grant, Coiled and the dask config.
+    repo = c.registry.get_repository(name=REPO)
+    assert repo.format_.name == "DOCKER"
+    assert bound(c.registry.get_iam_policy(request={"resource": REPO}), "roles/artifactregistry.repoAdmin", MEMBER)
+    ws = state(sb)["coiled"]["workspaces"]["demo"]
+    assert ws["credentials"]["client_email"] == SA and ws["credentials"]["private_key_id"] == kid
+    assert ws["global_infra"]["state"] == "created" and ws["regions"][0]["component"]["state"] == "created"
+    dask = yaml.safe_load((sb.state_dir / "dask" / "coiled.yaml").read_text())
+    assert dask["coiled"]["backend-options"] == {
+        "region": "us-east1", "zone": "us-east1-c", "preemptible": True,
+        "firewall": {"ports": [22, 8786, 8787], "cidr": "0.0.0.0/0"}}
+    assert "PRIVATE KEY" not in out.stdout + out.stderr
+
+    # The second run: nothing to do, and not one write attempted.
+    mark = len(calls(sb))
+    again = cli(sb, *ARGS, check=0)
+    assert "Nothing to change" in again.stdout
+    assert writes(sb, mark) == []
+    assert user_keys(c) == [kid]
+
+
+def test_dry_run_writes_nothing(make_sandbox, cli):
+    sb = make_sandbox()
+    out = cli(sb, *ARGS, "--dry-run", check=0)
+    assert "Dry run" in out.stdout and "create" in out.stdout
+    assert writes(sb) == []
+
+
+def test_json_output_has_every_step_and_no_secret(make_sandbox, cli):
+    sb = make_sandbox()
+    out = cli(sb, *ARGS, "--output", "json", check=0)
+    doc = json.loads(out.stdout)
+    assert doc["exit_code"] == 0 and doc["error"] is None
+    assert [s["step"] for s in doc["steps"]] == ["apis", "account", "role", "binding", "registry", "confirm", "upload"]
+    assert all(s["result"] == "ok" for s in doc["steps"])
+    assert "PRIVATE KEY" not in out.stdout and sb.coiled_token not in out.stdout + out.stderr
+
+
+def test_operator_without_a_permission_stops_before_any_write(make_sandbox, cli):
+    s = copy.deepcopy(DEFAULT_SCENARIO)
+    s["operator"]["roles"] = ["roles/editor"]  # lacks iam.roles.create and setIamPolicy
+    sb = make_sandbox(s)
+    out = cli(sb, *ARGS, check=3)
+    assert "iam.roles.create" in out.stderr and "roles/iam.roleAdmin" in out.stderr
+    assert "resourcemanager.projects.setIamPolicy" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert writes(sb) == []
+
+
+def test_drifted_project_converges(make_sandbox, cli):
+    perms = list(role_templates.load().permissions)
+    sb = make_sandbox(scenario(
+        service_accounts=[{"id": "coiled", "keys": 2}],
+        roles=[{"id": "coiled", "title": "coiled", "description": "coiled-externally-hosted",
+                "permissions": perms[5:] + ["storage.buckets.delete"], "deleted": True}],
+        services=["iam.googleapis.com", "cloudresourcemanager.googleapis.com", "serviceusage.googleapis.com",
+                  "compute.googleapis.com", "logging.googleapis.com", "artifactregistry.googleapis.com"],
+        repositories=[{"location": "us-east1", "id": "coiled", "format": "DOCKER",
+                       "bindings": [{"role": "roles/artifactregistry.reader", "members": ["user:bo@example.com"]}]}],
+    ))
+    c = clients(sb)
+    before = set(user_keys(c))
+    out = cli(sb, *ARGS, check=0)
+    assert "undelete" in out.stdout and "storage.buckets.delete" in out.stdout
+    role = c.iam.get_role(request={"name": ROLE})
+    assert not role.deleted and list(role.included_permissions) == perms
+    assert bound(project_policy(c), ROLE, MEMBER)
+    rpol = c.registry.get_iam_policy(request={"resource": REPO})
+    assert bound(rpol, "roles/artifactregistry.repoAdmin", MEMBER)
+    assert bound(rpol, "roles/artifactregistry.reader", "user:bo@example.com")
+    # The two keys we did not make are left alone; one new key is ours.
+    keys = set(user_keys(c))
+    assert before < keys and len(keys - before) == 1
+
+    # Drift after set-up: binding removed and our key deleted; a re-run restores both.
+    pol = project_policy(c)
+    for b in pol.bindings:
+        if b.role == ROLE:
+            b.members.remove(MEMBER)
+    c.projects.set_iam_policy(request={"resource": f"projects/{P}", "policy": pol})
+    (ours,) = keys - before
+    c.iam.delete_service_account_key(name=f"projects/-/serviceAccounts/{SA}/keys/{ours}")
+    cli(sb, *ARGS, check=0)
+    assert bound(project_policy(c), ROLE, MEMBER)
+    new = set(user_keys(c)) - before
+    assert len(new) == 1 and ours not in new
+    assert state(sb)["coiled"]["workspaces"]["demo"]["credentials"]["private_key_id"] in new
+
+
+def test_propagation_delay_is_waited_out_closely(make_sandbox, cli):
+    delay = 3.0
+    sb = make_sandbox(propagation_delay_s=delay, operation_s=0.2, infra_s=0.2)
+    t0 = time.monotonic()
+    cli(sb, *ARGS, check=0)
+    elapsed = time.monotonic() - t0
+    created = next(x for x in calls(sb) if x["method"] == "CreateServiceAccount")
+    bind_ok = [x for x in calls(sb) if x["method"] == "SetIamPolicy" and x["service"] == "resourcemanager"
+               and x["code"] == "OK"]
+    refused = [x for x in calls(sb) if x["method"] == "SetIamPolicy" and x["code"] == "INVALID_ARGUMENT"]
+    assert refused, "the sandbox should have refused the binding while the account propagated"
+    # The binding lands within a second of the account becoming known.
+    assert bind_ok[0]["time"] - created["time"] < delay + 1.0
+    assert elapsed < 60
+
+
+def test_a_foreign_conditional_binding_on_the_same_role_survives(make_sandbox, cli):
+    cond = {"title": "weekdays", "expression": "request.time.getDayOfWeek() < 5"}
+    sb = make_sandbox(scenario(
+        roles=[{"id": "coiled", "title": "coiled", "description": "coiled-externally-hosted",
+                "permissions": list(role_templates.load().permissions)}],
+        bindings=[{"role": ROLE, "members": ["user:eve@example.com"], "condition": cond},
+                  {"role": "roles/viewer", "members": ["user:ann@example.com"]}],
+    ))
+    cli(sb, *ARGS, check=0)
+    pol = project_policy(clients(sb))
+    conditional = [b for b in pol.bindings if b.role == ROLE and b.HasField("condition")]
+    assert len(conditional) == 1 and list(conditional[0].members) == ["user:eve@example.com"]
+    assert conditional[0].condition.expression == cond["expression"]
+    assert bound(pol, ROLE, MEMBER) and bound(pol, "roles/viewer", "user:ann@example.com")
+
+
+def test_crash_right_after_the_key_is_created_leaves_no_orphan(make_sandbox, cli, tmp_path):
+    sb = make_sandbox(latency_ms=150)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sb.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR")
+    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *ARGS], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(x["method"] == "CreateServiceAccountKey" and x["code"] == "OK" for x in calls(sb)):
+                proc.kill()  # the key exists on Google; its private half never reaches a file
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the wizard never created a key")
+    finally:
+        proc.wait(timeout=30)
+    c = clients(sb)
+    assert len(user_keys(c)) == 1
+    assert journal(sb)["key_pending"] is not None
+    cli(sb, *ARGS, check=0)
+    keys = user_keys(c)
+    assert len(keys) == 1
+    assert keys == [json.loads(Path(journal(sb)["key_file"]).read_text())["private_key_id"]]
+    assert state(sb)["coiled"]["workspaces"]["demo"]["credentials"]["private_key_id"] == keys[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--project", "Bad_Project"], "--project"),
+    (["--region", "europe-west1"], "--region"),
+    (["--region", "us-east1", "--zone", "us-central1-a"], "--zone"),
+    (["--service-account", "ab"], "--service-account"),
+    (["--role-id", "no-dashes"], "--role-id"),
+    (["--firewall-cidr", "10.0.0.300/8"], "--firewall-cidr"),
+    (["--firewall-ports", "22,99999"], "--firewall-ports"),
+    (["--workspace", "elsewhere"], "workspace"),
+    (["--instance-service-account", "not-an-email"], "--instance-service-account"),
+    (["--project", "unknown-project"], "does not exist"),
+])
+def test_bad_input_exits_2_with_one_sentence_and_no_write(make_sandbox, cli, args, needle):
+    sb = make_sandbox()
+    out = cli(sb, *ARGS, *args, check=2)
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert writes(sb) == []
+
+
+def test_no_billing_is_reported_before_any_other_write(make_sandbox, cli):
+    sb = make_sandbox(scenario(billing=False))
+    out = cli(sb, *ARGS, check=1)
+    assert "no billing account" in out.stderr and "gcloud billing projects link" in out.stderr
+    assert [x["method"] for x in writes(sb)] == ["BatchEnableServices"]
+
+
+def test_key_creation_blocked_by_org_policy_says_so(make_sandbox, cli):
+    sb = make_sandbox(scenario(disable_key_creation=True))
+    out = cli(sb, *ARGS, check=1)
+    assert "iam.disableServiceAccountKeyCreation" in out.stderr
+    assert "organization policy" in out.stderr
+
+
+def test_ten_key_limit_is_told_apart_from_the_org_policy(make_sandbox, cli):
+    sb = make_sandbox(scenario(service_accounts=[{"id": "coiled", "keys": 10}]))
+    out = cli(sb, *ARGS, check=1)
+    assert "10 user-managed keys" in out.stderr and "organization policy" not in out.stderr
+    assert not any(x["method"] == "CreateServiceAccountKey" for x in calls(sb))
+
+
+def test_no_upload_leaves_coiled_alone_and_says_what_is_left(make_sandbox, cli):
+    sb = make_sandbox()
+    out = cli(sb, *ARGS, "--no-upload", check=0)
+    assert not any(x["service"] == "coiled" for x in calls(sb))
+    assert "Left to do by hand" in out.stdout and "us-east1" in out.stdout
+
+
+def test_instance_account_is_created_with_least_privilege(make_sandbox, cli):
+    sb = make_sandbox()
+    cli(sb, *ARGS, "--create-instance-service-account", check=0)
+    c = clients(sb)
+    email = f"coiled-instance@{P}.iam.gserviceaccount.com"
+    c.iam.get_service_account(name=f"projects/-/serviceAccounts/{email}")
+    role = c.iam.get_role(request={"name": f"projects/{P}/roles/coiled_instance"})
+    assert list(role.included_permissions) == ["logging.logEntries.create"]
+    assert bound(project_policy(c), role.name, f"serviceAccount:{email}")
+    assert state(sb)["coiled"]["workspaces"]["demo"]["instance_service_account"] == email
+
+
+def test_transient_faults_are_retried_to_the_same_end(make_sandbox, cli):
+    sb = make_sandbox(fault_rate=0.2, seed=7)
+    cli(sb, *ARGS, check=0)
+    faults = [x for x in calls(sb) if x["fault"]]
+    assert faults, "the seed should have injected faults"
+    c = clients(sb)
+    assert len(user_keys(c)) == 1
+    assert bound(project_policy(c), ROLE, MEMBER)
+
+
+def test_existing_key_file_is_reused(make_sandbox, cli):
+    sb = make_sandbox()
+    cli(sb, *ARGS, check=0)
+    path = Path(journal(sb)["key_file"])
+    mark = len(calls(sb))
+    cli(sb, *ARGS, "--key-file", str(path), check=0)
+    assert writes(sb, mark) == []
+
+
+def test_key_file_of_another_project_is_bad_input(make_sandbox, cli, tmp_path):
+    sb = make_sandbox()
+    cli(sb, *ARGS, check=0)
+    data = json.loads(Path(journal(sb)["key_file"]).read_text())
+    data["project_id"] = "other-project"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    other.chmod(0o600)
+    out = cli(sb, *ARGS, "--key-file", str(other), check=2)
+    assert "other-project" in out.stderr and "PRIVATE KEY" not in out.stderr
+
+
+def test_deleted_key_cannot_authenticate(make_sandbox, cli):
+    sb = make_sandbox()
+    cli(sb, *ARGS, check=0)
+    data = json.loads(Path(journal(sb)["key_file"]).read_text())
+    clients(sb).iam.delete_service_account_key(
+        name=f"projects/-/serviceAccounts/{SA}/keys/{data['private_key_id']}")
+    from google.auth.exceptions import RefreshError
+    from google.auth.transport.requests import Request
+
+    with pytest.raises(RefreshError):
+        credentials(data).refresh(Request())
+    with pytest.raises(gexc.NotFound):
+        clients(sb).iam.get_service_account_key(
+            name=f"projects/-/serviceAccounts/{SA}/keys/{data['private_key_id']}")
