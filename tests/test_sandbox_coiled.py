@@ -136,6 +136,24 @@ def test_memberships(make_sandbox):
     assert api(sb, "GET", "/api/v1/ann/backend_options/", token="guest-token-2")[0] == 404
 
 
+@pytest.mark.parametrize("path", [f"/api/v2/cloud-credentials/{WS}/gcp", f"/api/v2/setup/account/{WS}/gcp/regions",
+                                  f"/api/v2/user/account/{WS}/registry"])
+def test_non_object_body_is_a_bad_request(sandbox, path):
+    status, body = api(sandbox, "POST", path, ["not", "an", "object"])
+    assert status == 400 and "object" in body["detail"]
+    (entry,) = calls(sandbox)
+    assert (entry["code"], entry["mutating"]) == (400, False)
+
+
+def test_invalid_json_body(sandbox):
+    req = urllib.request.Request(f"{sandbox.coiled_url}/api/v2/user/account/{WS}/registry",
+                                 data=b"{not json", method="POST")
+    req.add_header("Authorization", f"ApiToken {DEFAULT_TOKEN}")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 400
+
+
 def test_unknown_route_and_workspace(sandbox):
     assert api(sandbox, "GET", "/api/v2/no/such/route")[0] == 404
     status, body = api(sandbox, "GET", "/api/v1/elsewhere/backend_options/")

@@ -66,6 +66,15 @@ class CoiledApi:
                 return self.world.coiled.users[token]
         raise HttpError(401, "Invalid token.")
 
+    @staticmethod
+    def obj(body) -> dict:
+        """The JSON body as an object ({} when there is none); 400 for any other JSON value."""
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise HttpError(400, "The body must be a JSON object.")
+        return body
+
     def workspace(self, user, slug: str):
         ws = self.world.coiled.workspaces.get(slug)
         if ws is None or slug not in user.workspaces:
@@ -112,7 +121,8 @@ class CoiledApi:
 
     def store_credentials(self, user, body, ws, **_):
         w = self.workspace(user, ws)
-        creds = (body or {}).get("credentials")
+        body = self.obj(body)
+        creds = body.get("credentials")
         if isinstance(creds, str):
             try:
                 creds = json.loads(creds)
@@ -163,9 +173,10 @@ class CoiledApi:
 
     def start_region(self, user, body, ws, **_):
         w = self.workspace(user, ws)
+        body = self.obj(body)
         if not w.credentials:
             raise HttpError(400, f"No GCP credentials are stored for workspace {ws}.")
-        region = (body or {}).get("region")
+        region = body.get("region")
         if not region:
             raise HttpError(400, "A region is required.")
         entry = {
@@ -190,7 +201,8 @@ class CoiledApi:
 
     def set_registry(self, user, body, ws, **_):
         w = self.workspace(user, ws)
-        rtype = (body or {}).get("type")
+        body = self.obj(body)
+        rtype = body.get("type")
         if rtype not in REGISTRY_TYPES:
             raise HttpError(400, f"Unknown registry type {rtype!r}.")
         w.registry = dict(body)
@@ -305,6 +317,8 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
                         changed = route.writes and status < 300
                     except HttpError as e:
                         status, payload = e.status, {"detail": e.detail}
+                    except Exception as e:  # a sandbox bug: answer 500, visibly
+                        status, payload = 500, {"detail": f"sandbox error: {type(e).__name__}: {e}"}
                 if fault == 502 and status < 300:
                     status = 502  # done, but the answer is lost on the way back
                     return self._send(502, {"detail": "Bad gateway."})
