@@ -48,7 +48,7 @@ def test_templates_dir_is_the_packaged_one():
 
 
 def test_wheel_contains_both_templates(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(ROOT)],
+    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("*.whl")
@@ -111,3 +111,12 @@ def test_sandbox_command_rejects_a_bad_fault_rate():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--fault-rate" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```\n(.*?)\n```", readme, re.S)
+    main_command, test_command = blocks[0], blocks[1]
+    assert "coiled-setup gcp --sandbox" in main_command
+    assert "pytest" in test_command
+    assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
