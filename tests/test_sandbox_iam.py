@@ -81,6 +81,8 @@ def test_list_service_accounts_pages(sandbox):
     seen = [a.email for a in first]  # the pager follows next_page_token
     assert len(seen) == 5 and len(set(seen)) == 5
     assert first.next_page_token == ""
+    with pytest.raises(gx.InvalidArgument):
+        c.iam.list_service_accounts(request={"name": f"projects/{c.project}", "page_token": "not-ours"})
 
 
 def test_duplicate_service_account_already_exists(sandbox):

@@ -102,6 +102,15 @@ def _parts(name: str, *labels: str) -> list[str]:
     return [bits[2 * i + 1] for i in range(len(labels))]
 
 
+def _page_start(token: str) -> int:
+    """The offset a page token of ours stands for; INVALID_ARGUMENT for any other token."""
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise errors.invalid_argument(f"Invalid page token {token!r}.", field="page_token")
+    return int(token)
+
+
 # -- policies, shared by projects and repositories --------------------------------------------
 
 
@@ -259,7 +268,7 @@ def list_service_accounts(ctx: Ctx, req: iam.ListServiceAccountsRequest):
          if sa.project_id == p.project_id and w.account_age(sa) >= w.config.propagation_delay_s / 2),
         key=lambda sa: sa.email,
     )
-    start = int(req.page_token or 0)
+    start = _page_start(req.page_token)
     size = req.page_size or 100
     page = found[start:start + size]
     nxt = str(start + size) if start + size < len(found) else ""
@@ -440,7 +449,7 @@ def list_roles(ctx: Ctx, req: iam.ListRolesRequest):
         key=lambda r: r.name,
     )
     full = req.view == iam.RoleView.FULL
-    start = int(req.page_token or 0)
+    start = _page_start(req.page_token)
     size = req.page_size or 300
     nxt = str(start + size) if start + size < len(found) else ""
     return iam.ListRolesResponse(roles=[_role_proto(r, full) for r in found[start:start + size]], next_page_token=nxt)
