@@ -106,6 +106,19 @@ def test_enable_service_operation_takes_operation_time(make_sandbox):
     assert [x["mutating"] for x in writes] == [True, False]
 
 
+def test_enable_while_enabling(make_sandbox):
+    """A second enable during the first one answers an operation about that same service."""
+    sb = make_sandbox(operation_s=0.3)
+    c = clients(sb)
+    first = c.usage.enable_service(request={"name": service_name(c)})
+    second = c.usage.enable_service(request={"name": service_name(c)})
+    noop = c.usage.enable_service(request={"name": service_name(c, "iam.googleapis.com")})
+    assert noop.done(retry=None) and noop.result().service.config.name == "iam.googleapis.com"
+    assert not second.done(retry=None)
+    assert second.result(polling=FAST).service.config.name == AR
+    assert first.result(polling=FAST).service.state == service_usage_v1.State.ENABLED
+
+
 def test_enable_service_default_polling(make_sandbox):
     sb = make_sandbox(operation_s=0.2)
     c = clients(sb)

@@ -583,11 +583,19 @@ def _enable(ctx: Ctx, p: Project, names: list[str]):
     return pending, ready
 
 
+def _enable_operation_name(w: World, p: Project, ready: float) -> str:
+    """Google's shared no-op name only when everything asked for is already enabled; an enable
+    still under way (even one started by an earlier call) gets an operation of its own."""
+    if ready <= w.now():
+        return "operations/noop.DONE_OPERATION"
+    return f"operations/acf.p2-{p.number}-{new_operation_id()}"
+
+
 def enable_service(ctx: Ctx, req: su.EnableServiceRequest):
     ref, name = _parts(req.name, "projects", "services")
     p = ctx.project(ref, "serviceusage.services.enable", req.name, SU_SVC)
-    pending, ready = _enable(ctx, p, [name])
-    op_name = f"operations/acf.p2-{p.number}-{new_operation_id()}" if pending else "operations/noop.DONE_OPERATION"
+    _, ready = _enable(ctx, p, [name])
+    op_name = _enable_operation_name(ctx.world, p, ready)
     op = ctx.world.new_operation(op_name, "enable", {"project": p.project_id, "services": [name]},
                                  delay=ready - ctx.world.now())
     return _operation_proto(ctx.world, op)
@@ -599,8 +607,8 @@ def batch_enable(ctx: Ctx, req: su.BatchEnableServicesRequest):
     names = list(req.service_ids)
     if not names or len(names) > 20:
         raise errors.invalid_argument("Between 1 and 20 service ids are allowed in one batch.", field="service_ids")
-    pending, ready = _enable(ctx, p, names)
-    op_name = f"operations/acf.p2-{p.number}-{new_operation_id()}" if pending else "operations/noop.DONE_OPERATION"
+    _, ready = _enable(ctx, p, names)
+    op_name = _enable_operation_name(ctx.world, p, ready)
     op = ctx.world.new_operation(op_name, "batch_enable", {"project": p.project_id, "services": names},
                                  delay=ready - ctx.world.now())
     return _operation_proto(ctx.world, op)
