@@ -203,7 +203,7 @@ def test_a_foreign_conditional_binding_on_the_same_role_survives(make_sandbox, c
 
 
 def test_crash_right_after_the_key_is_created_leaves_no_orphan(make_sandbox, cli, tmp_path):
-    sb = make_sandbox(latency_ms=150)
+    sb = make_sandbox(hold_method="CreateServiceAccountKey", hold_s=30)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
     env.update(sb.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR")
     proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *ARGS], env=env, stdin=subprocess.DEVNULL,
@@ -219,9 +219,11 @@ def test_crash_right_after_the_key_is_created_leaves_no_orphan(make_sandbox, cli
             pytest.fail("the wizard never created a key")
     finally:
         proc.wait(timeout=30)
+    sb.world.config.hold_method = ""
     c = clients(sb)
     assert len(user_keys(c)) == 1
     assert journal(sb)["key_pending"] is not None
+    assert not Path(journal(sb).get("key_file") or sb.state_dir / "none").exists()
     cli(sb, *ARGS, check=0)
     keys = user_keys(c)
     assert len(keys) == 1

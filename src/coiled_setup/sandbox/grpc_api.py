@@ -906,5 +906,7 @@ def _wrap(world: World, service: str, method: str, fn: Callable, writes: bool):
                 resource=_resource_of(request),
                 fault=fault.name if fault else None,
             )
+            if code == "OK" and cfg.hold_method == method:
+                world.stopping.wait(cfg.hold_s)
 
     return handle

@@ -89,6 +89,7 @@ class Sandbox:
         }
 
     def stop(self) -> None:
+        self.world.stopping.set()
         if self._grpc is not None:
             self._grpc.stop(grace=None)
             self._grpc = None

@@ -205,6 +205,10 @@ class Config:
     propagation_delay_s: float = 0.0
     operation_s: float = 0.2
     infra_s: float = 0.3
+    # Crash tests: the answer to a successful call of this method is held back this long,
+    # after the change is made and recorded, so a client can be killed in between.
+    hold_method: str = ""
+    hold_s: float = 0.0
 
 
 class World:
@@ -213,6 +217,7 @@ class World:
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
         self.lock = threading.RLock()
+        self.stopping = threading.Event()
         self.projects: dict[str, Project] = {}
         self.accounts: dict[str, ServiceAccount] = {}  # by email
         self.keys: dict[str, Key] = {}  # by key id

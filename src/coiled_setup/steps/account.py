@@ -130,6 +130,8 @@ class AccountStep(Step):
     def adopt(self, run: Run) -> None:
         if self.local is not None:
             run.keyfile, run.key_id, run.key_path = self.local, self.local["private_key_id"], str(self.local_path)
+            if run.journal.get("key_file") != run.key_path or run.journal.get("key_id") != run.key_id:
+                run.journal.set(account=run.opts.account_email, key_file=run.key_path, key_id=run.key_id)
         else:
             run.key_id = self._coiled_key(run)
 
