@@ -25,6 +25,7 @@ from coiled_setup.steps.upload import UploadStep
 from coiled_setup.ui import Ui
 
 MAX_ATTEMPTS = 6
+SANDBOX_VAR = "COILED_SETUP_SANDBOX"
 CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
 
 
@@ -344,6 +345,8 @@ class Wizard:
         ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
         if run.key_path:
             ui.info(f"The key of {o.account_email} is in {run.key_path} (mode 0600). Keep it private.")
+        if os.environ.get(SANDBOX_VAR):
+            ui.info("This was a rehearsal against the local sandbox: nothing in Google Cloud or Coiled changed.")
         if not o.upload:
             ui.info(
                 "Left to do by hand in Coiled (Account → Cloud Backend Options → GCP → your own account): choose "
@@ -398,5 +401,6 @@ def start_embedded_sandbox():
     # Google-like waits, short enough for a rehearsal; a fresh project each time.
     sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0)).start()
     os.environ.update(sb.env)
+    os.environ[SANDBOX_VAR] = "1"
     return sb
 

@@ -884,6 +884,9 @@ def _wrap(world: World, service: str, method: str, fn: Callable, writes: bool):
             caller = caller_of(world, md.get("authorization"))
             ctx = Ctx(world, caller)
             with world.lock:
+                if cfg.fail_method == method and cfg.fail_times > 0:
+                    cfg.fail_times -= 1
+                    raise ApiError(getattr(grpc.StatusCode, cfg.fail_code), "Injected failure.")
                 resp = fn(ctx, request)
             if fault is not None:
                 # The change was made but the answer is lost, as with a real deadline.

@@ -209,6 +209,10 @@ class Config:
     # after the change is made and recorded, so a client can be killed in between.
     hold_method: str = ""
     hold_s: float = 0.0
+    # Retry tests: the next `fail_times` calls of this method fail with `fail_code`, changing nothing.
+    fail_method: str = ""
+    fail_code: str = "FAILED_PRECONDITION"
+    fail_times: int = 0
 
 
 class World:

@@ -61,6 +61,8 @@ class RoleStep(Step):
                 if e.code not in ("ALREADY_EXISTS", "FAILED_PRECONDITION"):
                     raise
                 self.observe(run)  # someone else made it, or it is soft-deleted: converge below
+                if self.role is None:
+                    raise
         verbs = []
         etag = self.role.etag
         if self.role.deleted:
