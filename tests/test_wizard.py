@@ -336,3 +336,12 @@ def test_deleted_key_cannot_authenticate(make_sandbox, cli):
     with pytest.raises(gexc.NotFound):
         clients(sb).iam.get_service_account_key(
             name=f"projects/-/serviceAccounts/{SA}/keys/{data['private_key_id']}")
+
+
+def test_sandbox_rehearsal_resumes_its_world(cli, tmp_path):
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    first = cli(None, *ARGS, "--sandbox", env=env, check=0)
+    assert "rehearsal" in first.stdout and "bound" in first.stdout
+    again = cli(None, *ARGS, "--sandbox", env=env, check=0)
+    assert "Nothing to change" in again.stdout
+    assert (tmp_path / "state" / "coiled-setup" / "sandbox" / "world.json").exists()

@@ -346,7 +346,8 @@ class Wizard:
         if run.key_path:
             ui.info(f"The key of {o.account_email} is in {run.key_path} (mode 0600). Keep it private.")
         if os.environ.get(SANDBOX_VAR):
-            ui.info("This was a rehearsal against the local sandbox: nothing in Google Cloud or Coiled changed.")
+            ui.info("This was a rehearsal against the local sandbox: nothing in Google Cloud or Coiled changed. "
+                    "Run it again to see a converged run, or add --sandbox-reset to start from a fresh project.")
         if not o.upload:
             ui.info(
                 "Left to do by hand in Coiled (Account → Cloud Backend Options → GCP → your own account): choose "
@@ -394,13 +395,20 @@ def run(opts: Options) -> int:
     return code
 
 
-def start_embedded_sandbox():
-    """Starts a sandbox in this process and points this process's environment at it."""
+def start_embedded_sandbox(fresh: bool = False):
+    """Starts the rehearsal sandbox in this process, resuming its saved world, and points the environment at it."""
+    import shutil
+
+    from coiled_setup import paths
     from coiled_setup.sandbox import Config, Sandbox
 
-    # Google-like waits, short enough for a rehearsal; a fresh project each time.
-    sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0)).start()
+    where = paths.state_dir() / "sandbox"
+    if fresh:
+        shutil.rmtree(where, ignore_errors=True)
+    # Google-like waits, short enough for a rehearsal.
+    sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0), state_dir=where,
+                 persist=True).start()
     os.environ.update(sb.env)
-    os.environ[SANDBOX_VAR] = "1"
+    os.environ[SANDBOX_VAR] = str(where)
     return sb
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 from concurrent import futures
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from coiled_setup import role_templates
+from coiled_setup.sandbox import persist
 from coiled_setup.sandbox import scenario as scenarios
 from coiled_setup.sandbox.grpc_api import build_handlers
 from coiled_setup.sandbox.http_api import CoiledApi, make_server
@@ -28,7 +30,9 @@ class Sandbox:
         *,
         state_dir: str | Path | None = None,
         port: int = 0,
+        persist: bool = False,
     ):
+        self.persist = persist
         self.world = World(config or Config())
         self._scenario = scenario if isinstance(scenario, dict) else scenarios.load(scenario)
         self._port = port
@@ -39,33 +43,57 @@ class Sandbox:
         self.project = self._scenario["projects"][0]["id"]
 
     def start(self) -> "Sandbox":
-        perms = list(role_templates.load().permissions)
-        self._http = make_server(self.world, CoiledApi(self.world, perms), port=self._port + 1 if self._port else 0)
-        http_port = self._http.server_address[1]
-        self.world.token_uri = f"http://127.0.0.1:{http_port}/token"
-        keyfile = scenarios.apply(self.world, self._scenario)
-
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=build_handlers(self.world))
-        grpc_port = self._grpc.add_insecure_port(f"127.0.0.1:{self._port}")
-        if not grpc_port:
-            raise OSError(f"cannot listen on 127.0.0.1:{self._port}")
-        self._grpc.start()
-        # A short poll interval: shutdown() waits for the serving loop to notice, so stop() is quick.
-        self._http_thread = threading.Thread(
-            target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._http_thread.start()
-
-        self.google_endpoint = f"127.0.0.1:{grpc_port}"
-        self.coiled_url = f"http://127.0.0.1:{http_port}"
+        """Starts serving; with `persist`, resumes the world saved in the state directory when there is one."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.operator_key_path = self.state_dir / "operator-key.json"
-        fd = os.open(self.operator_key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(keyfile, f)
-        self.operator_email = keyfile["client_email"]
+        saved = persist.load(self.world_file, self.world.config) if self.persist else None
+        self.resumed = False
+        if saved is not None and self.operator_key_path.exists():
+            world, (grpc_port, http_port) = saved
+            try:
+                self._listen(world, grpc_port, http_port)
+                self.resumed = True
+            except OSError:
+                pass  # its ports are taken: start afresh rather than hand out key files naming them
+        if not self.resumed:
+            if self.persist:
+                # Files of an earlier world would name keys and ports that no longer exist.
+                for sub in ("home", "dask"):
+                    shutil.rmtree(self.state_dir / sub, ignore_errors=True)
+            self.world = World(self.world.config)
+            self._listen(self.world, self._port, self._port + 1 if self._port else 0)
+            keyfile = scenarios.apply(self.world, self._scenario)
+            fd = os.open(self.operator_key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(keyfile, f)
+        self.operator_email = json.loads(self.operator_key_path.read_text())["client_email"]
         self.coiled_token = next(iter(self.world.coiled.users), "")
         return self
+
+    @property
+    def world_file(self) -> Path:
+        return self.state_dir / "world.json"
+
+    def _listen(self, world: World, grpc_port: int, http_port: int) -> None:
+        perms = list(role_templates.load().permissions)
+        http = make_server(world, CoiledApi(world, perms), port=http_port)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=build_handlers(world))
+        try:
+            bound = server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            http.server_close()
+            raise OSError(f"cannot listen on 127.0.0.1:{grpc_port}")
+        self.world, self._http, self._grpc = world, http, server
+        http_port = http.server_address[1]
+        world.token_uri = f"http://127.0.0.1:{http_port}/token"
+        server.start()
+        # A short poll interval: shutdown() waits for the serving loop to notice, so stop() is quick.
+        self._http_thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._http_thread.start()
+        self.google_endpoint = f"127.0.0.1:{bound}"
+        self.coiled_url = f"http://127.0.0.1:{http_port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -89,6 +117,9 @@ class Sandbox:
         }
 
     def stop(self) -> None:
+        if self.persist and self._grpc is not None:
+            persist.save(self.world, self.world_file, (int(self.google_endpoint.rsplit(":", 1)[1]),
+                                                       int(self.coiled_url.rsplit(":", 1)[1])))
         self.world.stopping.set()
         if self._grpc is not None:
             self._grpc.stop(grace=None)
