@@ -110,6 +110,40 @@ def gcp(
     _finish(_guard(go))
 
 
+VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "
+                     "2 bad input (for example no key file), 130 interrupted.")
+
+
+@app.command(epilog=VERIFY_EXIT_CODES)
+def verify(
+    project: Optional[str] = typer.Option(None, help="Project id (default: GOOGLE_CLOUD_PROJECT, then gcloud's)."),
+    key_file: Optional[Path] = typer.Option(None, help="The Coiled account's key file [default: the one coiled-setup "
+                                                       "gcp wrote for the project]."),
+    role_id: str = typer.Option("coiled", help="Id of the custom role."),
+    region: str = typer.Option("us-east1", help="Region of the clusters and the registry."),
+    no_gar: bool = typer.Option(False, "--no-gar", help="Skip the Artifact Registry checks."),
+    instance_service_account: Optional[str] = typer.Option(
+        None, help="Account for cluster instances [default: the one Coiled is configured with]."),
+    workspace: Optional[str] = typer.Option(None, help="Coiled workspace (default: your only or personal one)."),
+    no_coiled: bool = typer.Option(False, "--no-coiled", help="Skip the checks of what Coiled holds."),
+    coiled_server: Optional[str] = typer.Option(None, help="Coiled server (default: from your Coiled login)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
+    output: str = typer.Option("text", help="text, or json for one JSON document on stdout."),
+) -> None:
+    """Prove, read-only and as the service account itself, that Coiled can work in the project."""
+
+    def go() -> int:
+        from coiled_setup.commands import verify as command
+
+        return command.run(command.VerifyOptions(
+            project=project, key_file=key_file, role_id=role_id, region=region, gar=not no_gar,
+            instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
+            coiled_server=coiled_server, strict=strict, output=output,
+        ))
+
+    _finish(_guard(go))
+
+
 @app.command("sandbox")
 def sandbox_cmd(
     scenario: Optional[Path] = typer.Option(None, help="YAML or JSON file with the starting state."),

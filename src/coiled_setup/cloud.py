@@ -438,6 +438,17 @@ class Google:
             pb = self.registry.set_iam_policy(request={"resource": name, "policy": _policy_to_pb(policy)})
         return _policy_from_pb(pb)
 
+    # -- credentials ---------------------------------------------------------------------------------
+    def authenticate(self) -> None:
+        """Fetches a token now, so refused credentials surface once, as CloudError UNAUTHENTICATED.
+
+        (Refused inside a call, they arrive as UNAVAILABLE, which the client libraries retry for a minute.)
+        """
+        from google.auth.transport.requests import Request
+
+        with _google_errors():
+            self.credentials.refresh(Request())
+
 
 def _code_name(code: int) -> str:
     import grpc

@@ -1,0 +1,614 @@
+"""The checks of `coiled-setup verify`.
+
+Verification runs in two parts. `gather` reads everything the checks need from Google and
+Coiled, concurrently and read-only, keeping each answer or the error it met. Then each check,
+a small named function of those facts, answers one Result: ok, failed, warning or skipped,
+with a detail and, when something is wrong, the precise remedy. Checks never call anything
+themselves, so one refusal cannot hide the others and nothing is ever written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coiled_setup import role_templates
+from coiled_setup.cloud import CloudError, Policy, run_all
+from coiled_setup.coiled_api import CoiledError
+from coiled_setup.errors import BadInput, UserError
+from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID
+from coiled_setup.remedies import explain, granting_role
+
+OK, FAILED, WARNING, SKIPPED = "ok", "failed", "warning", "skipped"
+STATUSES = (OK, FAILED, WARNING, SKIPPED)
+
+ARTIFACT_REGISTRY = "artifactregistry.googleapis.com"
+REPO_ROLE = "roles/artifactregistry.repoAdmin"
+REPO_PERMISSIONS = ["artifactregistry.repositories.uploadArtifacts", "artifactregistry.repositories.downloadArtifacts"]
+LOG_PERMISSION = "logging.logEntries.create"
+# Predefined roles known to include logging.logEntries.create (read from Google otherwise).
+LOG_WRITING_ROLES = {"roles/owner", "roles/editor", "roles/logging.logWriter", "roles/logging.admin"}
+# Reads that roles/viewer grants: the role to ask for when the operator lacks one of them.
+VIEWER_READS = {
+    "iam.serviceAccounts.get", "iam.serviceAccountKeys.list", "iam.roles.get",
+    "resourcemanager.projects.get", "resourcemanager.projects.getIamPolicy", "serviceusage.services.get",
+    "artifactregistry.repositories.get", "artifactregistry.repositories.getIamPolicy",
+}
+TRANSIENT_ATTEMPTS = 5
+
+
+@dataclass
+class Result:
+    name: str  # stable id, for --output json
+    title: str
+    status: str
+    detail: str
+    remedy: str = ""
+    data: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {"name": self.name, "title": self.title, "status": self.status, "detail": self.detail,
+               "remedy": self.remedy}
+        if self.data:
+            out["data"] = self.data
+        return out
+
+
+@dataclass
+class Target:
+    """What to verify, resolved from the flags, the journal and the key file."""
+
+    project: str
+    region: str = DEFAULT_REGION
+    role_id: str = DEFAULT_ROLE_ID
+    gar: bool = True
+    account: str = ""  # the control-plane account's email
+    key_path: Path | None = None
+    key_given: bool = False  # --key-file was passed
+    key: dict | None = None  # the key file's content when it is usable; never printed
+    key_problem: str = ""  # why the key file is not usable
+    key_remedy: str = ""
+    instance_flag: str | None = None
+    coiled: bool = True
+    workspace: str | None = None
+
+    @property
+    def role_name(self) -> str:
+        return f"projects/{self.project}/roles/{self.role_id}"
+
+    @property
+    def repository(self) -> str:
+        return f"projects/{self.project}/locations/{self.region}/repositories/coiled"
+
+    @property
+    def member(self) -> str:
+        return f"serviceAccount:{self.account}"
+
+    @property
+    def key_id(self) -> str | None:
+        return self.key["private_key_id"] if self.key else None
+
+    def gcp(self, *extra: str, key: bool = True) -> str:
+        """The wizard command that converges this project, with the flags this verification used."""
+        parts = ["coiled-setup gcp", f"--project {self.project}"]
+        if self.account and self.account.split("@", 1)[0] != DEFAULT_ACCOUNT_ID:
+            parts.append(f"--service-account {self.account}")
+        if self.role_id != DEFAULT_ROLE_ID:
+            parts.append(f"--role-id {self.role_id}")
+        if self.region != DEFAULT_REGION:
+            parts.append(f"--region {self.region}")
+        if not self.gar:
+            parts.append("--no-gar")
+        if key and self.key_given and self.key_path is not None:
+            parts.append(f"--key-file {self.key_path}")
+        if not self.coiled:
+            parts.append("--no-upload")
+        elif self.workspace:
+            parts.append(f"--workspace {self.workspace}")
+        parts.extend(extra)
+        return " ".join(parts)
+
+
+class Facts:
+    """Answers gathered once: each name holds a value or the error that stood in its way."""
+
+    def __init__(self, operator: str = ""):
+        self.operator = operator
+        self.values: dict[str, object] = {}
+        self.errors: dict[str, Exception] = {}
+
+    def has(self, name: str) -> bool:
+        return name in self.values
+
+    def get(self, name: str, default=None):
+        return self.values.get(name, default)
+
+    def error(self, name: str) -> Exception | None:
+        return self.errors.get(name)
+
+    def fetch(self, jobs: dict[str, Callable[[], object]]) -> None:
+        """Runs the jobs together; a Google or Coiled refusal is kept, anything else is raised."""
+        def one(name, fn):
+            delay = 0.1
+            for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+                try:
+                    self.values[name] = fn()
+                    return
+                except CloudError as e:
+                    if e.transient and attempt < TRANSIENT_ATTEMPTS:
+                        time.sleep(delay)
+                        delay *= 2
+                        continue
+                    self.errors[name] = e
+                    return
+                except CoiledError as e:
+                    self.errors[name] = e
+                    return
+
+        run_all([lambda n=n, f=f: one(n, f) for n, f in jobs.items()])
+
+
+# -- gathering ----------------------------------------------------------------------------------------
+
+def template_permissions() -> list[str]:
+    return list(role_templates.load().permissions)
+
+
+def bound_roles(policy: Policy, member: str) -> list[str]:
+    """Roles granted to `member` without a condition."""
+    return [b.role for b in policy.bindings if b.condition is None and member in b.members]
+
+
+def conditional_roles(policy: Policy, member: str) -> list[tuple[str, dict]]:
+    return [(b.role, b.condition) for b in policy.bindings if b.condition is not None and member in b.members]
+
+
+def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None = None) -> Facts:
+    """Reads everything the checks need, read-only: the tokens, then two rounds of concurrent calls."""
+    f = Facts(getattr(operator, "principal", "") or "")
+    # First the tokens, once each: refused operator credentials stop here; a refused key is a finding.
+    f.fetch({"operator_auth": operator.authenticate,
+             **({"key_auth": as_key.authenticate} if as_key is not None else {})})
+    e = f.error("operator_auth")
+    if e is not None:
+        if e.code == "UNAUTHENTICATED":
+            raise BadInput(explain(e, t.project)[0])
+        raise UserError(explain(e, t.project)[0])
+    if f.error("key_auth") is not None:
+        f.errors["held"] = f.errors["repo_held"] = f.error("key_auth")
+        as_key = None
+    jobs: dict[str, Callable[[], object]] = {}
+    if t.account:
+        jobs["keys"] = lambda: operator.list_user_keys(t.account)
+        jobs["account"] = lambda: operator.get_account(t.account)
+    jobs["role"] = lambda: operator.get_role(t.role_name)
+    jobs["policy"] = lambda: operator.get_policy(t.project)
+    if as_key is not None:
+        jobs["held"] = lambda: as_key.test_permissions(t.project, template_permissions())
+    if t.gar:
+        jobs["registry_api"] = lambda: operator.service_enabled(t.project, ARTIFACT_REGISTRY)
+        jobs["repository"] = lambda: operator.get_repository(t.repository)
+        jobs["repo_policy"] = lambda: operator.get_repo_policy(t.repository)
+        if as_key is not None:
+            jobs["repo_held"] = lambda: as_key.test_permissions(t.repository, REPO_PERMISSIONS, repository=True)
+    if t.instance_flag and t.instance_flag != t.account:
+        jobs["instance"] = lambda: operator.get_account(t.instance_flag)
+    if coiled is not None:
+        jobs["coiled"] = coiled
+    f.fetch(jobs)
+
+    # Second round: what the first answers point to (the instance account and the roles it holds).
+    more: dict[str, Callable[[], object]] = {}
+    instance = instance_account(t, f)
+    f.values["instance_email"] = instance
+    if instance and instance != t.account:
+        if not f.has("instance") and not f.error("instance"):
+            more["instance"] = lambda: operator.get_account(instance)
+        policy = f.get("policy")
+        if policy is not None:
+            for role in bound_roles(policy, f"serviceAccount:{instance}"):
+                if role in LOG_WRITING_ROLES or (role == t.role_name and f.has("role")):
+                    continue
+                more[f"role:{role}"] = lambda r=role: operator.get_role(r)
+    if more:
+        f.fetch(more)
+    return f
+
+
+def coiled_options(f: Facts) -> dict:
+    view = f.get("coiled") or {}
+    return (view.get("backend_options") or {}).get("options") or {}
+
+
+def instance_account(t: Target, f: Facts) -> str | None:
+    if t.instance_flag:
+        return t.instance_flag
+    return coiled_options(f).get("instance_service_account") or None
+
+
+# -- helpers for the checks ------------------------------------------------------------------------------
+
+def _short(key_id: str | None) -> str:
+    return f"{key_id[:12]}…" if key_id else "?"
+
+
+def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: str = "") -> Result:
+    """A check that could not be made: who lacks what, or what Google or Coiled said."""
+    who = who or f.operator or "your account"
+    if isinstance(e, CoiledError):
+        return Result(name, title, FAILED, f"Could not read Coiled: {e.message}",
+                      "Check your Coiled login (coiled login) and --coiled-server, then run again.")
+    if e.code == "PERMISSION_DENIED" and e.permission:
+        role = "roles/viewer" if e.permission in VIEWER_READS else granting_role(e.permission)
+        return Result(name, title, FAILED,
+                      f"Could not check: {who} lacks the permission {e.permission} in project {t.project}.",
+                      f"Ask a project owner to grant {who} {role} (it includes {e.permission}), or run verify "
+                      "with credentials that can read it; then run again.", {"missing_permission": e.permission})
+    if e.reason == "SERVICE_DISABLED":
+        svc = e.metadata.get("service", "an API")
+        return Result(name, title, FAILED, f"Could not check: the API {svc} is disabled in project {t.project}.",
+                      f"gcloud services enable {svc} --project {t.project}")
+    return Result(name, title, FAILED, f"Could not check: {explain(e, t.project)[0]}", "Run again; if it "
+                  "persists, check your network and Google credentials.")
+
+
+def _not_found(e: Exception | None) -> bool:
+    return isinstance(e, CloudError) and e.code == "NOT_FOUND"
+
+
+# -- the checks ----------------------------------------------------------------------------------------
+
+def check_key_file(t: Target, f: Facts) -> Result:
+    name, title = "key_file", "Key file"
+    where = str(t.key_path)
+    if t.key is None:
+        remedy = t.key_remedy or (f"Pass a valid key file with --key-file, or run {t.gcp(key=False)} to make a new "
+                                  "one" if t.key_given else f"{t.gcp()} (writes a fresh key file)")
+        return Result(name, title, FAILED, t.key_problem, remedy)
+    if t.key["project_id"] != t.project:
+        return Result(name, title, FAILED,
+                      f"{where} is a key of project {t.key['project_id']}, not {t.project}.",
+                      f"Pass --key-file with a key of an account in {t.project}, or run {t.gcp()}.")
+    e = f.error("keys")
+    if _not_found(e):
+        return Result(name, title, FAILED,
+                      f"{where}: its account {t.account} no longer exists, so key {_short(t.key_id)} cannot work.",
+                      f"{t.gcp()} (creates the account and a new key)")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    keys = {k.key_id: k for k in f.get("keys") or []}
+    k = keys.get(t.key_id)
+    if k is None:
+        return Result(name, title, FAILED,
+                      f"{where}: key {_short(t.key_id)} of {t.account} no longer exists on Google (it was deleted).",
+                      f"{t.gcp()} (creates a new key, writes it to the key file and gives it to Coiled)")
+    if k.disabled:
+        return Result(name, title, FAILED, f"{where}: key {_short(t.key_id)} of {t.account} is disabled on Google.",
+                      f"gcloud iam service-accounts keys enable {t.key_id} --iam-account {t.account}, or "
+                      f"{t.gcp()} for a new key")
+    return Result(name, title, OK, f"{where}: key {_short(t.key_id)} of {t.account}, enabled on Google.")
+
+
+def check_account(t: Target, f: Facts) -> Result:
+    name, title = "service_account", "Service account"
+    if not t.account:
+        return Result(name, title, SKIPPED, "No account to check: the key file is not usable (see Key file).")
+    e = f.error("account")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    a = f.get("account")
+    if a is None:
+        return Result(name, title, FAILED, f"{t.account} does not exist.", f"{t.gcp()} (creates it and a key)")
+    if a.disabled:
+        return Result(name, title, FAILED, f"{t.account} is disabled: Google refuses every call Coiled makes with it.",
+                      f"gcloud iam service-accounts enable {t.account} --project {t.project}")
+    return Result(name, title, OK, f"{t.account} exists and is enabled.")
+
+
+def check_role(t: Target, f: Facts) -> Result:
+    name, title = "custom_role", "Custom role"
+    e = f.error("role")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    r = f.get("role")
+    want = template_permissions()
+    if r is None:
+        return Result(name, title, FAILED, f"{t.role_name} does not exist.",
+                      f"{t.gcp()} (creates it with the {len(want)} permissions Coiled needs)")
+    if r.deleted:
+        return Result(name, title, FAILED, f"{t.role_name} is deleted, so its bindings grant nothing.",
+                      f"{t.gcp()} (undeletes it), or gcloud iam roles undelete {t.role_id} --project {t.project}")
+    have = set(r.permissions)
+    missing = [p for p in want if p not in have]
+    extra = sorted(have - set(want))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {', '.join(missing)}")
+        if extra:
+            parts.append(f"extra {len(extra)}: {', '.join(extra)}")
+        return Result(name, title, FAILED, f"{t.role_name} differs from the bundled template; " + "; ".join(parts)
+                      + ".", f"{t.gcp()} (sets the role to exactly the template's {len(want)} permissions)",
+                      {"missing": missing, "extra": extra})
+    return Result(name, title, OK, f"{t.role_name} has exactly the template's {len(want)} permissions.")
+
+
+def check_binding(t: Target, f: Facts) -> Result:
+    name, title = "binding", "Project IAM binding"
+    if not t.account:
+        return Result(name, title, SKIPPED, "No account to check: the key file is not usable (see Key file).")
+    e = f.error("policy")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    policy = f.get("policy")
+    if t.role_name in bound_roles(policy, t.member):
+        return Result(name, title, OK, f"{t.member} → {t.role_name}, without a condition.")
+    cond = [c for r, c in conditional_roles(policy, t.member) if r == t.role_name]
+    if cond:
+        c = cond[0]
+        label = c.get("title") or c.get("expression", "")
+        return Result(name, title, FAILED,
+                      f"{t.member} holds {t.role_name} only under the condition {label!r}: Coiled needs it "
+                      "unconditionally.",
+                      f"{t.gcp()} (adds an unconditional binding; the conditional one is kept, remove it yourself "
+                      "if it is no longer wanted)", {"condition": c})
+    return Result(name, title, FAILED, f"{t.member} is not bound to {t.role_name} in project {t.project}.",
+                  f"{t.gcp()} (adds the binding, keeping everyone else's), or gcloud projects add-iam-policy-binding "
+                  f"{t.project} --member {t.member} --role {t.role_name}")
+
+
+def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
+    name, title = "effective_permissions", "Permissions in effect"
+    want = template_permissions()
+    if before["key_file"].status != OK:
+        return Result(name, title, SKIPPED, "Needs a usable key to test as the account (see Key file).")
+    if before["service_account"].status != OK:
+        return Result(name, title, SKIPPED, "Cannot act as the account (see Service account).")
+    e = f.error("held")
+    if e is not None:
+        if isinstance(e, CloudError) and e.code == "UNAUTHENTICATED":
+            return Result(name, title, FAILED, f"Google did not accept the key of {t.account}: {e.message}",
+                          f"{t.gcp()} (creates a new key)")
+        return cannot_read(name, title, e, t, f, who=t.account)
+    held = f.get("held") or set()
+    missing = [p for p in want if p not in held]
+    if missing:
+        if before["custom_role"].status != OK or before["binding"].status != OK:
+            remedy = f"Fix the custom role and binding above: {t.gcp()}"
+        else:
+            remedy = (f"The role and binding are right, so Google may still be propagating a recent change (up to 7 "
+                      f"minutes), or a deny policy blocks them; run verify again later, then {t.gcp()}")
+        return Result(name, title, FAILED,
+                      f"Tested as {t.account} with the key: {len(missing)} of {len(want)} permissions not held: "
+                      f"{', '.join(missing)}.", remedy, {"not_held": missing})
+    return Result(name, title, OK, f"Tested as {t.account} with the key: all {len(want)} permissions held.")
+
+
+def check_registry_api(t: Target, f: Facts) -> Result:
+    name, title = "registry_api", "Artifact Registry API"
+    if not t.gar:
+        return Result(name, title, SKIPPED, "Not checked (--no-gar).")
+    e = f.error("registry_api")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    if not f.get("registry_api"):
+        return Result(name, title, FAILED, f"{ARTIFACT_REGISTRY} is disabled in project {t.project}.",
+                      f"gcloud services enable {ARTIFACT_REGISTRY} --project {t.project}, or {t.gcp()}")
+    return Result(name, title, OK, f"{ARTIFACT_REGISTRY} is enabled.")
+
+
+def check_repository(t: Target, f: Facts, before: dict[str, Result]) -> Result:
+    name, title = "registry_repository", "Registry repository"
+    if not t.gar:
+        return Result(name, title, SKIPPED, "Not checked (--no-gar).")
+    if before["registry_api"].status != OK:
+        return Result(name, title, SKIPPED, "Needs the Artifact Registry API (see above).")
+    e = f.error("repository")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    fmt = f.get("repository")
+    if fmt is None:
+        return Result(name, title, FAILED, f"There is no repository coiled in {t.region}: {t.repository} is missing.",
+                      f"{t.gcp()} (creates the DOCKER repository and grants the account {REPO_ROLE})")
+    if fmt != "DOCKER":
+        return Result(name, title, FAILED, f"{t.repository} has format {fmt}; Coiled needs DOCKER.",
+                      f"Delete or rename it (gcloud artifacts repositories delete coiled --location {t.region} "
+                      f"--project {t.project}), then {t.gcp()}; or pass --no-gar and use another registry.")
+    return Result(name, title, OK, f"{t.repository} (DOCKER).")
+
+
+def check_repo_grant(t: Target, f: Facts, before: dict[str, Result]) -> Result:
+    name, title = "registry_access", "Registry access"
+    if not t.gar:
+        return Result(name, title, SKIPPED, "Not checked (--no-gar).")
+    if before["registry_repository"].status != OK:
+        return Result(name, title, SKIPPED, "Needs the repository (see above).")
+    if not t.account:
+        return Result(name, title, SKIPPED, "No account to check: the key file is not usable (see Key file).")
+    e = f.error("repo_policy")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    policy = f.get("repo_policy")
+    if REPO_ROLE not in bound_roles(policy, t.member):
+        if any(r == REPO_ROLE for r, _ in conditional_roles(policy, t.member)):
+            detail = (f"{t.account} holds {REPO_ROLE} on {t.repository} only under a condition: Coiled cannot "
+                      "push software environments.")
+        else:
+            detail = (f"{t.account} does not hold {REPO_ROLE} on {t.repository}: Coiled cannot push software "
+                      "environments.")
+        return Result(name, title, FAILED, detail,
+                      f"{t.gcp()} (grants it), or gcloud artifacts repositories add-iam-policy-binding coiled "
+                      f"--location {t.region} --project {t.project} --member {t.member} --role {REPO_ROLE}")
+    held = f.get("repo_held")
+    if held is not None:
+        missing = [p for p in REPO_PERMISSIONS if p not in held]
+        if missing:
+            return Result(name, title, FAILED,
+                          f"{t.account} is granted {REPO_ROLE}, but Google does not give it {', '.join(missing)} yet.",
+                          "Google may still be propagating the grant (up to 7 minutes): run verify again later.",
+                          {"not_held": missing})
+        return Result(name, title, OK, f"{t.account} holds {REPO_ROLE}; push and pull tested as the account.")
+    return Result(name, title, OK, f"{t.account} holds {REPO_ROLE} on the repository.")
+
+
+def check_instance(t: Target, f: Facts) -> Result:
+    name, title = "instance_account", "Instance service account"
+    email = f.get("instance_email")
+    if not email:
+        return Result(name, title, SKIPPED, "No instance service account is configured (pass "
+                      "--instance-service-account to check one).")
+    least = (f"{t.gcp('--create-instance-service-account')} (a separate account that can only write logs)")
+    if email == t.account:
+        return Result(name, title, WARNING,
+                      f"Instances run as the control-plane account {email}, with every permission of "
+                      f"{t.role_name}: not least privilege.", least)
+    e = f.error("instance")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    a = f.get("instance")
+    if a is None:
+        return Result(name, title, FAILED, f"{email} does not exist: Coiled cannot start instances with it.",
+                      f"{least}, or create {email} yourself")
+    if a.disabled:
+        return Result(name, title, FAILED, f"{email} is disabled: Coiled cannot start instances with it.",
+                      f"gcloud iam service-accounts enable {email} --project {t.project}")
+    e = f.error("policy")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    roles = bound_roles(f.get("policy"), f"serviceAccount:{email}")
+    via = None
+    for role in roles:
+        if role in LOG_WRITING_ROLES:
+            via = role
+            break
+        err = f.error(f"role:{role}")
+        if err is not None and not _not_found(err):
+            return cannot_read(name, title, err, t, f)
+        r = f.get("role") if role == t.role_name and f.has("role") else f.get(f"role:{role}")
+        if r is not None and not r.deleted and LOG_PERMISSION in r.permissions:
+            via = role
+            break
+    if via is None:
+        return Result(name, title, FAILED,
+                      f"{email} does not hold {LOG_PERMISSION} (its roles: {', '.join(roles) or 'none'}): instance "
+                      "logs would be lost.",
+                      f"gcloud projects add-iam-policy-binding {t.project} --member serviceAccount:{email} "
+                      "--role roles/logging.logWriter")
+    return Result(name, title, OK, f"{email} exists, holds {LOG_PERMISSION} (via {via}), and is separate from the "
+                  "control-plane account.")
+
+
+def check_coiled_credentials(t: Target, f: Facts) -> Result:
+    name, title = "coiled_credentials", "Coiled credentials"
+    if not t.coiled:
+        return Result(name, title, SKIPPED, "Not checked (--no-coiled).")
+    e = f.error("coiled")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    ws = (f.get("coiled") or {}).get("workspace")
+    creds = coiled_options(f).get("gcp_service_creds_dict") or {}
+    upload = t.gcp() if t.workspace else f"{t.gcp()} --workspace {ws}"
+    if not creds.get("client_email"):
+        return Result(name, title, FAILED, f"Coiled workspace {ws} has no Google Cloud credentials.",
+                      f"{upload} (gives Coiled the key)")
+    email, kid = creds.get("client_email"), creds.get("private_key_id")
+    if t.account and email != t.account:
+        return Result(name, title, FAILED, f"Coiled workspace {ws} uses {email}, not {t.account}.",
+                      f"{upload} (gives Coiled a key of {t.account})")
+    if t.key_id and kid == t.key_id:
+        return Result(name, title, OK, f"Workspace {ws} holds the key file's key {_short(kid)} of {email}.")
+    live = {k.key_id: k for k in f.get("keys") or []}
+    if f.has("keys") and (kid not in live or live[kid].disabled):
+        gone = "no longer exists" if kid not in live else "is disabled"
+        return Result(name, title, FAILED, f"Workspace {ws} holds key {_short(kid)} of {email}, which {gone} on "
+                      "Google.", f"{upload} (gives Coiled a live key)")
+    if t.key_id:
+        return Result(name, title, WARNING,
+                      f"Workspace {ws} holds another key of {email} ({_short(kid)}), not the key file's "
+                      f"({_short(t.key_id)}).",
+                      f"Nothing, if that key is meant for Coiled; otherwise {upload} (gives Coiled this key)")
+    return Result(name, title, OK, f"Workspace {ws} holds key {_short(kid)} of {email}.")
+
+
+def check_coiled_backend(t: Target, f: Facts, before: dict[str, Result]) -> Result:
+    name, title = "coiled_backend", "Coiled backend options"
+    if not t.coiled:
+        return Result(name, title, SKIPPED, "Not checked (--no-coiled).")
+    if before["coiled_credentials"].status not in (OK, WARNING):
+        return Result(name, title, SKIPPED, "Needs the credentials in Coiled (see above).")
+    o = coiled_options(f)
+    ws = (f.get("coiled") or {}).get("workspace")
+    problems = []
+    if o.get("gcp_project_name") != t.project:
+        problems.append(f"project is {o.get('gcp_project_name')}, not {t.project}")
+    if o.get("gcp_region_name") != t.region:
+        problems.append(f"default region is {o.get('gcp_region_name') or 'not set'}, not {t.region}")
+    if t.gar and (o.get("registry") or {}).get("type") != "gar":
+        problems.append(f"registry is {(o.get('registry') or {}).get('type') or 'not set'}, not Google Artifact "
+                        "Registry")
+    if problems:
+        fix = t.gcp() if t.workspace else f"{t.gcp()} --workspace {ws}"
+        return Result(name, title, FAILED, f"Workspace {ws}: " + "; ".join(problems) + ".",
+                      f"{fix} (sets them), or pass the --region you chose to verify", {"problems": problems})
+    reg = ", registry Google Artifact Registry" if t.gar else ""
+    return Result(name, title, OK, f"Workspace {ws}: project {t.project}, region {t.region}{reg}.")
+
+
+def firewall_rules(t: Target, f: Facts, config: dict) -> tuple[list[dict] | None, str]:
+    """Ingress rules ({ports, cidr}) and where they come from: Coiled first, then the dask config."""
+    spec = coiled_options(f).get("firewall_spec") if t.coiled else None
+    if isinstance(spec, dict) and isinstance(spec.get("ingress"), list):
+        return [r for r in spec["ingress"] if isinstance(r, dict)], "Coiled"
+    fw = config.get("firewall") if isinstance(config, dict) else None
+    if isinstance(fw, dict) and fw.get("cidr"):
+        return [fw], "the dask config"
+    return None, ""
+
+
+def check_firewall(t: Target, f: Facts, config: dict) -> Result:
+    name, title = "firewall", "Scheduler firewall"
+    rules, source = firewall_rules(t, f, config)
+    if rules is None:
+        return Result(name, title, SKIPPED, "No firewall settings found in Coiled or the dask config.")
+    open_rules = []
+    for r in rules:
+        try:
+            if ipaddress.ip_network(str(r.get("cidr")), strict=False).prefixlen == 0:
+                open_rules.append(r)
+        except ValueError:
+            continue
+    desc = "; ".join(f"ports {','.join(map(str, r.get('ports') or []))} from {r.get('cidr')}" for r in rules)
+    if open_rules:
+        ports = ",".join(str(p) for r in open_rules for p in (r.get("ports") or []))
+        return Result(name, title, WARNING,
+                      f"Dask schedulers accept connections on ports {ports} from anywhere "
+                      f"({open_rules[0].get('cidr')}), per {source}.",
+                      f"{t.gcp('--firewall-cidr YOUR_NETWORK')} (for example 203.0.113.0/24)")
+    return Result(name, title, OK, f"Ingress limited to {desc}, per {source}.")
+
+
+def evaluate(t: Target, f: Facts, config: dict | None = None) -> list[Result]:
+    """Every check, in order; later checks see earlier results to skip what cannot be judged."""
+    out: dict[str, Result] = {}
+    for fn in (check_key_file, check_account, check_role, check_binding):
+        r = fn(t, f)
+        out[r.name] = r
+    r = check_effective(t, f, out)
+    out[r.name] = r
+    r = check_registry_api(t, f)
+    out[r.name] = r
+    for fn in (check_repository, check_repo_grant):
+        r = fn(t, f, out)
+        out[r.name] = r
+    r = check_instance(t, f)
+    out[r.name] = r
+    r = check_coiled_credentials(t, f)
+    out[r.name] = r
+    r = check_coiled_backend(t, f, out)
+    out[r.name] = r
+    r = check_firewall(t, f, config or {})
+    out[r.name] = r
+    return list(out.values())
