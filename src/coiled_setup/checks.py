@@ -18,7 +18,6 @@ from pathlib import Path
 from coiled_setup import role_templates
 from coiled_setup.cloud import CloudError, Policy, run_all
 from coiled_setup.coiled_api import CoiledError
-from coiled_setup.errors import BadInput, UserError
 from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID
 from coiled_setup.remedies import explain, granting_role
 
@@ -169,14 +168,9 @@ def conditional_roles(policy: Policy, member: str) -> list[tuple[str, dict]]:
 def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None = None) -> Facts:
     """Reads everything the checks need, read-only: the tokens, then two rounds of concurrent calls."""
     f = Facts(getattr(operator, "principal", "") or "")
-    # First the tokens, once each: refused operator credentials stop here; a refused key is a finding.
-    f.fetch({"operator_auth": operator.authenticate,
-             **({"key_auth": as_key.authenticate} if as_key is not None else {})})
-    e = f.error("operator_auth")
-    if e is not None:
-        if e.code == "UNAUTHENTICATED":
-            raise BadInput(explain(e, t.project)[0])
-        raise UserError(explain(e, t.project)[0])
+    # The key's token first (the operator's was fetched on connecting): a refused key is a finding.
+    if as_key is not None:
+        f.fetch({"key_auth": as_key.authenticate})
     if f.error("key_auth") is not None:
         f.errors["held"] = f.errors["repo_held"] = f.error("key_auth")
         as_key = None

@@ -7,8 +7,9 @@ import os
 import time
 
 from coiled_setup import context, keyfile, role_templates, waiting
-from coiled_setup.cloud import CloudError, Google, NoCredentials, run_all
+from coiled_setup.cloud import CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
+from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google
 from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
 from coiled_setup.journal import Journal
 from coiled_setup.options import INSTANCE_ROLE_ID, OPEN_CIDR, Options, validate
@@ -102,45 +103,13 @@ class Wizard:
             o.service_account = data["client_email"]
             o.explicit.add("service_account")
 
-    def connect_google(self) -> Google:
-        try:
-            return Google.from_environment()
-        except NoCredentials:
-            raise BadInput(
-                "No Google credentials found: run `gcloud auth application-default login`, or set "
-                "GOOGLE_APPLICATION_CREDENTIALS to a key file."
-            ) from None
-
     def connect_coiled(self) -> Coiled | None:
         o = self.opts
         if not o.upload:
             return None
-        token, server, workspace = context.coiled_login(o.coiled_server, o.workspace)
-        if not token:
-            raise BadInput("No Coiled login found: run `coiled login`, set DASK_COILED__TOKEN, or pass --no-upload.")
-        c = Coiled(server, token)
-        try:
-            me = c.me()
-            memberships = c.memberships()
-        except CoiledError as e:
-            if e.status in (401, 403):
-                raise BadInput(e.message) from None
-            raise
-        slugs = [m.get("account", {}).get("slug") for m in memberships]
-        if workspace:
-            if workspace not in slugs:
-                raise BadInput(f"Coiled workspace {workspace!r} is not one of yours ({', '.join(slugs) or 'none'}): "
-                               "pass --workspace with one of them.")
-        elif len(slugs) == 1:
-            workspace = slugs[0]
-        elif me.get("username") in slugs:
-            workspace = me["username"]
-        elif o.interactive and slugs:
-            workspace = self.ui.select("Coiled workspace:", slugs)
-        else:
-            raise BadInput(f"You belong to several Coiled workspaces ({', '.join(slugs)}): pass --workspace.")
-        c.workspace = workspace
-        o.workspace = workspace
+        c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-upload")
+        ask = (lambda slugs: self.ui.select("Coiled workspace:", slugs)) if o.interactive else None
+        o.workspace = choose_workspace(c, wanted, ask)
         return c
 
     # -- 1. preflight ------------------------------------------------------------------------------
@@ -297,7 +266,7 @@ class Wizard:
     def execute(self) -> int:
         o, ui = self.opts, self.ui
         self.resolve()
-        g = self.connect_google()
+        g = connect_google()
         coiled = self.connect_coiled()
         services = self.preflight(g)
         self.choose(g)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from coiled_setup import checks, context, keyfile
 from coiled_setup.checks import FAILED, OK, SKIPPED, STATUSES, WARNING, Result, Target
-from coiled_setup.cloud import Google, NoCredentials
-from coiled_setup.coiled_api import Coiled, CoiledError
+from coiled_setup.cloud import Google
+from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google
 from coiled_setup.errors import INTERRUPTED, STEP_FAILED, BadInput, UserError
 from coiled_setup.errors import OK as OK_CODE
 from coiled_setup.journal import Journal
@@ -96,42 +96,13 @@ def resolve(o: VerifyOptions) -> Target:
     return t
 
 
-def connect_google() -> Google:
-    try:
-        return Google.from_environment()
-    except NoCredentials:
-        raise BadInput("No Google credentials found: run `gcloud auth application-default login`, or set "
-                       "GOOGLE_APPLICATION_CREDENTIALS to a key file that can read the project.") from None
-
-
 def coiled_reader(o: VerifyOptions):
     """A job answering {workspace, backend_options}; BadInput when the login or the workspace is wrong."""
-    token, server, workspace = context.coiled_login(o.coiled_server, o.workspace)
-    if not token:
-        raise BadInput("No Coiled login found: run `coiled login`, set DASK_COILED__TOKEN, or pass --no-coiled.")
-    c = Coiled(server, token)
+    c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-coiled")
 
     def read() -> dict:
-        ws = workspace
-        try:
-            slugs = [m.get("account", {}).get("slug") for m in c.memberships()]
-            if ws:
-                if ws not in slugs:
-                    raise BadInput(f"Coiled workspace {ws!r} is not one of yours ({', '.join(slugs) or 'none'}): pass "
-                                   "--workspace with one of them.")
-            elif len(slugs) == 1:
-                ws = slugs[0]
-            else:
-                me = c.me().get("username")
-                if me not in slugs:
-                    raise BadInput(f"You belong to several Coiled workspaces ({', '.join(slugs)}): pass --workspace.")
-                ws = me
-            c.workspace = ws
-            return {"workspace": ws, "backend_options": c.backend_options()}
-        except CoiledError as e:
-            if e.status in (401, 403):
-                raise BadInput(e.message) from None
-            raise
+        ws = choose_workspace(c, wanted)
+        return {"workspace": ws, "backend_options": c.backend_options()}
 
     return read
 

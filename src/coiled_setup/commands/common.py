@@ -1,0 +1,59 @@
+"""What the commands share: connecting to Google as the operator, and to Coiled's workspace."""
+
+from __future__ import annotations
+
+from coiled_setup import context
+from coiled_setup.cloud import CloudError, Google, NoCredentials
+from coiled_setup.coiled_api import Coiled, CoiledError
+from coiled_setup.errors import BadInput, UserError
+from coiled_setup.remedies import explain
+
+
+def connect_google() -> Google:
+    """The operator's Google, its credentials already accepted (refused ones are bad input, told at once)."""
+    try:
+        g = Google.from_environment()
+    except NoCredentials:
+        raise BadInput("No Google credentials found: run `gcloud auth application-default login`, or set "
+                       "GOOGLE_APPLICATION_CREDENTIALS to a key file.") from None
+    try:
+        g.authenticate()
+    except CloudError as e:
+        if e.transient:
+            raise UserError(explain(e, "")[0]) from None
+        raise BadInput(explain(e, "")[0]) from None
+    return g
+
+
+def coiled_client(server_flag: str | None, workspace_flag: str | None, skip_flag: str) -> tuple[Coiled, str | None]:
+    """A Coiled client for the user's login, and the workspace asked for (if any)."""
+    token, server, workspace = context.coiled_login(server_flag, workspace_flag)
+    if not token:
+        raise BadInput(f"No Coiled login found: run `coiled login`, set DASK_COILED__TOKEN, or pass {skip_flag}.")
+    return Coiled(server, token), workspace
+
+
+def choose_workspace(c: Coiled, wanted: str | None, ask=None) -> str:
+    """The workspace to use: the one asked for, else the only one, else the personal one, else `ask`'s pick."""
+    try:
+        me = c.me()
+        slugs = [m.get("account", {}).get("slug") for m in c.memberships()]
+    except CoiledError as e:
+        if e.status in (401, 403):
+            raise BadInput(e.message) from None
+        raise
+    if wanted:
+        if wanted not in slugs:
+            raise BadInput(f"Coiled workspace {wanted!r} is not one of yours ({', '.join(slugs) or 'none'}): "
+                           "pass --workspace with one of them.")
+        choice = wanted
+    elif len(slugs) == 1:
+        choice = slugs[0]
+    elif me.get("username") in slugs:
+        choice = me["username"]
+    elif ask is not None and slugs:
+        choice = ask(slugs)
+    else:
+        raise BadInput(f"You belong to several Coiled workspaces ({', '.join(slugs)}): pass --workspace.")
+    c.workspace = choice
+    return choice
