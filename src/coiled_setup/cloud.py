@@ -106,6 +106,12 @@ def _convert(exc: BaseException) -> CloudError:
                     violations.append(v.type)
         return CloudError(code, exc.message or str(exc), reason=exc.reason or "",
                           metadata=dict(exc.metadata or {}), violations=violations)
+    if isinstance(exc, gexc.RetryError):
+        cause = exc.cause
+        if isinstance(cause, gexc.GoogleAPICallError) and "metadata from plugin" in str(cause.message):
+            # The credentials were refused while a call was being made; the client retried that in vain.
+            return CloudError("UNAUTHENTICATED", "Google refused the credentials.")
+        return _convert(cause) if cause is not None else CloudError("DEADLINE_EXCEEDED", str(exc))
     if isinstance(exc, aexc.RefreshError):
         return CloudError("UNAUTHENTICATED", f"Google refused the credentials: {_first_line(exc)}")
     if isinstance(exc, aexc.TransportError):
@@ -126,7 +132,7 @@ def _google_errors():
 
     try:
         yield
-    except (gexc.GoogleAPICallError, aexc.RefreshError, aexc.TransportError) as e:
+    except (gexc.GoogleAPICallError, gexc.RetryError, aexc.RefreshError, aexc.TransportError) as e:
         raise _convert(e) from None
 
 
