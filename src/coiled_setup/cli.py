@@ -80,6 +80,7 @@ def gcp(
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
     output: str = typer.Option("text", help="text, or json for one JSON document on stdout."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rehearse against a local sandbox, not Google."),
+    sandbox_reset: bool = typer.Option(False, "--sandbox-reset", help="With --sandbox: start from a fresh project."),
 ) -> None:
     """Create the service account, key, role, binding and registry Coiled needs, then configure Coiled."""
 
@@ -100,7 +101,7 @@ def gcp(
             interactive=not non_interactive and sys.stdin.isatty(), output=output,
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
         )
-        sb = command.start_embedded_sandbox() if sandbox else None
+        sb = command.start_embedded_sandbox(fresh=sandbox_reset) if sandbox or sandbox_reset else None
         try:
             return command.run(opts)
         finally:
@@ -129,17 +130,27 @@ def verify(
     coiled_server: Optional[str] = typer.Option(None, help="Coiled server (default: from your Coiled login)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
     output: str = typer.Option("text", help="text, or json for one JSON document on stdout."),
+    sandbox: bool = typer.Option(False, "--sandbox", help="Check the sandbox that `gcp --sandbox` set up."),
 ) -> None:
     """Prove, read-only and as the service account itself, that Coiled can work in the project."""
 
     def go() -> int:
         from coiled_setup.commands import verify as command
 
-        return command.run(command.VerifyOptions(
-            project=project, key_file=key_file, role_id=role_id, region=region, gar=not no_gar,
-            instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
-            coiled_server=coiled_server, strict=strict, output=output,
-        ))
+        sb = None
+        if sandbox:
+            from coiled_setup.commands.gcp import start_embedded_sandbox
+
+            sb = start_embedded_sandbox()
+        try:
+            return command.run(command.VerifyOptions(
+                project=project, key_file=key_file, role_id=role_id, region=region, gar=not no_gar,
+                instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
+                coiled_server=coiled_server, strict=strict, output=output,
+            ))
+        finally:
+            if sb is not None:
+                sb.stop()
 
     _finish(_guard(go))
 
