@@ -222,24 +222,19 @@ class Wizard:
 
     def apply_step(self, step: Step) -> str:
         run = self.run
+        tries = 0
 
-        def once():
-            change = step.plan(run)
-            if change.action == NOTHING:
+        def attempt():
+            nonlocal tries
+            tries += 1
+            # A retry follows a fresh observation: an earlier try may have made the change but lost the answer.
+            if tries > 1 and step.plan(run).action == NOTHING:
                 return "done"
             return step.apply(run)
 
-        first = [True]
-
-        def go():
-            if first[0]:
-                first[0] = False
-                return step.apply(run)
-            return once()
-
         while True:
             try:
-                return self._retrying(step, go, reobserve=True)
+                return self._retrying(step, attempt, reobserve=True)
             except (CloudError, CoiledError, UserError, waiting.TimedOut) as e:
                 message, code = self.describe(e)
                 if not self.opts.interactive:
@@ -253,7 +248,6 @@ class Wizard:
                     return None
                 self.ui.begin(step.title)
                 self._retrying(step, lambda: step.observe(run), reobserve=False)
-                first[0] = False
 
     def describe(self, e: Exception) -> tuple[str, int]:
         if isinstance(e, CloudError):
