@@ -1,0 +1,1 @@
+"""Benchmarks of coiled-setup: start-up, round trips, critical path and waiting (see bench/run.py)."""
