@@ -18,7 +18,7 @@ from pathlib import Path
 from coiled_setup import role_templates
 from coiled_setup.cloud import CloudError, Policy, run_all
 from coiled_setup.coiled_api import CoiledError
-from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID
+from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID, repository_name, role_name
 from coiled_setup.remedies import explain, granting_role
 
 OK, FAILED, WARNING, SKIPPED = "ok", "failed", "warning", "skipped"
@@ -76,11 +76,11 @@ class Target:
 
     @property
     def role_name(self) -> str:
-        return f"projects/{self.project}/roles/{self.role_id}"
+        return role_name(self.project, self.role_id)
 
     @property
     def repository(self) -> str:
-        return f"projects/{self.project}/locations/{self.region}/repositories/coiled"
+        return repository_name(self.project, self.region)
 
     @property
     def member(self) -> str:

@@ -35,6 +35,15 @@ INSTANCE_ACCOUNT_ID = "coiled-instance"
 INSTANCE_ROLE_ID = "coiled_instance"
 
 
+def role_name(project: str, role_id: str) -> str:
+    return f"projects/{project}/roles/{role_id}"
+
+
+def repository_name(project: str, region: str) -> str:
+    """Coiled's Docker repository: it must be named coiled."""
+    return f"projects/{project}/locations/{region}/repositories/coiled"
+
+
 @dataclass
 class Options:
     project: str = ""
@@ -72,11 +81,11 @@ class Options:
 
     @property
     def role_name(self) -> str:
-        return f"projects/{self.project}/roles/{self.role_id}"
+        return role_name(self.project, self.role_id)
 
     @property
     def repository(self) -> str:
-        return f"projects/{self.project}/locations/{self.region}/repositories/coiled"
+        return repository_name(self.project, self.region)
 
     @property
     def open_firewall(self) -> bool:
