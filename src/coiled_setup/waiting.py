@@ -7,15 +7,18 @@ import time
 from collections.abc import Callable
 
 FIRST_DELAY_S = 0.1
-MAX_DELAY_S = 1.0
+# The longest sleep between two polls: what is awaited is seen at most this long (plus one round trip)
+# after it happens, so under a second.
+MAX_DELAY_S = 0.8
 FACTOR = 1.6
 
 
 def delays(first: float = FIRST_DELAY_S, cap: float = MAX_DELAY_S, factor: float = FACTOR):
-    """0.1, 0.16, 0.26, ... capped, each with +-20 % jitter so many clients don't poll in step."""
+    """0.1, 0.16, 0.26, ... up to `cap`, each with +-20 % jitter so many clients don't poll in step, and never
+    more than `cap`."""
     d = first
     while True:
-        yield d * random.uniform(0.8, 1.2)
+        yield min(cap, d * random.uniform(0.8, 1.2))
         d = min(cap, d * factor)
 
 

@@ -117,7 +117,7 @@ class UploadStep(Step):
                 )
             return state == "created"
 
-        waiting.poll(check, timeout=run.opts.wait_timeout, what=f"waiting for {what}", tick=run.ui.tick, cap=2.0)
+        waiting.poll(check, timeout=run.opts.wait_timeout, what=f"waiting for {what}", tick=run.ui.tick)
 
     def _retire_old_keys(self, run: Run) -> int:
         """Keys this tool made earlier for the account, now that Coiled holds the current one."""
