@@ -899,7 +899,7 @@ def _wrap(world: World, service: str, method: str, fn: Callable, writes: bool):
             code = "INTERNAL"
             context.abort(grpc.StatusCode.INTERNAL, f"sandbox error: {type(e).__name__}: {e}")
         finally:
-            world.record(
+            seq = world.record(
                 service=service,
                 method=method,
                 caller=caller,
@@ -909,7 +909,6 @@ def _wrap(world: World, service: str, method: str, fn: Callable, writes: bool):
                 resource=_resource_of(request),
                 fault=fault.name if fault else None,
             )
-            if code == "OK" and cfg.hold_method == method:
-                world.stopping.wait(cfg.hold_s)
+            world.hold_answer(method, code, seq)
 
     return handle

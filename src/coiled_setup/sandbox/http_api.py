@@ -243,8 +243,11 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
             if payload is not None:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client went away (killed while its answer was held)
 
         def _body(self) -> bytes:
             n = int(self.headers.get("Content-Length") or 0)
@@ -299,34 +302,39 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
             fault = None
             if cfg.fault_rate and world.draw_fault() < cfg.fault_rate:
                 fault = world.pick([429, 502, 503])
-            status, username, changed = 500, None, False
+            status, payload, username, changed = 500, {"detail": "sandbox error"}, None, False
             try:
-                if fault in (429, 503):
-                    status = fault
-                    return self._send(fault, {"detail": "Too many requests." if fault == 429 else "Service unavailable."})
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    status = 400
-                    return self._send(400, {"detail": "The body is not valid JSON."})
-                with world.lock:
-                    try:
-                        user = coiled.user(self.headers.get("Authorization"))
-                        username = user.username
-                        status, payload = route.fn(user, body, **params)
-                        changed = route.writes and status < 300
-                    except HttpError as e:
-                        status, payload = e.status, {"detail": e.detail}
-                    except Exception as e:  # a sandbox bug: answer 500, visibly
-                        status, payload = 500, {"detail": f"sandbox error: {type(e).__name__}: {e}"}
-                if fault == 502 and status < 300:
-                    status = 502  # done, but the answer is lost on the way back
-                    return self._send(502, {"detail": "Bad gateway."})
-                self._send(status, payload)
+                status, payload, username, changed = self._answer(route, params, raw, fault)
             finally:
-                world.record(service="coiled", method=f"{route.method} {route.pattern}", caller=username,
-                             code=status, write=route.writes, mutating=changed,
-                             resource=params.get("ws", ""), fault=fault)
+                # Recorded before the answer leaves, so a client that has its answer finds the call recorded.
+                seq = world.record(service="coiled", method=f"{route.method} {route.pattern}", caller=username,
+                                   code=status, write=route.writes, mutating=changed,
+                                   resource=params.get("ws", ""), fault=fault)
+            world.hold_answer(f"{route.method} {route.pattern}", status, seq)
+            self._send(status, payload)
+
+        def _answer(self, route: Route, params: dict, raw: bytes, fault) -> tuple[int, object, str | None, bool]:
+            """(status, payload, username, changed) of one Coiled call, faults included."""
+            if fault in (429, 503):
+                return fault, {"detail": "Too many requests." if fault == 429 else "Service unavailable."}, None, False
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                return 400, {"detail": "The body is not valid JSON."}, None, False
+            username, changed = None, False
+            with world.lock:
+                try:
+                    user = coiled.user(self.headers.get("Authorization"))
+                    username = user.username
+                    status, payload = route.fn(user, body, **params)
+                    changed = route.writes and status < 300
+                except HttpError as e:
+                    status, payload = e.status, {"detail": e.detail}
+                except Exception as e:  # a sandbox bug: answer 500, visibly
+                    status, payload = 500, {"detail": f"sandbox error: {type(e).__name__}: {e}"}
+            if fault == 502 and status < 300:
+                return 502, {"detail": "Bad gateway."}, username, changed  # done, but the answer is lost on the way back
+            return status, payload, username, changed
 
         def do_GET(self):
             self._handle("GET")

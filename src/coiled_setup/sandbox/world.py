@@ -209,6 +209,9 @@ class Config:
     # after the change is made and recorded, so a client can be killed in between.
     hold_method: str = ""
     hold_s: float = 0.0
+    # Crash tests: the answer to the N-th recorded call (Google or Coiled, whatever its outcome) is held
+    # back `hold_s` the same way, so a client can be killed at any point of a run (0: none).
+    hold_call: int = 0
     # Retry tests: the next `fail_times` calls of this method fail with `fail_code`, changing nothing.
     fail_method: str = ""
     fail_code: str = "FAILED_PRECONDITION"
@@ -373,11 +376,20 @@ class World:
         return op
 
     # -- recording -------------------------------------------------------------------------
-    def record(self, **entry) -> None:
+    def record(self, **entry) -> int:
+        """Adds a call to the record; answers its sequence number."""
         with self.lock:
             entry["seq"] = len(self.calls) + 1
             entry["time"] = time.time()
             self.calls.append(entry)
+            return entry["seq"]
+
+    def hold_answer(self, method: str, code, seq: int) -> None:
+        """Holds back an answer the configuration asks to hold (crash tests); the change is already made."""
+        cfg = self.config
+        succeeded = code == "OK" or (isinstance(code, int) and code < 300)
+        if (cfg.hold_method == method and succeeded) or (cfg.hold_call and seq == cfg.hold_call):
+            self.stopping.wait(cfg.hold_s)
 
     # -- dump ------------------------------------------------------------------------------
     def dump(self) -> dict:
