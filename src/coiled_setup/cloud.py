@@ -318,7 +318,8 @@ class Google:
             op = self.usage.batch_enable_services(
                 request={"parent": f"projects/{project}", "service_ids": services}
             )
-        return op.operation.name if not op.done() else ""
+        # The answer itself says whether it is done: op.done() would make another, unguarded call.
+        return op.operation.name if not op.operation.done else ""
 
     def operation_done(self, client: str, name: str) -> bool:
         """Polls an operation once; raises its error when it failed."""
