@@ -10,12 +10,14 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 ENDPOINT_VAR = "COILED_SETUP_GOOGLE_ENDPOINT"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 MAX_TEST_PERMISSIONS = 100
 TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN"}
+READ_ATTEMPTS = 6
 
 
 class CloudError(Exception):
@@ -134,6 +136,25 @@ def _google_errors():
         yield
     except (gexc.GoogleAPICallError, gexc.RetryError, aexc.RefreshError, aexc.TransportError) as e:
         raise _convert(e) from None
+
+
+def _read(call):
+    """An idempotent read, retried with capped backoff while Google answers a transient error.
+
+    Reads are retried here, where it is always safe, so that a step's own retries (which start the
+    step over) are spent on its writes rather than on every read around them.
+    """
+    from coiled_setup import waiting
+
+    delays = waiting.delays(first=0.2, cap=3.0)
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            with _google_errors():
+                return call()
+        except CloudError as e:
+            if not e.transient or attempt == READ_ATTEMPTS:
+                raise
+        time.sleep(next(delays))
 
 
 def _policy_from_pb(pb) -> Policy:
@@ -271,8 +292,7 @@ class Google:
 
     # -- projects and permissions --------------------------------------------------------------
     def get_project(self, project: str) -> Project:
-        with _google_errors():
-            p = self.projects.get_project(name=f"projects/{project}")
+        p = _read(lambda: self.projects.get_project(name=f"projects/{project}"))
         return Project(p.project_id, p.name.split("/", 1)[1], type(p).State(p.state).name)
 
     def test_permissions(self, resource: str, permissions: list[str], *, repository: bool = False) -> set[str]:
@@ -282,8 +302,8 @@ class Google:
         name = resource if repository else f"projects/{resource}"
 
         def one(batch):
-            with _google_errors():
-                return client.test_iam_permissions(request={"resource": name, "permissions": batch}).permissions
+            return _read(lambda: client.test_iam_permissions(request={"resource": name, "permissions": batch})
+                         ).permissions
 
         held: set[str] = set()
         for result in run_all([lambda b=b: one(b) for b in batches]):
@@ -291,10 +311,9 @@ class Google:
         return held
 
     def get_policy(self, project: str) -> Policy:
-        with _google_errors():
-            pb = self.projects.get_iam_policy(
-                request={"resource": f"projects/{project}", "options": {"requested_policy_version": 3}}
-            )
+        pb = _read(lambda: self.projects.get_iam_policy(
+            request={"resource": f"projects/{project}", "options": {"requested_policy_version": 3}}
+        ))
         return _policy_from_pb(pb)
 
     def set_policy(self, project: str, policy: Policy) -> Policy:
@@ -306,8 +325,7 @@ class Google:
 
     # -- service usage ------------------------------------------------------------------------------
     def service_enabled(self, project: str, service: str) -> bool:
-        with _google_errors():
-            s = self.usage.get_service(request={"name": f"projects/{project}/services/{service}"})
+        s = _read(lambda: self.usage.get_service(request={"name": f"projects/{project}/services/{service}"}))
         from google.cloud.service_usage_v1 import State
 
         return s.state == State.ENABLED
@@ -324,8 +342,7 @@ class Google:
     def operation_done(self, client: str, name: str) -> bool:
         """Polls an operation once; raises its error when it failed."""
         transport = (self.registry if client == "registry" else self.usage).transport
-        with _google_errors():
-            op = transport.operations_client.get_operation(name)
+        op = _read(lambda: transport.operations_client.get_operation(name))
         if op.done and op.HasField("error"):
             raise CloudError(_code_name(op.error.code), op.error.message)
         return bool(op.done)
@@ -333,8 +350,7 @@ class Google:
     # -- service accounts and keys ----------------------------------------------------------------
     def get_account(self, email: str) -> Account | None:
         try:
-            with _google_errors():
-                a = self.iam.get_service_account(name=f"projects/-/serviceAccounts/{email}")
+            a = _read(lambda: self.iam.get_service_account(name=f"projects/-/serviceAccounts/{email}"))
         except CloudError as e:
             if e.code == "NOT_FOUND":
                 return None
@@ -342,9 +358,8 @@ class Google:
         return Account(a.email, a.unique_id, a.disabled, a.display_name)
 
     def list_accounts(self, project: str) -> list[Account]:
-        with _google_errors():
-            pages = self.iam.list_service_accounts(name=f"projects/{project}")
-            return [Account(a.email, a.unique_id, a.disabled, a.display_name) for a in pages]
+        return _read(lambda: [Account(a.email, a.unique_id, a.disabled, a.display_name)
+                              for a in self.iam.list_service_accounts(name=f"projects/{project}")])
 
     def create_account(self, project: str, account_id: str, display_name: str, description: str = "") -> Account:
         with _google_errors():
@@ -356,10 +371,9 @@ class Google:
         return Account(a.email, a.unique_id, a.disabled, a.display_name)
 
     def list_user_keys(self, email: str) -> list[Key]:
-        with _google_errors():
-            resp = self.iam.list_service_account_keys(
-                request={"name": f"projects/-/serviceAccounts/{email}", "key_types": [1]}  # USER_MANAGED
-            )
+        resp = _read(lambda: self.iam.list_service_account_keys(
+            request={"name": f"projects/-/serviceAccounts/{email}", "key_types": [1]}  # USER_MANAGED
+        ))
         return [Key(k.name.rsplit("/", 1)[1], k.valid_after_time.timestamp(), k.disabled) for k in resp.keys]
 
     def create_key(self, email: str) -> dict:
@@ -377,8 +391,7 @@ class Google:
     # -- roles -------------------------------------------------------------------------------------
     def get_role(self, name: str) -> Role | None:
         try:
-            with _google_errors():
-                return _role(self.iam.get_role(request={"name": name}))
+            return _role(_read(lambda: self.iam.get_role(request={"name": name})))
         except CloudError as e:
             if e.code == "NOT_FOUND":
                 return None
@@ -414,8 +427,7 @@ class Google:
     def get_repository(self, name: str) -> str | None:
         """The repository's format, or None when there is none."""
         try:
-            with _google_errors():
-                r = self.registry.get_repository(name=name)
+            r = _read(lambda: self.registry.get_repository(name=name))
         except CloudError as e:
             if e.code == "NOT_FOUND":
                 return None
@@ -434,10 +446,9 @@ class Google:
         return op.operation.name
 
     def get_repo_policy(self, name: str) -> Policy:
-        with _google_errors():
-            pb = self.registry.get_iam_policy(
-                request={"resource": name, "options": {"requested_policy_version": 3}}
-            )
+        pb = _read(lambda: self.registry.get_iam_policy(
+            request={"resource": name, "options": {"requested_policy_version": 3}}
+        ))
         return _policy_from_pb(pb)
 
     def set_repo_policy(self, name: str, policy: Policy) -> Policy:
