@@ -6,9 +6,9 @@ second, so this module imports them only when a call needs them.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -478,10 +478,27 @@ def _code_name(code: int) -> str:
 
 
 def run_all(fns):
-    """Runs independent calls together; answers their results in order, raising the first error."""
+    """Runs independent calls together; answers their results in order, raising the first error.
+
+    The calls run in daemon threads: Ctrl-C stops the wait at once, and the process can exit without
+    waiting for a call still in flight (a thread pool would be joined first, however long that call takes).
+    """
     fns = list(fns)
     if len(fns) <= 1:
         return [f() for f in fns]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(fns))) as pool:
-        futures = [pool.submit(f) for f in fns]
-        return [f.result() for f in futures]
+    answers: queue.Queue = queue.Queue()
+
+    def work(i, fn):
+        try:
+            answers.put((i, True, fn()))
+        except BaseException as e:  # handed to the caller's thread
+            answers.put((i, False, e))
+
+    for i, fn in enumerate(fns):
+        threading.Thread(target=work, args=(i, fn), daemon=True, name=f"coiled-setup-call-{i}").start()
+    got = dict((i, (ok, value)) for i, ok, value in (answers.get() for _ in fns))
+    for i in range(len(fns)):
+        ok, value = got[i]
+        if not ok:
+            raise value
+    return [got[i][1] for i in range(len(fns))]
