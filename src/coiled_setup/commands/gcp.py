@@ -144,6 +144,10 @@ class Wizard:
                 raise BadInput(explain(terr, o.project)[0])
             raise BadInput(f"Project {o.project} does not exist, or {g.principal or 'your account'} cannot see it: "
                            "check --project.")
+        if project is not None and project.state != "ACTIVE":
+            # Told first: every other call about a project pending deletion is refused.
+            raise BadInput(f"Project {o.project} is scheduled for deletion: restore it (gcloud projects undelete "
+                           f"{o.project}) or choose another project.")
         if terr is not None:
             raise UserError(*explain(terr, o.project))
         missing = [p for p in perms if p not in held]
@@ -151,9 +155,6 @@ class Wizard:
             raise UserError(missing_permissions_sentence(g.principal, o.project, missing), MISSING_PERMISSION)
         if perr is not None:
             raise UserError(*explain(perr, o.project))
-        if project.state != "ACTIVE":
-            raise BadInput(f"Project {o.project} is scheduled for deletion: restore it (gcloud projects undelete "
-                           f"{o.project}) or choose another project.")
         enabled = {}
         for s, (on, err) in zip(services, results[2:]):
             if err is not None:
