@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup.cloud import CloudError
-from coiled_setup.errors import UserError
+from coiled_setup.errors import BadInput
 from coiled_setup.options import INSTANCE_ACCOUNT_ID
 from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
 
@@ -31,7 +31,7 @@ class InstanceAccountStep(Step):
         if self.account is not None:
             return Change(NOTHING, f"use {email}")
         if run.opts.instance_service_account:
-            raise UserError(
+            raise BadInput(
                 f"--instance-service-account {email} does not exist (or you cannot see it): create it first, "
                 "or use --create-instance-service-account."
             )
