@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from coiled_setup import paths
+from coiled_setup.errors import BadInput
 
 DEFAULT_COILED_SERVER = "https://cloud.coiled.io"
 
@@ -33,7 +34,8 @@ def project_from_environment() -> str | None:
 
 
 def dask_coiled_config() -> dict:
-    """The `coiled:` section of the dask config file, or {}."""
+    """The `coiled:` section of the dask config file, or {}; BadInput when the file cannot be understood
+    (it is later rewritten with the backend options, so a file read as empty would lose the user's keys)."""
     f = paths.dask_config_file()
     if not f.exists():
         return {}
@@ -41,10 +43,18 @@ def dask_coiled_config() -> dict:
 
     try:
         data = yaml.safe_load(f.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
-    section = data.get("coiled") if isinstance(data, dict) else None
-    return section if isinstance(section, dict) else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise BadInput(f"The dask config file {f} is not valid YAML{where}: fix it or move it aside, "
+                       "then run again.") from None
+    except (OSError, UnicodeDecodeError):
+        raise BadInput(f"The dask config file {f} cannot be read: check its permissions.") from None
+    section = (data.get("coiled") or {}) if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        raise BadInput(f"The dask config file {f} is not a mapping with a `coiled:` mapping inside: fix it or "
+                       "move it aside, then run again.")
+    return section
 
 
 def coiled_login(server_flag: str | None, workspace_flag: str | None) -> tuple[str | None, str, str | None]:
@@ -83,5 +93,8 @@ def write_backend_options(options: dict) -> Path:
 
 
 def backend_options_in_config() -> dict:
-    opts = dask_coiled_config().get("backend-options")
+    try:
+        opts = dask_coiled_config().get("backend-options")
+    except BadInput:
+        return {}
     return opts if isinstance(opts, dict) else {}
