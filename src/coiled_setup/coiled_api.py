@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
-from coiled_setup.errors import UserError
+from coiled_setup.errors import BadInput, UserError
 
 RETRY_STATUSES = {429, 502, 503, 504}
 MAX_ATTEMPTS = 8
@@ -22,6 +24,10 @@ class CoiledError(UserError):
 
 class Coiled:
     def __init__(self, server: str, token: str, workspace: str | None = None):
+        url = urllib.parse.urlsplit(server)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise BadInput(f"The Coiled server {server!r} is not an http(s) URL: check --coiled-server, "
+                           "DASK_COILED__SERVER or coiled.server in your dask config.")
         self.server = server.rstrip("/")
         self._token = token
         self.workspace = workspace
@@ -45,7 +51,11 @@ class Coiled:
             try:
                 with urllib.request.urlopen(req, timeout=30) as r:
                     raw = r.read()
+                try:
                     return json.loads(raw) if raw else None
+                except ValueError:
+                    raise CoiledError(f"{self.server} answered {method} {path} with something other than JSON: "
+                                      "check that --coiled-server points to Coiled.") from None
             except urllib.error.HTTPError as e:
                 raw = e.read()
                 if e.code in RETRY_STATUSES and attempt < MAX_ATTEMPTS:
@@ -55,7 +65,7 @@ class Coiled:
                 if e.code == 404 and ok_missing:
                     return None
                 raise CoiledError(_message(e.code, raw, method, path), e.code) from None
-            except (urllib.error.URLError, OSError) as e:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 if attempt < MAX_ATTEMPTS:
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
