@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import role_templates, waiting
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import CloudError, run_all
 from coiled_setup.errors import UserError
 from coiled_setup.steps.base import CHECK, Change, Run, Step
 
@@ -13,11 +13,13 @@ REPO_PERMISSIONS = ["artifactregistry.repositories.uploadArtifacts", "artifactre
 def missing_permissions(google, opts) -> list[str]:
     """Permissions the account (behind `google`) does not hold yet, project and repository."""
     want = list(role_templates.load().permissions)
-    held = google.test_permissions(opts.project, want)
-    missing = [p for p in want if p not in held]
+    tests = [lambda: google.test_permissions(opts.project, want)]
     if opts.gar:
-        rheld = google.test_permissions(opts.repository, REPO_PERMISSIONS, repository=True)
-        missing += [p for p in REPO_PERMISSIONS if p not in rheld]
+        tests.append(lambda: google.test_permissions(opts.repository, REPO_PERMISSIONS, repository=True))
+    held, *rheld = run_all(tests)  # the project and the repository, tested together
+    missing = [p for p in want if p not in held]
+    if rheld:
+        missing += [p for p in REPO_PERMISSIONS if p not in rheld[0]]
     return missing
 
 

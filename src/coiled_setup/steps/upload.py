@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import context, waiting
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import CloudError, run_all
 from coiled_setup.errors import UserError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
 
@@ -35,9 +35,8 @@ class UploadStep(Step):
 
     def observe(self, run: Run) -> None:
         c = run.coiled
-        bo = c.backend_options()
+        bo, glob, regions = run_all([c.backend_options, c.get_global, c.get_regions])  # independent reads
         options = bo.get("options") or {}
-        glob, regions = c.get_global(), c.get_regions()
         self.view = {
             "credentials": options.get("gcp_service_creds_dict") or {},
             "instance": options.get("instance_service_account"),
