@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import context
-from coiled_setup.cloud import CloudError, Google, NoCredentials
+from coiled_setup.cloud import CloudError, Google, NoCredentials, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.errors import BadInput, UserError
 from coiled_setup.remedies import explain
@@ -33,15 +33,23 @@ def coiled_client(server_flag: str | None, workspace_flag: str | None, skip_flag
     return Coiled(server, token), workspace
 
 
-def choose_workspace(c: Coiled, wanted: str | None, ask=None) -> str:
-    """The workspace to use: the one asked for, else the only one, else the personal one, else `ask`'s pick."""
+def workspace_reads(c: Coiled) -> tuple[dict, list]:
+    """Who the user is and the workspaces they belong to: two independent reads, made together."""
     try:
-        me = c.me()
-        slugs = [m.get("account", {}).get("slug") for m in c.memberships()]
+        me, memberships = run_all([c.me, c.memberships])
     except CoiledError as e:
         if e.status in (401, 403):
             raise BadInput(e.message) from None
         raise
+    return me, memberships
+
+
+def choose_workspace(c: Coiled, wanted: str | None, ask=None, reads: tuple[dict, list] | None = None) -> str:
+    """The workspace to use: the one asked for, else the only one, else the personal one, else `ask`'s pick.
+
+    `reads` are workspace_reads(c) when they were already made."""
+    me, memberships = reads if reads is not None else workspace_reads(c)
+    slugs = [m.get("account", {}).get("slug") for m in memberships]
     if wanted:
         if wanted not in slugs:
             raise BadInput(f"Coiled workspace {wanted!r} is not one of yours ({', '.join(slugs) or 'none'}): "

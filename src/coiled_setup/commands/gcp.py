@@ -9,7 +9,7 @@ import time
 from coiled_setup import context, keyfile, role_templates, waiting
 from coiled_setup.cloud import CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
-from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google
+from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
 from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
 from coiled_setup.journal import Journal
 from coiled_setup.options import INSTANCE_ROLE_ID, OPEN_CIDR, Options, validate
@@ -103,14 +103,24 @@ class Wizard:
             o.service_account = data["client_email"]
             o.explicit.add("service_account")
 
-    def connect_coiled(self) -> Coiled | None:
+    def connect(self) -> tuple[Google, Coiled | None]:
+        """Google and Coiled, independent: Coiled's reads run while Google's libraries load and the
+        credentials are checked (Google's refusal is still told first); the workspace is chosen after."""
         o = self.opts
-        if not o.upload:
-            return None
-        c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-upload")
+
+        def coiled():
+            if not o.upload:
+                return None
+            c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-upload")
+            return c, wanted, workspace_reads(c)
+
+        g, found = run_all([connect_google, coiled])
+        if found is None:
+            return g, None
+        c, wanted, reads = found
         ask = (lambda slugs: self.ui.select("Coiled workspace:", slugs)) if o.interactive else None
-        o.workspace = choose_workspace(c, wanted, ask)
-        return c
+        o.workspace = choose_workspace(c, wanted, ask, reads)
+        return g, c
 
     # -- 1. preflight ------------------------------------------------------------------------------
     def preflight(self, g: Google) -> dict[str, bool]:
@@ -261,8 +271,7 @@ class Wizard:
     def execute(self) -> int:
         o, ui = self.opts, self.ui
         self.resolve()
-        g = connect_google()
-        coiled = self.connect_coiled()
+        g, coiled = self.connect()
         services = self.preflight(g)
         self.choose(g)
         validate(o)  # the interactive answers too
