@@ -111,6 +111,9 @@ class AccountStep(Step):
             except CloudError as e:
                 if e.code != "ALREADY_EXISTS":
                     raise
+                # Unseen a moment ago, yet there: most likely our own earlier create whose answer was lost,
+                # so Google may not show it everywhere yet either.
+                run.fresh_account = True
             run.journal.set(account=o.account_email)
         elif run.journal.get("account") != o.account_email:
             run.journal.set(account=o.account_email)
