@@ -11,6 +11,7 @@ from coiled_setup.cloud import Binding, CloudError, Policy
 from coiled_setup.errors import UserError
 
 MAX_CONFLICTS = 12
+MAX_TRANSIENT = 6  # transient errors in a row on the write
 
 
 def holds(policy: Policy, role: str, member: str) -> bool:
@@ -38,7 +39,7 @@ def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], ro
     account is unknown to IAM ("does not exist"), waits with backoff up to `timeout`.
     """
     deadline = time.monotonic() + timeout
-    conflicts = 0
+    conflicts = transient = 0
     waits = waiting.delays()
     while True:
         policy = get()
@@ -48,6 +49,13 @@ def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], ro
             put(with_member(policy, role, member))
             return True
         except CloudError as e:
+            # Retried here, not by starting the step over: while a new account propagates this loop may
+            # write many times, and each transient error would use up one of the step's few retries.
+            # (A write that was made but whose answer was lost shows in the next read.)
+            transient = transient + 1 if e.transient else 0
+            if e.transient and transient < MAX_TRANSIENT:
+                time.sleep(next(waits))
+                continue
             if e.code == "ABORTED":
                 conflicts += 1
                 if on_conflict:
