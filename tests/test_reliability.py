@@ -1,0 +1,86 @@
+"""Reliability and security: the scenarios of tests/reliability.py (also `python -m tests.reliability`), asserted.
+
+Each test also asserts that no secret (a private key, the Coiled token) showed in anything its runs printed,
+raised or wrote, that key files are 0600 in 0700 directories, and that the sandbox kept public keys only.
+"""
+
+import json
+
+import pytest
+
+from tests import reliability as R
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = R.Lab(tmp_path / "lab")
+    yield lab
+    lab.close()
+
+
+def assert_no_secret_leaked(lab):
+    fig = R.secrets_figures(lab)
+    assert fig.problems == [], "\n".join(fig.problems)
+    assert fig.values["texts scanned"] > 0 and fig.values["files checked"] > 0
+
+
+def test_transient_faults_end_where_a_fault_free_run_ends(lab):
+    fig = R.run_faults(lab, runs=50, rate=0.2, delayed=10)
+    assert fig.problems == [], "\n".join(fig.problems)
+    v = fig.values
+    assert v["runs exiting 0"] == R.Ratio(60, 60)
+    assert v["same final state as without faults"] == R.Ratio(60, 60)
+    assert v["orphan keys"] == 0
+    assert v["faults injected"] >= 60 * 5  # about one call in five
+    assert_no_secret_leaked(lab)
+
+
+def test_a_concurrent_writer_loses_nothing(lab):
+    fig = R.run_concurrent(lab)
+    assert fig.problems == [], "\n".join(fig.problems)
+    v = fig.values
+    assert v["runs exiting 0"].all and v["lost"] == 0 and v["conditions dropped"] == 0
+    assert v["foreign changes kept/made"].of >= 50
+    assert v["conflicts retried"] == v["ABORTED writes of the wizard in the record"]
+    assert_no_secret_leaked(lab)
+
+
+def test_killed_at_any_call_a_rerun_converges_and_ctrl_c_says_how_to_resume(lab):
+    fig = R.run_crashes(lab)
+    assert fig.problems == [], "\n".join(fig.problems)
+    v = fig.values
+    assert v["kill points"] >= 30 and v["converged"] == R.Ratio(v["kill points"], v["kill points"])
+    assert v["orphan keys"] == 0
+    assert v["Ctrl-C exit 130 with a resume hint"].all
+    assert_no_secret_leaked(lab)
+
+
+def test_bad_input_gets_its_exit_code_one_sentence_and_no_write(lab):
+    fig = R.run_bad_input(lab)
+    assert fig.problems == [], "\n".join(fig.problems)
+    assert fig.values["cases passed"].all and fig.values["cases passed"].of >= 40
+    assert_no_secret_leaked(lab)
+
+
+def test_verify_gives_the_same_verdict_under_faults(lab):
+    if not R.has_verify():
+        pytest.skip("coiled-setup has no verify command")
+    fig = R.run_verify(lab)
+    assert fig.problems == [], "\n".join(fig.problems)
+    assert fig.values["same verdict as without faults"].all and fig.values["faults injected"] > 0
+    assert_no_secret_leaked(lab)
+
+
+def test_the_secret_scan_sees_a_leak(lab):
+    """The scan is not blind: the key a run wrote, or the token, in any text scanned is reported."""
+    sb = lab.sandbox(**R.FAST)
+    assert lab.run(sb, *R.JSON_ARGS).code == 0
+    lab.stop(sb)
+    assert lab.ledger.check() == []
+    key = json.loads(R.key_file(sb).read_text())
+    body = key["private_key"].split("-----")[2]  # without the BEGIN/END lines
+    lab.ledger.scan("a test", f"oops: {body}")
+    lab.ledger.scan("another test", f"token={sb.coiled_token}")
+    found = lab.ledger.check()
+    assert "a Coiled account's private key in a test" in found
+    assert "the Coiled token in another test" in found
