@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -333,7 +334,8 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
                 except Exception as e:  # a sandbox bug: answer 500, visibly
                     status, payload = 500, {"detail": f"sandbox error: {type(e).__name__}: {e}"}
             if fault == 502 and status < 300:
-                return 502, {"detail": "Bad gateway."}, username, changed  # done, but the answer is lost on the way back
+                # Done, but the answer is lost on the way back.
+                return 502, {"detail": "Bad gateway."}, username, changed
             return status, payload, username, changed
 
         def do_GET(self):
@@ -351,6 +353,12 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
         def do_PUT(self):
             self._handle("PUT")
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    return server
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):
+            if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+                return  # a client killed with its connection open (crash tests): nothing to report
+            super().handle_error(request, client_address)
+
+    return Server(("127.0.0.1", port), Handler)
