@@ -140,7 +140,7 @@ def diff(a, b, path="") -> list[str]:
     return [] if a == b else [f"{path}: {json.dumps(b)[:160]} (expected {json.dumps(a)[:160]})"]
 
 
-# -- secrets ----------------------------------------------------------------------------------------------------------
+# -- secrets ---------------------------------------------------------------------------------------------------------
 
 PEM_LINE = re.compile(r"[A-Za-z0-9+/]{64}")
 
@@ -219,7 +219,7 @@ class Ledger:
             self.scan(f"coiled.yaml ({where})", text.replace(DEFAULT_TOKEN, ""))  # a token the user put there
 
 
-# -- running the wizard --------------------------------------------------------------------------------------------------
+# -- running the wizard ----------------------------------------------------------------------------------------------
 
 @dataclass
 class Outcome:
@@ -382,7 +382,7 @@ class Lab:
         return code, stdout, stderr
 
 
-# -- what a finished run must leave ---------------------------------------------------------------------------------------
+# -- what a finished run must leave ----------------------------------------------------------------------------------
 
 def journal_path(sb) -> Path:
     return sb.state_dir / "home" / "state" / f"journal-{P}.json"
@@ -406,8 +406,8 @@ def orphans(sb, dump: dict, before: set[str] = frozenset()) -> set[str]:
     return user_keys(dump) - kept
 
 
-def journal_problems(sb, dump: dict) -> list[str]:
-    """After a converged run: the journal names the live key of the key file, nothing pending."""
+def journal_problems(sb, dump: dict, local_key: bool = True) -> list[str]:
+    """After a converged run: the journal names the live key of the key file (or Coiled's), nothing pending."""
     try:
         j = json.loads(journal_path(sb).read_text())
     except (OSError, ValueError) as e:
@@ -418,17 +418,23 @@ def journal_problems(sb, dump: dict) -> list[str]:
         out.append("a key is still pending in the journal")
     if j.get("account") != SA:
         out.append(f"journal names account {j.get('account')}")
-    kid = json.loads(key_file(sb).read_text())["private_key_id"] if key_file(sb).exists() else None
-    if j.get("key_id") != kid or j.get("key_file") != str(key_file(sb)):
-        out.append("journal's key is not the key file's")
+    if local_key:
+        kid = json.loads(key_file(sb).read_text())["private_key_id"] if key_file(sb).exists() else None
+        if j.get("key_id") != kid or j.get("key_file") != str(key_file(sb)):
+            out.append("journal's key is not the key file's")
+    else:
+        kid = (dump["coiled"]["workspaces"][WS].get("credentials") or {}).get("private_key_id")
+        if j.get("key_id") != kid or j.get("key_file") or key_file(sb).exists():
+            out.append("journal's key is not Coiled's, or a key file was written")
     if kid not in live:
-        out.append("the key file's key is not live")
+        out.append("the key in use is not live")
     if set(j.get("keys", [])) - live:
         out.append("journal lists keys that no longer exist")
     return out
 
 
-def converged(sb, reference: dict, *, before: set[str] = frozenset(), dask: dict | None = None) -> list[str]:
+def converged(sb, reference: dict, *, before: set[str] = frozenset(), dask: dict | None = None,
+              local_key: bool = True) -> list[str]:
     """Problems of a finished setup compared with a fault-free run's normalised state."""
     dump = state(sb)
     problems = [f"state differs: {d}" for d in diff(reference, normalise(dump))]
@@ -437,7 +443,7 @@ def converged(sb, reference: dict, *, before: set[str] = frozenset(), dask: dict
         problems.append(f"{len(new)} new user-managed keys, not 1")
     if orphans(sb, dump, before):
         problems.append(f"{len(orphans(sb, dump, before))} orphan key(s)")
-    problems += journal_problems(sb, dump)
+    problems += journal_problems(sb, dump, local_key)
     if dask is not None:
         f = sb.state_dir / "dask" / "coiled.yaml"
         if not f.exists() or yaml.safe_load(f.read_text()) != dask:
@@ -525,7 +531,7 @@ def run_faults(lab: Lab, runs: int = 50, rate: float = 0.2, seed: int = 1000, re
     return fig
 
 
-# == 2. a concurrent writer ============================================================================================
+# == 2. a concurrent writer ==========================================================================================
 
 COND = {"title": "until-2031", "description": "foreign, written during the wizard's run",
         "expression": 'request.time < timestamp("2031-01-01T00:00:00Z")'}
@@ -579,7 +585,8 @@ class PolicyWriter(threading.Thread):
             op, t = "remove", self.rng.choice(sorted(self.present[target]))
         else:
             cond = COND if self.rng.random() < 0.5 else None
-            op, t = "add", (self.rng.choice(self._roles(target)), _cond_key(cond), f"user:writer-{self.tag}-{i}@example.com")
+            member = f"user:writer-{self.tag}-{i}@example.com"
+            op, t = "add", (self.rng.choice(self._roles(target)), _cond_key(cond), member)
         client = self._client(target)
         while True:
             pol = client.get_iam_policy(request={"resource": target, "options": {"requested_policy_version": 3}})
@@ -671,8 +678,8 @@ def run_concurrent(lab: Lab, runs: int = 8, seed: int = 2000) -> Figures:
         lab.ledger.learn_key(key, "the foreign writer's private key")
         c = clients(sb)
         read = {f"projects/{P}": c.projects, REPO: c.registry}
-        before = {t: _tuples(read[t].get_iam_policy(request={"resource": t, "options": {"requested_policy_version": 3}}))
-                  for t in targets}
+        v3 = {"requested_policy_version": 3}
+        before = {t: _tuples(read[t].get_iam_policy(request={"resource": t, "options": v3})) for t in targets}
         writers = [PolicyWriter(sb, key, seed + 10 * i + n, [t], tag=f"w{n}") for n, t in enumerate(targets)]
         mark = len(calls(sb))
         for w in writers:
@@ -696,7 +703,7 @@ def run_concurrent(lab: Lab, runs: int = 8, seed: int = 2000) -> Figures:
         else:
             ok += 1
         for (t, ours), w in zip(targets.items(), writers):
-            final = _tuples(read[t].get_iam_policy(request={"resource": t, "options": {"requested_policy_version": 3}}))
+            final = _tuples(read[t].get_iam_policy(request={"resource": t, "options": v3}))
             expected = (before[t] - w.removed[t]) | w.present[t]
             missing = expected - final
             resurrected = final & w.removed[t]
@@ -724,7 +731,7 @@ def run_concurrent(lab: Lab, runs: int = 8, seed: int = 2000) -> Figures:
     return fig
 
 
-# == 3. crashes and resumes ===============================================================================================
+# == 3. crashes and resumes ==========================================================================================
 
 def _release(sb) -> None:
     """Lets go of a held answer (the client that waited for it is dead) and holds nothing more."""
@@ -779,10 +786,10 @@ def crash_once(lab: Lab, point: int, ref: Reference, extra_args: tuple = (),
     if out.code != 0:
         problems.append(f"the run after the kill exited {out.code}: {out.stderr.strip()[:300]}{out.crash[-600:]}")
     else:
-        problems += converged(sb, ref.state, dask=ref.dask)
+        problems += converged(sb, ref.state, dask=ref.dask, local_key="--no-local-key" not in extra_args)
     with lock:
         lab.stop(sb)
-    return not finished, [f"kill at call {point}: {p}" for p in problems]
+    return not finished, [f"kill at call {point}{' '.join(('',) + extra_args)}: {p}" for p in problems]
 
 
 def interrupt_once(lab: Lab, method: str, config: dict, lock: threading.Lock) -> list[str]:
@@ -827,15 +834,19 @@ INTERRUPTS = [("GetProject", {}), ("CreateRole", {}), ("POST /api/v2/cloud-crede
               ("", {"propagation_delay_s": 30})]
 
 
-def run_crashes(lab: Lab, points: int = 34, workers: int = 3, ref: Reference | None = None) -> Figures:
+def run_crashes(lab: Lab, points: int = 34, memory_only: int = 8, workers: int = 3,
+                ref: Reference | None = None) -> Figures:
+    """SIGKILL at `points` calls spread over a run, and at `memory_only` more with --no-local-key (the key's
+    only copy is in memory until Coiled holds it); then Ctrl-C at each of INTERRUPTS."""
     import concurrent.futures
 
     ref = ref or reference_run(lab)
     fig = Figures("crashes")
     total = process_calls(lab)
-    chosen = kill_points(total - 1, points)
+    chosen = [(n, ()) for n in kill_points(total - 1, points)]
+    chosen += [(n, ("--no-local-key",)) for n in kill_points(total - 1, memory_only)]
     lock = threading.Lock()
-    jobs = [(crash_once, (lab, n, ref, (), lock)) for n in chosen]
+    jobs = [(crash_once, (lab, n, ref, extra, lock)) for n, extra in chosen]
     jobs += [(interrupt_once, (lab, m, cfg, lock)) for m, cfg in INTERRUPTS]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda j: j[0](*j[1]), jobs))
@@ -846,14 +857,17 @@ def run_crashes(lab: Lab, points: int = 34, workers: int = 3, ref: Reference | N
     for r in sigints:
         fig.problems += r
     orphan_keys = sum(1 for r in kills for p in r if "orphan" in p)
-    fig.values = {"kill points": len(kills), "calls in a run": total,
+    fig.values = {"kill points": len(kills),
+                  "of which with --no-local-key": sum(1 for (_, extra), (killed, _) in zip(chosen, results)
+                                                      if extra and killed),
+                  "calls in a run": total,
                   "converged": Ratio(sum(1 for r in kills if not r), len(kills)),
                   "orphan keys": orphan_keys,
                   "Ctrl-C exit 130 with a resume hint": Ratio(sum(1 for r in sigints if not r), len(sigints))}
     return fig
 
 
-# == 4. bad input ===========================================================================================================
+# == 4. bad input ====================================================================================================
 
 _PEM: list[str] = []
 
@@ -984,7 +998,8 @@ def bad_input_cases() -> list[Case]:
         Case("--workspace not one of yours", 2, "workspace", ("--workspace", "elsewhere")),
         # -- environment
         Case("no project anywhere", 2, "No project given", env={"GOOGLE_CLOUD_PROJECT": None}),
-        Case("GOOGLE_CLOUD_PROJECT not an id", 2, "not a valid project id", env={"GOOGLE_CLOUD_PROJECT": "Bad_Project"}),
+        Case("GOOGLE_CLOUD_PROJECT not an id", 2, "not a valid project id",
+             env={"GOOGLE_CLOUD_PROJECT": "Bad_Project"}),
         Case("CLOUDSDK_CORE_PROJECT names the project", 0,
              env={"GOOGLE_CLOUD_PROJECT": None, "CLOUDSDK_CORE_PROJECT": P}, fresh=True),
         _gcloud_case("gcloud's configuration names the project", 0, "", P),
@@ -1026,7 +1041,8 @@ def bad_input_cases() -> list[Case]:
         _key_case("key file truncated", "not valid JSON", json.dumps(made_up_key(), indent=2)[:900]),
         _key_case("key file with a truncated private key", "truncated",
                   made_up_key(private_key="-----BEGIN PRIV")),
-        _key_case("key file of a user, not an account", "not a service account key", made_up_key(type="authorized_user")),
+        _key_case("key file of a user, not an account", "not a service account key",
+                  made_up_key(type="authorized_user")),
         _key_case("key file group-readable", "readable by other users", made_up_key(), 0o640),
         _key_case("key file world-readable", "readable by other users", made_up_key(), 0o644),
         _key_case("key file of another account", "is a key of", made_up_key(email=other_sa),
@@ -1124,7 +1140,7 @@ def run_bad_input(lab: Lab) -> Figures:
     return fig
 
 
-# == 5. secrets ================================================================================================================
+# == 5. secrets ======================================================================================================
 
 def secrets_figures(lab: Lab) -> Figures:
     fig = Figures("secrets")
@@ -1135,7 +1151,7 @@ def secrets_figures(lab: Lab) -> Figures:
     return fig
 
 
-# == 6. verify under faults =====================================================================================================
+# == 6. verify under faults ==========================================================================================
 
 def has_verify() -> bool:
     from coiled_setup.cli import app
@@ -1198,7 +1214,7 @@ def run_verify(lab: Lab, runs: int = 8, rate: float = 0.2, seed: int = 3000) -> 
     return fig
 
 
-# == the figures ==================================================================================================================
+# == the figures =====================================================================================================
 
 def main() -> int:
     import shutil
