@@ -30,8 +30,8 @@ def missing_permissions_sentence(principal: str, project: str, missing: list[str
     for p in missing:
         by_role.setdefault(granting_role(p), []).append(p)
     parts = "; ".join(f"{role} grants {', '.join(perms)}" for role, perms in by_role.items())
-    return (f"{principal or 'Your account'} lacks {len(missing)} permission(s) needed in project {project}: "
-            f"{parts}. Ask a project owner for those roles and run again; nothing was changed.")
+    return (f"{principal or 'Your account'} lacks {len(missing)} permission(s) needed in project {project} "
+            f"({parts}): ask a project owner for those roles and run again; nothing was changed.")
 
 
 def explain(e: CloudError, project: str) -> tuple[str, int]:
