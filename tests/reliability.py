@@ -1095,6 +1095,12 @@ def _disable_operator(sb) -> dict:
     return {}
 
 
+def one_sentence(text: str) -> bool:
+    """One sentence: ends with a full stop, and no other ends inside it (quotes, code and parentheses aside)."""
+    body = re.sub(r"'[^']*'|`[^`]*`|\([^)]*\)", "", text.strip())
+    return body.endswith(".") and not re.search(r"[.!?]\s+[A-Z]", body)
+
+
 def check_case(lab: Lab, case: Case, shared) -> list[str]:
     sb = lab.sandbox(case.scenario, **FAST) if case.fresh else shared
     d = lab.base / "cases" / re.sub(r"[^a-z0-9]+", "-", case.name.lower())
@@ -1110,7 +1116,7 @@ def check_case(lab: Lab, case: Case, shared) -> list[str]:
     if out.crash or "Traceback" in out.stderr:
         problems.append(f"a traceback: {(out.crash or out.stderr)[-400:]}")
     if case.code != 0:
-        if len(lines) != 1 or not lines[0].startswith("Error: "):
+        if len(lines) != 1 or not lines[0].startswith("Error: ") or not one_sentence(lines[0][7:]):
             problems.append(f"not one sentence on stderr: {out.stderr.strip()[:400]!r}")
         elif case.needle and case.needle not in lines[0]:
             problems.append(f"{case.needle!r} not in {lines[0]!r}")
