@@ -25,7 +25,7 @@ from coiled_setup.steps.role import RoleStep
 from coiled_setup.steps.upload import UploadStep
 from coiled_setup.ui import Ui
 
-MAX_ATTEMPTS = 6
+MAX_ATTEMPTS = 10  # a step is tried this often on transient errors (about 30 s of backoff in all)
 SANDBOX_VAR = "COILED_SETUP_SANDBOX"
 CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
 
