@@ -634,7 +634,7 @@ class PolicyWriter(threading.Thread):
                 self.change(i)
                 self.started_writing.set()
                 i += 1
-                time.sleep(self.rng.uniform(0, 0.001))
+                time.sleep(self.rng.uniform(0.002, 0.012))  # busy, yet leaving the wizard a chance
         except Exception as e:  # noqa: BLE001 - reported, not raised in a thread
             self.errors.append(f"{type(e).__name__}: {e}")
         finally:
