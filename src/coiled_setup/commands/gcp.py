@@ -273,12 +273,14 @@ class Wizard:
         self.resolve()
         g, coiled = self.connect()
         services = self.preflight(g)
+        ui.info(f"Project [bold]{o.project}[/] as {g.principal or 'your account'}"
+                + (f", Coiled workspace [bold]{o.workspace}[/]" if coiled else "")
+                + (" (a rehearsal against the local sandbox: nothing leaves this machine)"
+                   if os.environ.get(SANDBOX_VAR) else ""))
         self.choose(g)
         validate(o)  # the interactive answers too
         journal = Journal(o.project)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
-        ui.info(f"Project [bold]{o.project}[/] as {g.principal or 'your account'}"
-                + (f", Coiled workspace [bold]{o.workspace}[/]" if coiled else ""))
         steps = build_steps(o)
         self.observe_all(steps)
         plans = {}
