@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 import types
 import urllib.error
 import urllib.request
 
 import grpc
+from google.api_core import exceptions as gx
 from google.auth.transport.grpc import AuthMetadataPlugin
 from google.auth.transport.requests import Request
 from google.cloud import artifactregistry_v1, iam_admin_v1, resourcemanager_v3, service_usage_v1
@@ -71,3 +73,17 @@ def calls(sb, since: int = 0) -> list[dict]:
 
 def state(sb) -> dict:
     return http("GET", f"{sb.coiled_url}/_sandbox/state")[1]
+
+
+def wait_until(check, timeout: float = 5.0, step: float = 0.05):
+    """The first truthy value of check() within timeout, or the last value (or Google error) at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+            if value or time.monotonic() > deadline:
+                return value
+        except gx.GoogleAPICallError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(step)

@@ -35,6 +35,7 @@ import yaml
 
 from coiled_setup.sandbox import Config, Sandbox
 from coiled_setup.sandbox.scenario import DEFAULT_PROJECT, DEFAULT_SCENARIO, DEFAULT_TOKEN
+from tests.helpers import calls, http, state
 
 P = DEFAULT_PROJECT
 SA = f"coiled@{P}.iam.gserviceaccount.com"
@@ -54,28 +55,6 @@ ALL_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com", "se
 
 
 # -- the sandbox as a test sees it --------------------------------------------------------------------------------
-
-def http(method: str, url: str, body=None):
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            raw = r.read()
-            return r.status, (json.loads(raw) if raw else None)
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, (json.loads(raw) if raw else None)
-
-
-def calls(sb, since: int = 0) -> list[dict]:
-    return http("GET", f"{sb.coiled_url}/_sandbox/calls?since={since}")[1]
-
-
-def state(sb) -> dict:
-    return http("GET", f"{sb.coiled_url}/_sandbox/state")[1]
-
 
 def configure(sb, **values) -> None:
     status, body = http("POST", f"{sb.coiled_url}/_sandbox/config", values)

@@ -12,7 +12,7 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.rpc import error_details_pb2
 
 from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
-from tests.helpers import calls, clients, state
+from tests.helpers import calls, clients, state, wait_until
 
 CONDITIONAL_ROLE = "roles/storage.objectViewer"
 CONDITION = 'request.time < timestamp("2030-01-01T00:00:00Z")'
@@ -47,20 +47,6 @@ def granted(c, permissions) -> list[str]:
 def key_of(c, email: str) -> dict:
     name = f"projects/{c.project}/serviceAccounts/{email}"
     return json.loads(c.iam.create_service_account_key(name=name).private_key_data)
-
-
-def wait_until(check, timeout: float = 5.0, step: float = 0.05):
-    """The first truthy value of check() within timeout, or the last exception / value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-            if value or time.monotonic() > deadline:
-                return value
-        except gx.GoogleAPICallError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(step)
 
 
 # -- versions and conditions --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from google.longrunning import operations_pb2
 
 from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
 from coiled_setup.sandbox.world import DEFAULT_SERVICES
-from tests.helpers import calls, clients, state
+from tests.helpers import calls, clients, state, wait_until
 
 AR = "artifactregistry.googleapis.com"
 FAST = polling.DEFAULT_POLLING.with_delay(initial=0.05, maximum=0.1, multiplier=1.2).with_timeout(10)
@@ -46,19 +46,6 @@ def create_repo(c, repo_id: str = "coiled", location: str = "us-east1"):
         repository=artifactregistry_v1.Repository(format_=DOCKER, description="Coiled images"),
         repository_id=repo_id,
     )
-
-
-def wait_until(check, timeout: float = 5.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-            if value or time.monotonic() > deadline:
-                return value
-        except gx.GoogleAPICallError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(step)
 
 
 # -- Service Usage -------------------------------------------------------------------------------------
