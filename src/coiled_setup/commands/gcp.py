@@ -128,18 +128,12 @@ class Wizard:
         perms = operator_permissions(o)
 
         def attempt(fn):
+            """The answer or the error: preflight reports them together (reads retry transient errors themselves)."""
             def call():
-                for d in waiting.delays(first=0.3, cap=3):
-                    try:
-                        return fn(), None
-                    except CloudError as e:
-                        if not e.transient:
-                            return None, e
-                        if call.tries >= MAX_ATTEMPTS:
-                            return None, e
-                        call.tries += 1
-                        time.sleep(d)
-            call.tries = 1
+                try:
+                    return fn(), None
+                except CloudError as e:
+                    return None, e
             return call
 
         services = CORE_SERVICES + wanted_services(o)
