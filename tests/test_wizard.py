@@ -345,3 +345,6 @@ def test_sandbox_rehearsal_resumes_its_world(cli, tmp_path):
     again = cli(None, *ARGS, "--sandbox", env=env, check=0)
     assert "Nothing to change" in again.stdout
     assert (tmp_path / "state" / "coiled-setup" / "sandbox" / "world.json").exists()
+    checked = cli(None, "verify", "--sandbox", "--output", "json", env=env, check=0)
+    statuses = {c["name"]: c["status"] for c in json.loads(checked.stdout)["checks"]}
+    assert statuses["effective_permissions"] == "ok" and statuses["coiled_credentials"] == "ok"
