@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 
@@ -45,9 +44,3 @@ def read(path: Path, *, flag: str = "--key-file") -> dict:
         raise BadInput(f"{flag} {str(path)!r} has no usable private key: it may be truncated.")
     return data
 
-
-def owner_only(path: Path) -> bool:
-    try:
-        return not (os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO))
-    except FileNotFoundError:
-        return False

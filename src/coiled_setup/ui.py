@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -94,7 +93,3 @@ class Ui:
         import questionary
 
         return self._ask(questionary.text(text, default=default, validate=validate))
-
-
-def stdin_is_terminal() -> bool:
-    return sys.stdin.isatty()

@@ -8,12 +8,11 @@ NOTHING = "nothing"
 CREATE = "create"
 UPDATE = "update"
 CHECK = "check"
-SKIP = "skip"
 
 
 @dataclass
 class Change:
-    action: str  # nothing / create / update / check / skip
+    action: str  # nothing / create / update / check
     detail: str
 
     @property
