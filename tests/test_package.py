@@ -56,6 +56,57 @@ def test_wheel_contains_both_templates(tmp_path):
     assert "coiled_setup/templates/coiled-role.yaml" in names
     assert "coiled_setup/templates/coiled-instance-role.yaml" in names
     assert not any("/sandbox/" in n and n.endswith(".json") for n in names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    for version in ("3.10", "3.11", "3.12", "3.13"):
+        assert f"Classifier: Programming Language :: Python :: {version}\n" in meta
+    assert "License-Expression: BSD-3-Clause" in meta
+
+
+def _third_party_imports() -> set[str]:
+    names = set()
+    for f in (ROOT / "src" / "coiled_setup").rglob("*.py"):
+        for m in re.finditer(r"^\s*(?:import|from)\s+([A-Za-z_]\w*)", f.read_text(), re.M):
+            names.add(m.group(1))
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("coiled_setup", "__future__")}
+
+
+# The distribution that provides each top-level import of the package.
+PROVIDERS = {"google": None, "grpc": "grpcio", "grpc_status": "grpcio-status", "yaml": "pyyaml"}
+
+
+def test_every_import_is_a_declared_dependency():
+    import tomllib
+
+    declared = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower()
+                for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    for name in _third_party_imports():
+        dist = PROVIDERS.get(name, name)
+        if dist is None:  # google.* namespaces: each used client is declared by its own name
+            continue
+        assert dist.lower() in declared, f"{name} is imported but {dist} is not a declared dependency"
+
+
+def test_sdist_carries_what_its_tests_need(tmp_path):
+    import tarfile
+
+    proc = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path),
+                           str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(sdist) as t:
+        t.extractall(tmp_path / "x", filter="data")
+    (top,) = (tmp_path / "x").iterdir()
+    for need in ("templates/coiled-role.yaml", "bench/run.py", ".ci/run", "LICENSE", "README.md"):
+        assert (top / need).is_file(), need
+    # A fast subset of the suite, run from the unpacked sdist against its own sources.
+    env = {**os.environ, "PYTHONPATH": str(top / "src")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           "tests/test_package.py", "-k",
+                           "templates_dir or readme_test_command or least_privilege or version"],
+                          cwd=top, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert re.search(r"\b4 passed\b", proc.stdout), proc.stdout[-2000:]
 
 
 def _imports_after(args: list[str]) -> set[str]:
