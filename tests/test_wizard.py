@@ -202,6 +202,32 @@ def test_a_foreign_conditional_binding_on_the_same_role_survives(make_sandbox, c
     assert bound(pol, ROLE, MEMBER) and bound(pol, "roles/viewer", "user:ann@example.com")
 
 
+def test_an_account_bound_only_under_a_condition_gets_an_unconditional_binding(make_sandbox, cli):
+    """A conditional binding of our account is not the binding Coiled needs (a conditional grant may lapse):
+    the wizard adds an unconditional one and leaves the conditional one exactly as it was."""
+    cond = {"title": "until-2031", "description": "temporary",
+            "expression": 'request.time < timestamp("2031-01-01T00:00:00Z")'}
+    sb = make_sandbox(scenario(
+        service_accounts=[{"id": "coiled"}],
+        roles=[{"id": "coiled", "title": "coiled", "description": "coiled-externally-hosted",
+                "permissions": list(role_templates.load().permissions)}],
+        bindings=[{"role": ROLE, "members": [MEMBER, "user:eve@example.com"], "condition": cond},
+                  {"role": "roles/viewer", "members": ["user:ann@example.com"]}],
+    ))
+    planned = cli(sb, *ARGS, "--dry-run", check=0)
+    assert f"bind {MEMBER} → {ROLE}" in planned.stdout
+    # With the conditional binding taken for the binding, the run would wait for permissions that never come.
+    cli(sb, *ARGS, "--yes", "--wait-timeout", "20", check=0)
+    pol = project_policy(clients(sb))
+    assert pol.version == 3
+    assert bound(pol, ROLE, MEMBER) and bound(pol, "roles/viewer", "user:ann@example.com")
+    conditional = [b for b in pol.bindings if b.role == ROLE and b.HasField("condition")]
+    assert len(conditional) == 1
+    assert list(conditional[0].members) == [MEMBER, "user:eve@example.com"]
+    c = conditional[0].condition
+    assert (c.title, c.description, c.expression) == (cond["title"], cond["description"], cond["expression"])
+
+
 def test_crash_right_after_the_key_is_created_leaves_no_orphan(make_sandbox, cli, tmp_path):
     sb = make_sandbox(hold_method="CreateServiceAccountKey", hold_s=30)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
