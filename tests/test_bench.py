@@ -1,5 +1,14 @@
-"""The benchmark runs to the end in its quick mode and prints every figure; timings are not asserted here."""
+"""The benchmark runs to the end in its quick mode, prints every figure, and meets its call-count targets.
 
+Asserted strictly: every target is measured ("N of 14 targets met"), and the targets that count calls,
+writes or memory are met: a converged re-run writes nothing, verify writes nothing and tests the
+project permissions in one TestIamPermissions call, start-up peaks stay under 35 MiB. The timing
+targets (start-up wall, critical path, verify wall, waits) are left to the benchmark itself: under the
+suite's parallel workers on a shared machine they measure the machine's load more than the product.
+"""
+
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +22,26 @@ FIGURES = [
     "wait.binding", "wait.enable_operation", "wait.repository_operation", "wait.permissions",
     "wait.coiled_global", "wait.coiled_region",
 ]
+TARGETS = 14  # figures with a target (the others are shown for comparison)
+NOT_TIMING = ["round_trips.rerun", "round_trips.verify", "startup.help.peak", "startup.gcp_help.peak"]
 
 
-def test_quick_benchmark_prints_every_figure():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick"], cwd=ROOT,
+def test_quick_benchmark_prints_every_figure_and_meets_its_count_targets(tmp_path):
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--runs", "3",
+                           "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     lines = proc.stdout.splitlines()
     for name in FIGURES:
         line = next((x for x in lines if x.startswith(name + " ")), None)
         assert line is not None, f"no line for {name}:\n{proc.stdout}"
-        # A figure has a ratio and a target; verify's are allowed to be missing when the command is.
-        assert ("x  " in line and ("target" in line or "no target" in line)) or "verify: not available" in line, line
-    assert "targets met" in lines[-1]
+        assert "x  " in line and ("target" in line or "no target" in line), line
+    m = re.match(r"(\d+) of (\d+) targets met", lines[-1])
+    assert m is not None, lines[-1]
+    assert int(m.group(2)) == TARGETS, lines[-1]
+    figures = {f["name"]: f for f in json.loads(out.read_text())}
+    assert sum(1 for f in figures.values() if f["ok"] is not None) == TARGETS
+    missed = [f"{n}: {figures[n]['value']}" for n in NOT_TIMING if figures[n]["ok"] is not True]
+    assert not missed, "\n".join(missed)
+    assert int(m.group(1)) >= len(NOT_TIMING), lines[-1]

@@ -63,6 +63,26 @@ def test_same_seed_same_faults(make_sandbox):
     assert any(x != "OK" for x in first)
 
 
+def test_faults_limited_to_some_methods(make_sandbox):
+    """With fault_methods, only those methods fail (and only they draw, so their faults follow the seed)."""
+    sb = make_sandbox(fault_rate=0.5, seed=7, fault_methods=("GetIamPolicy",))
+    c = clients(sb)
+    outcomes = []
+    for _ in range(40):
+        c.projects.get_project(name=f"projects/{c.project}", retry=None)
+        try:
+            c.projects.get_iam_policy(resource=f"projects/{c.project}", retry=None)
+            outcomes.append("OK")
+        except gx.GoogleAPICallError as e:
+            outcomes.append(EXCEPTION_CODES[type(e)])
+    record = calls(sb)
+    assert all(x["fault"] is None for x in record if x["method"] != "GetIamPolicy")
+    assert [x["fault"] or "OK" for x in record if x["method"] == "GetIamPolicy"] == outcomes
+    assert 8 <= sum(o != "OK" for o in outcomes) <= 32
+    # Coiled's routes are not in the list either.
+    assert {http("GET", f"{sb.coiled_url}/api/v2/user/me", token=sb.coiled_token)[0] for _ in range(10)} == {200}
+
+
 def test_no_faults_by_default(sandbox):
     assert set(read_many(sandbox, 50)) == {"OK"}
     assert all(x["fault"] is None for x in calls(sandbox))

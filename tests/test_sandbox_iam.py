@@ -293,6 +293,8 @@ def test_deleted_key_cannot_get_token(sandbox):
     listed = c.iam.list_service_account_keys(name=sa.name, key_types=[KeyType.USER_MANAGED]).keys
     assert listed == []
     with pytest.raises(gx.NotFound):
+        c.iam.get_service_account_key(name=created.name)
+    with pytest.raises(gx.NotFound):
         c.iam.delete_service_account_key(name=created.name)
 
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from google.api_core import exceptions as gexc
 
 from coiled_setup import role_templates
 from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
-from tests.helpers import calls, clients, credentials, state
+from tests.helpers import calls, clients, state
 
 P = "coiled-demo"
 SA = f"coiled@{P}.iam.gserviceaccount.com"
@@ -202,6 +201,32 @@ def test_a_foreign_conditional_binding_on_the_same_role_survives(make_sandbox, c
     assert bound(pol, ROLE, MEMBER) and bound(pol, "roles/viewer", "user:ann@example.com")
 
 
+def test_an_account_bound_only_under_a_condition_gets_an_unconditional_binding(make_sandbox, cli):
+    """A conditional binding of our account is not the binding Coiled needs (a conditional grant may lapse):
+    the wizard adds an unconditional one and leaves the conditional one exactly as it was."""
+    cond = {"title": "until-2031", "description": "temporary",
+            "expression": 'request.time < timestamp("2031-01-01T00:00:00Z")'}
+    sb = make_sandbox(scenario(
+        service_accounts=[{"id": "coiled"}],
+        roles=[{"id": "coiled", "title": "coiled", "description": "coiled-externally-hosted",
+                "permissions": list(role_templates.load().permissions)}],
+        bindings=[{"role": ROLE, "members": [MEMBER, "user:eve@example.com"], "condition": cond},
+                  {"role": "roles/viewer", "members": ["user:ann@example.com"]}],
+    ))
+    planned = cli(sb, *ARGS, "--dry-run", check=0)
+    assert f"bind {MEMBER} → {ROLE}" in planned.stdout
+    # With the conditional binding taken for the binding, the run would wait for permissions that never come.
+    cli(sb, *ARGS, "--yes", "--wait-timeout", "20", check=0)
+    pol = project_policy(clients(sb))
+    assert pol.version == 3
+    assert bound(pol, ROLE, MEMBER) and bound(pol, "roles/viewer", "user:ann@example.com")
+    conditional = [b for b in pol.bindings if b.role == ROLE and b.HasField("condition")]
+    assert len(conditional) == 1
+    assert list(conditional[0].members) == [MEMBER, "user:eve@example.com"]
+    c = conditional[0].condition
+    assert (c.title, c.description, c.expression) == (cond["title"], cond["description"], cond["expression"])
+
+
 def test_crash_right_after_the_key_is_created_leaves_no_orphan(make_sandbox, cli, tmp_path):
     sb = make_sandbox(hold_method="CreateServiceAccountKey", hold_s=30)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
@@ -322,20 +347,30 @@ def test_key_file_of_another_project_is_bad_input(make_sandbox, cli, tmp_path):
     assert "other-project" in out.stderr and "PRIVATE KEY" not in out.stderr
 
 
-def test_deleted_key_cannot_authenticate(make_sandbox, cli):
+def test_a_key_file_whose_key_was_deleted_is_reported_and_replaced(make_sandbox, cli):
+    """The key of the key file deleted on Google (the sandbox's side of it, a refused token, is in
+    tests/test_sandbox_iam.py): verify names the dead key, and the wizard writes a new, working key to the
+    same file and gives it to Coiled."""
     sb = make_sandbox()
     cli(sb, *ARGS, check=0)
-    data = json.loads(Path(journal(sb)["key_file"]).read_text())
-    clients(sb).iam.delete_service_account_key(
-        name=f"projects/-/serviceAccounts/{SA}/keys/{data['private_key_id']}")
-    from google.auth.exceptions import RefreshError
-    from google.auth.transport.requests import Request
+    path = Path(journal(sb)["key_file"])
+    old = json.loads(path.read_text())["private_key_id"]
+    c = clients(sb)
+    c.iam.delete_service_account_key(name=f"projects/-/serviceAccounts/{SA}/keys/{old}")
 
-    with pytest.raises(RefreshError):
-        credentials(data).refresh(Request())
-    with pytest.raises(gexc.NotFound):
-        clients(sb).iam.get_service_account_key(
-            name=f"projects/-/serviceAccounts/{SA}/keys/{data['private_key_id']}")
+    found = cli(sb, "verify", "--output", "json", check=1)
+    checks = {x["name"]: x for x in json.loads(found.stdout)["checks"]}
+    assert checks["key_file"]["status"] == "failed" and "no longer exists" in checks["key_file"]["detail"]
+
+    cli(sb, *ARGS, "--wait-timeout", "30", check=0)
+    data = json.loads(path.read_text())
+    assert data["private_key_id"] != old and user_keys(c) == [data["private_key_id"]]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    held = clients(sb, data).projects.test_iam_permissions(resource=f"projects/{P}",
+                                                           permissions=["compute.instances.create"]).permissions
+    assert list(held) == ["compute.instances.create"]
+    assert state(sb)["coiled"]["workspaces"]["demo"]["credentials"]["private_key_id"] == data["private_key_id"]
+    cli(sb, "verify", check=0)
 
 
 def test_sandbox_rehearsal_resumes_its_world(cli, tmp_path):

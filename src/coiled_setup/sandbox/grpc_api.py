@@ -863,7 +863,7 @@ def _wrap(world: World, service: str, method: str, fn: Callable, writes: bool):
         if cfg.latency_ms:
             time.sleep(cfg.latency_ms / 1000.0)
         fault = None
-        if cfg.fault_rate and world.draw_fault() < cfg.fault_rate:
+        if world.faults(method):
             fault = world.pick(FAULT_CODES)
         caller = None
         ctx = None

@@ -301,7 +301,7 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
             if cfg.latency_ms:
                 time.sleep(cfg.latency_ms / 1000.0)
             fault = None
-            if cfg.fault_rate and world.draw_fault() < cfg.fault_rate:
+            if world.faults(f"{route.method} {route.pattern}"):
                 fault = world.pick([429, 502, 503])
             status, payload, username, changed = 500, {"detail": "sandbox error"}, None, False
             try:

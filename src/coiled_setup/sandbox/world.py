@@ -201,6 +201,9 @@ class Operation:
 class Config:
     latency_ms: float = 0.0
     fault_rate: float = 0.0
+    # Only these methods fail at `fault_rate` (gRPC names such as "SetIamPolicy", or Coiled's "POST /api/...");
+    # empty: every call may.
+    fault_methods: tuple[str, ...] = ()
     seed: int = 0
     propagation_delay_s: float = 0.0
     operation_s: float = 0.2
@@ -247,6 +250,13 @@ class World:
     def draw_fault(self) -> float:
         with self.lock:
             return self._rng.random()
+
+    def faults(self, method: str) -> bool:
+        """Whether this call of `method` is to fail transiently (draws only for the methods that may)."""
+        cfg = self.config
+        if not cfg.fault_rate or (cfg.fault_methods and method not in cfg.fault_methods):
+            return False
+        return self.draw_fault() < cfg.fault_rate
 
     def pick(self, options: list):
         with self.lock:
