@@ -387,8 +387,11 @@ def _role_proto(r: Role, full: bool = True) -> iam.Role:
 
 
 def _check_permissions(perms) -> list[str]:
+    from coiled_setup.sandbox.catalogue import valid_in_project_role
+
     for perm in perms:
-        if not PERMISSION_RE.match(perm):
+        # Google names the first offending permission, whether it does not exist or is organisation-level only.
+        if not PERMISSION_RE.match(perm) or not valid_in_project_role(perm):
             raise errors.invalid_argument(f"Permission {perm} is not valid.", field="role.included_permissions")
     return list(dict.fromkeys(perms))
 
