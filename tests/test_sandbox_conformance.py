@@ -57,3 +57,54 @@ def test_permissions_of_services_the_catalogue_does_not_cover_are_accepted(sandb
     """A known difference (README): the sandbox cannot tell a real permission of another service from a typo."""
     made = _create_role(clients(sandbox), "other_service", ["pubsub.topics.get"])
     assert list(made.included_permissions) == ["pubsub.topics.get"]
+
+
+# -- paging ----------------------------------------------------------------------------------------------------------
+# Source: projects.serviceAccounts.list reference: pageSize "Optional limit on the number of service accounts to
+# include in the response. Further accounts can subsequently be obtained by including the nextPageToken [...] The
+# default is 20, and the maximum is 100."
+
+def test_service_accounts_are_listed_twenty_a_page_by_default_and_at_most_a_hundred(make_sandbox):
+    accounts = [{"id": f"account-{i:03d}"} for i in range(130)]
+    sb = make_sandbox({**_scenario(), "projects": [{**_scenario()["projects"][0], "service_accounts": accounts}]})
+    c = clients(sb)
+    first = c.iam.list_service_accounts(request={"name": f"projects/{c.project}"})  # a pager: its first page
+    assert len(first.accounts) == 20 and first.next_page_token
+    big = c.iam.list_service_accounts(request={"name": f"projects/{c.project}", "page_size": 500})
+    assert len(big.accounts) == 100
+    every = [a.email for a in c.iam.list_service_accounts(request={"name": f"projects/{c.project}"})]
+    assert len([e for e in every if e.startswith("account-")]) == 130 and len(set(every)) == len(every)
+
+
+def test_the_product_lists_accounts_a_hundred_a_page(make_sandbox):
+    """The interactive account list: two round trips for 130 accounts, not seven."""
+    from coiled_setup.cloud import Google
+    from tests.helpers import calls
+
+    accounts = [{"id": f"account-{i:03d}"} for i in range(130)]
+    sb = make_sandbox({**_scenario(), "projects": [{**_scenario()["projects"][0], "service_accounts": accounts}]})
+    import os
+
+    saved = {k: os.environ.get(k) for k in sb.env}
+    os.environ.update(sb.env)
+    try:
+        g = Google.from_environment()
+        mark = len(calls(sb))
+        found = g.list_accounts(sb.project)
+        g.close()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert len([a for a in found if a.email.startswith("account-")]) == 130
+    assert [c["method"] for c in calls(sb, mark) if c["method"] == "ListServiceAccounts"] == ["ListServiceAccounts"] * 2
+
+
+def _scenario() -> dict:
+    import copy
+
+    from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
+
+    return copy.deepcopy(DEFAULT_SCENARIO)

@@ -269,7 +269,8 @@ def list_service_accounts(ctx: Ctx, req: iam.ListServiceAccountsRequest):
         key=lambda sa: sa.email,
     )
     start = _page_start(req.page_token)
-    size = req.page_size or 100
+    # Google's page size: 20 by default, at most 100.
+    size = min(req.page_size or 20, 100)
     page = found[start:start + size]
     nxt = str(start + size) if start + size < len(found) else ""
     return iam.ListServiceAccountsResponse(accounts=[_sa_proto(sa) for sa in page], next_page_token=nxt)
