@@ -108,3 +108,78 @@ def _scenario() -> dict:
     from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
 
     return copy.deepcopy(DEFAULT_SCENARIO)
+
+
+# -- policies --------------------------------------------------------------------------------------------------------
+# Sources: IAM quotas and limits ("Total number of principals [...] in all role bindings [...] within a single
+# policy: 1,500"); the answer's wording as public issue threads quote it (kubeflow/pipelines #1146,
+# hashicorp/terraform-provider-google #25093): INVALID_ARGUMENT "The number of members in the policy (1,501) is
+# larger than the maximum allowed size 1,500." Policy versions: GetPolicyOptions.requested_policy_version "Valid
+# values are 0, 1, and 3. Requests specifying an invalid value will be rejected."; a policy without conditions is
+# version 1 ("Policy versions" page).
+
+def _full_policy_scenario(members: int) -> dict:
+    s = _scenario()
+    s["projects"][0]["bindings"] = [{"role": "roles/viewer",
+                                     "members": [f"user:person{i}@example.com" for i in range(members)]}]
+    return s
+
+
+def test_a_policy_over_1500_principals_is_refused(make_sandbox):
+    from google.iam.v1 import iam_policy_pb2, options_pb2
+
+    sb = make_sandbox(_full_policy_scenario(1498))  # and the operator's own binding: 1,499
+    c = clients(sb)
+    resource = f"projects/{c.project}"
+    pol = c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+        resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)))
+    bindings = [b for b in pol.bindings if b.role == "roles/viewer"]
+    bindings[0].members.append("user:one-more@example.com")
+    pol = c.projects.set_iam_policy(request={"resource": resource, "policy": pol})  # 1,500 in all: accepted
+    next(b for b in pol.bindings if b.role == "roles/viewer").members.append("user:too-many@example.com")
+    with pytest.raises(gx.InvalidArgument) as e:
+        c.projects.set_iam_policy(request={"resource": resource, "policy": pol})
+    assert e.value.message == ("The number of members in the policy (1,501) is larger than the maximum allowed "
+                               "size 1,500.")
+
+
+@pytest.mark.parametrize("version", [2, 4])
+def test_a_policy_read_at_an_unknown_version_is_refused(sandbox, version):
+    from google.iam.v1 import iam_policy_pb2, options_pb2
+
+    c = clients(sandbox)
+    with pytest.raises(gx.InvalidArgument):
+        c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+            resource=f"projects/{c.project}", options=options_pb2.GetPolicyOptions(requested_policy_version=version)))
+
+
+def test_a_policy_without_conditions_reads_as_version_1_even_at_version_3(make_sandbox):
+    from google.iam.v1 import iam_policy_pb2, options_pb2
+
+    s = _scenario()
+    s["projects"][0]["bindings"] = [{"role": "roles/viewer", "members": ["user:ann@example.com"]}]
+    c = clients(make_sandbox(s))
+    resource = f"projects/{c.project}"
+    pol = c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+        resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)))
+    assert pol.version == 1
+    pol.version = 3
+    c.projects.set_iam_policy(request={"resource": resource, "policy": pol})
+    again = c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+        resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)))
+    assert again.version == 1
+
+
+def test_the_wizard_says_in_one_sentence_that_a_full_policy_leaves_no_room(make_sandbox, cli):
+    from tests.helpers import calls, state
+
+    sb = make_sandbox(_full_policy_scenario(1499), operation_s=0.05, infra_s=0.05)
+    before = state(sb)["projects"][sb.project]["policy"]
+    proc = cli(sb, "gcp", "--non-interactive", "--yes", "--no-upload")
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and "1,500 principals" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+    after = state(sb)["projects"][sb.project]["policy"]
+    assert after["bindings"] == before["bindings"]
+    refused = [c for c in calls(sb) if c["method"] == "SetIamPolicy" and c["code"] == "INVALID_ARGUMENT"]
+    assert refused, "the product never tried to write the policy"

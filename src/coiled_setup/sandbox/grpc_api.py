@@ -46,6 +46,7 @@ CRM_SVC = "cloudresourcemanager.googleapis.com"
 SU_SVC = "serviceusage.googleapis.com"
 AR_SVC = "artifactregistry.googleapis.com"
 BILLED_SERVICES = {AR_SVC, "compute.googleapis.com", "container.googleapis.com"}
+MAX_POLICY_MEMBERS = 1500
 MAX_TEST_PERMISSIONS = 100
 FAR_FUTURE = 253402300799  # 9999-12-31T23:59:59Z, Google's "never expires"
 FAULT_CODES = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED]
@@ -115,8 +116,14 @@ def _page_start(token: str) -> int:
 
 
 def policy_to_proto(p: Policy, requested_version: int) -> policy_pb2.Policy:
+    if requested_version not in (0, 1, 3):
+        raise errors.invalid_argument(
+            f"Invalid requested policy version {requested_version}: use 0, 1 or 3.",
+            field="options.requested_policy_version",
+        )
     conditional = any(b.condition for b in p.bindings)
-    version = 3 if (conditional and requested_version >= 3) else (1 if conditional else p.version)
+    # A policy without conditions is version 1, whatever version was asked for or last written.
+    version = 3 if (conditional and requested_version >= 3) else 1
     out = policy_pb2.Policy(version=version, etag=p.etag)
     for b in p.bindings:
         pb = out.bindings.add(role=b.role, members=b.members)
@@ -163,6 +170,13 @@ def apply_policy(ctx: Ctx, current: Policy, new: policy_pb2.Policy, resource: st
     if conditional and new.version < 3:
         raise errors.invalid_argument(
             "Can't set conditional policy without setting policy version 3.", field="policy.version"
+        )
+    members = sum(len(b.members) for b in bindings)
+    if members > MAX_POLICY_MEMBERS:
+        # Every appearance of a principal in a binding counts (Google's IAM quotas page).
+        raise errors.invalid_argument(
+            f"The number of members in the policy ({members:,}) is larger than the maximum allowed size "
+            f"{MAX_POLICY_MEMBERS:,}.", field="policy.bindings"
         )
     if new.etag and new.etag != current.etag:
         raise errors.aborted(
