@@ -183,3 +183,70 @@ def test_the_wizard_says_in_one_sentence_that_a_full_policy_leaves_no_room(make_
     assert after["bindings"] == before["bindings"]
     refused = [c for c in calls(sb) if c["method"] == "SetIamPolicy" and c["code"] == "INVALID_ARGUMENT"]
     assert refused, "the product never tried to write the policy"
+
+
+# -- deleted custom roles ------------------------------------------------------------------------------------------
+# Source: projects.roles.delete reference: at once "You cannot bind a principal to the custom role [...] Existing
+# bindings to the custom role are not changed, but they have no effect"; 7 days to undelete; after that the role is
+# permanently deleted, and (Google's custom-roles guide) its id cannot be reused until 37 days after the deletion.
+# CreateRole's refusal: FAILED_PRECONDITION "You can't create a role_id (ID) which has been marked for deletion."
+
+def _with_deleted_role(purged: bool = False, bound: bool = True) -> dict:
+    s = _scenario()
+    p = s["projects"][0]
+    p["roles"] = [{"id": "old_role", "permissions": ["compute.instances.get"], "deleted": True, "purged": purged}]
+    if bound:
+        p["bindings"] = p["bindings"] + [{"role": f"projects/{p['id']}/roles/old_role",
+                                          "members": ["user:bob@example.com"]}]
+    return s
+
+
+def _policy(c, version: int = 3):
+    from google.iam.v1 import iam_policy_pb2, options_pb2
+
+    return c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+        resource=f"projects/{c.project}", options=options_pb2.GetPolicyOptions(requested_policy_version=version)))
+
+
+def test_a_policy_holding_a_binding_to_a_deleted_role_can_be_written_back(make_sandbox):
+    c = clients(make_sandbox(_with_deleted_role()))
+    pol = _policy(c)
+    pol.bindings.add(role="roles/viewer", members=["user:carol@example.com"])
+    written = c.projects.set_iam_policy(request={"resource": f"projects/{c.project}", "policy": pol})
+    old = [b for b in written.bindings if b.role.endswith("/roles/old_role")]
+    assert [list(b.members) for b in old] == [["user:bob@example.com"]]
+
+
+def test_nobody_can_be_newly_bound_to_a_deleted_role(make_sandbox):
+    c = clients(make_sandbox(_with_deleted_role()))
+    pol = _policy(c)
+    next(b for b in pol.bindings if b.role.endswith("/roles/old_role")).members.append("user:dave@example.com")
+    with pytest.raises(gx.InvalidArgument):
+        c.projects.set_iam_policy(request={"resource": f"projects/{c.project}", "policy": pol})
+
+
+def test_a_role_deleted_over_7_days_ago_is_gone_yet_its_id_reserved(make_sandbox):
+    c = clients(make_sandbox(_with_deleted_role(purged=True, bound=False)))
+    name = f"projects/{c.project}/roles/old_role"
+    with pytest.raises(gx.NotFound):
+        c.iam.get_role(request={"name": name})
+    listed = c.iam.list_roles(request={"parent": f"projects/{c.project}", "show_deleted": True})
+    assert name not in [r.name for r in listed]
+    with pytest.raises(gx.NotFound):
+        c.iam.undelete_role(request={"name": name})
+    with pytest.raises(gx.FailedPrecondition) as e:
+        _create_role(c, "old_role", ["compute.instances.get"])
+    assert e.value.message == "You can't create a role_id (old_role) which has been marked for deletion."
+
+
+def test_the_wizard_names_a_reserved_role_id_and_the_flag_that_gets_past_it(make_sandbox, cli):
+    s = _with_deleted_role(purged=True, bound=False)
+    s["projects"][0]["roles"][0]["id"] = "coiled"
+    sb = make_sandbox(s, operation_s=0.05, infra_s=0.05)
+    proc = cli(sb, "gcp", "--non-interactive", "--yes", "--no-upload")
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and "reserved" in errors[0] and "--role-id" in errors[0], proc.stderr
+    again = cli(sb, "gcp", "--non-interactive", "--yes", "--no-upload", "--role-id", "coiled_2")
+    assert again.returncode == 0, again.stderr
+    assert f"projects/{sb.project}/roles/coiled_2" in state(sb)["roles"]

@@ -171,6 +171,14 @@ def apply_policy(ctx: Ctx, current: Policy, new: policy_pb2.Policy, resource: st
         raise errors.invalid_argument(
             "Can't set conditional policy without setting policy version 3.", field="policy.version"
         )
+    # A deleted custom role's existing bindings may be written back, inactive; nobody may be newly bound to it.
+    had = {b.key() + (m,) for b in current.bindings for m in b.members}
+    for b in bindings:
+        r = w.roles.get(b.role)
+        if r is not None and r.deleted and any(b.key() + (m,) not in had for m in b.members):
+            raise errors.invalid_argument(
+                f"Role ({b.role}) does not exist in the resource's hierarchy.", field="policy.bindings.role"
+            )
     members = sum(len(b.members) for b in bindings)
     if members > MAX_POLICY_MEMBERS:
         # Every appearance of a principal in a binding counts (Google's IAM quotas page).
@@ -422,7 +430,7 @@ def create_role(ctx: Ctx, req: iam.CreateRoleRequest):
         )
     name = f"projects/{p.project_id}/roles/{rid}"
     existing = ctx.world.roles.get(name)
-    if existing is not None and existing.deleted:
+    if existing is not None and (existing.deleted or existing.purged):
         raise errors.failed_precondition(f"You can't create a role_id ({rid}) which has been marked for deletion.")
     if existing is not None:
         raise errors.already_exists(f"A role named {rid} in projects/{p.project_id} already exists.")
@@ -442,7 +450,7 @@ def _custom_role(ctx: Ctx, name: str, permission: str) -> Role:
     ref, rid = _parts(name, "projects", "roles")
     p = ctx.project(ref, permission, name, IAM_SVC)
     r = ctx.world.roles.get(f"projects/{p.project_id}/roles/{rid}")
-    if r is None:
+    if r is None or r.purged:
         raise errors.not_found(f"The role named {name} was not found.")
     return r
 
@@ -463,7 +471,8 @@ def list_roles(ctx: Ctx, req: iam.ListRolesRequest):
     p = ctx.project(ref, "iam.roles.list", f"projects/{ref}", IAM_SVC)
     prefix = f"projects/{p.project_id}/roles/"
     found = sorted(
-        (r for n, r in ctx.world.roles.items() if n.startswith(prefix) and (req.show_deleted or not r.deleted)),
+        (r for n, r in ctx.world.roles.items()
+         if n.startswith(prefix) and not r.purged and (req.show_deleted or not r.deleted)),
         key=lambda r: r.name,
     )
     full = req.view == iam.RoleView.FULL

@@ -13,6 +13,8 @@ A scenario is YAML or JSON:
           - {id: coiled, display_name: Coiled, disabled: false, keys: 2}
         roles:
           - {id: coiled, title: coiled, permissions: [...], deleted: false}
+          # purged: deleted over 7 days ago: NOT_FOUND everywhere, yet its id cannot be created again
+          - {id: old_role, purged: true}
         bindings:
           - {role: roles/viewer, members: [user:ann@example.com]}
           - role: roles/storage.objectViewer
@@ -105,7 +107,8 @@ def apply(world: World, scenario: dict) -> dict:
                     description=r.get("description", ""),
                     permissions=list(r.get("permissions", [])),
                     stage=r.get("stage", "GA"),
-                    deleted=r.get("deleted", False),
+                    deleted=r.get("deleted", False) or r.get("purged", False),
+                    purged=r.get("purged", False),
                 )
             bindings = _bindings(spec.get("bindings", []))
             p.policy.version = 3 if any(b.condition for b in bindings) else 1

@@ -172,6 +172,8 @@ class Role:
     stage: str = "GA"
     deleted: bool = False
     counter: int = 0
+    # Deleted more than 7 days ago: gone from every read, its id still reserved (up to 37 days in all).
+    purged: bool = False
 
     @property
     def etag(self) -> bytes:
@@ -358,7 +360,8 @@ class World:
         if role.startswith("roles/"):
             return True  # predefined roles beyond our table are accepted as Google would
         r = self.roles.get(role)
-        return r is not None and not r.deleted
+        # A soft-deleted role's bindings stay in policies, inactive, and may be written back (Google's docs).
+        return r is not None and not r.purged
 
     def holds(self, email: str, permission: str, project: Project, resource_policy: Policy | None = None) -> bool:
         member = f"serviceAccount:{email}"
@@ -435,6 +438,7 @@ class World:
                         "description": r.description,
                         "stage": r.stage,
                         "deleted": r.deleted,
+                        "purged": r.purged,
                         "permissions": list(r.permissions),
                     }
                     for n, r in self.roles.items()
