@@ -250,3 +250,84 @@ def test_the_wizard_names_a_reserved_role_id_and_the_flag_that_gets_past_it(make
     again = cli(sb, "gcp", "--non-interactive", "--yes", "--no-upload", "--role-id", "coiled_2")
     assert again.returncode == 0, again.stderr
     assert f"projects/{sb.project}/roles/coiled_2" in state(sb)["roles"]
+
+
+# -- smaller shapes ----------------------------------------------------------------------------------------------------
+
+def test_audit_configs_survive_a_policy_write_that_does_not_name_them(make_sandbox):
+    """Source: SetIamPolicyRequest.update_mask: "If no mask is provided, the following default mask is used:
+    paths: "bindings, etag"", so a read-modify-write of bindings keeps the data-access log settings."""
+    s = _scenario()
+    audit = {"service": "allServices", "audit_log_configs": [{"log_type": "DATA_READ"}]}
+    s["projects"][0]["audit_configs"] = [audit]
+    c = clients(make_sandbox(s))
+    pol = _policy(c)
+    assert [a.service for a in pol.audit_configs] == ["allServices"]
+    del pol.audit_configs[:]
+    pol.bindings.add(role="roles/viewer", members=["user:erin@example.com"])
+    c.projects.set_iam_policy(request={"resource": f"projects/{c.project}", "policy": pol})
+    kept = _policy(c).audit_configs
+    from google.iam.v1 import policy_pb2
+
+    data_read = policy_pb2.AuditLogConfig.LogType.DATA_READ
+    assert [(a.service, [x.log_type for x in a.audit_log_configs]) for a in kept] == [("allServices", [data_read])]
+
+
+def test_a_billing_refusal_carries_googles_error_info_and_precondition_failure(make_sandbox):
+    """Source: a public gcloud transcript (kyegomez/zeta #71): ErrorInfo reason UREQ_PROJECT_BILLING_NOT_FOUND, domain
+    serviceusage.googleapis.com/billing-enabled, metadata project/services; PreconditionFailure type
+    googleapis.com/billing-enabled, subject ?error_code=390001&project=N&services=S."""
+    from google.rpc import error_details_pb2
+
+    s = _scenario()
+    s["projects"][0]["billing"] = False
+    sb = make_sandbox(s)
+    c = clients(sb)
+    number = state(sb)["projects"][c.project]["number"]
+    with pytest.raises(gx.FailedPrecondition) as e:
+        c.usage.enable_service(request={"name": f"projects/{c.project}/services/artifactregistry.googleapis.com"})
+    info = next(d for d in e.value.details if isinstance(d, error_details_pb2.ErrorInfo))
+    assert (info.reason, info.domain) == ("UREQ_PROJECT_BILLING_NOT_FOUND", "serviceusage.googleapis.com/billing-enabled")
+    assert dict(info.metadata) == {"project": number, "services": "artifactregistry.googleapis.com"}
+    pf = next(d for d in e.value.details if isinstance(d, error_details_pb2.PreconditionFailure))
+    assert [(v.type, v.subject) for v in pf.violations] == [
+        ("googleapis.com/billing-enabled", f"?error_code=390001&project={number}&services=artifactregistry.googleapis.com")]
+
+
+def test_the_key_org_policy_names_the_account_as_its_subject(make_sandbox):
+    """Source: public gcloud transcripts (google/create-service-account #21, GaloyMoney/galoy-infra #242): subject
+    projects/PID/serviceAccounts/EMAIL?configvalue=EMAIL with the @ encoded."""
+    from google.rpc import error_details_pb2
+
+    s = _scenario()
+    s["projects"][0]["disable_key_creation"] = True
+    s["projects"][0]["service_accounts"] = [{"id": "coiled"}]
+    sb = make_sandbox(s)
+    c = clients(sb)
+    email = f"coiled@{c.project}.iam.gserviceaccount.com"
+    with pytest.raises(gx.FailedPrecondition) as e:
+        c.iam.create_service_account_key(name=f"projects/{c.project}/serviceAccounts/{email}")
+    assert e.value.message == "Key creation is not allowed on this service account."
+    pf = next(d for d in e.value.details if isinstance(d, error_details_pb2.PreconditionFailure))
+    assert [(v.type, v.subject) for v in pf.violations] == [
+        ("constraints/iam.disableServiceAccountKeyCreation",
+         f"projects/{c.project}/serviceAccounts/{email}?configvalue={email.replace('@', '%40')}")]
+
+
+@pytest.mark.parametrize("field,value", [("display_name", "x" * 101), ("description", "é" * 129)])
+def test_account_display_name_and_description_have_googles_byte_limits(sandbox, field, value):
+    """Source: ServiceAccount reference: displayName "must be 100 UTF-8 bytes or fewer", description "must be 256
+    UTF-8 bytes or fewer"."""
+    c = clients(sandbox)
+    with pytest.raises(gx.InvalidArgument):
+        c.iam.create_service_account(name=f"projects/{c.project}", account_id="limits-test",
+                                     service_account={field: value})
+
+
+def test_get_role_with_an_invalid_id_is_invalid_argument(sandbox):
+    """Source: roles.get answers INVALID_ARGUMENT for a malformed role name, NOT_FOUND only for a well-formed one."""
+    c = clients(sandbox)
+    with pytest.raises(gx.InvalidArgument):
+        c.iam.get_role(request={"name": f"projects/{c.project}/roles/not-valid!"})
+    with pytest.raises(gx.NotFound):
+        c.iam.get_role(request={"name": f"projects/{c.project}/roles/never_made"})

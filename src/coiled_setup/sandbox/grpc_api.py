@@ -14,7 +14,7 @@ from google.cloud.resourcemanager_v3 import types as rm
 from google.cloud.service_usage_v1 import types as su
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.longrunning import operations_pb2
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2, json_format, timestamp_pb2
 from google.type import expr_pb2
 from grpc_status import rpc_status
 
@@ -135,10 +135,12 @@ def policy_to_proto(p: Policy, requested_version: int) -> policy_pb2.Policy:
                 # A stable suffix (Python's hash() changes from one process to the next).
                 digest = hashlib.sha1(repr(b.key()).encode()).hexdigest()[:20]
                 pb.role = f"{b.role}_withcond_{digest}"
+    for a in p.audit_configs:
+        json_format.ParseDict(a, out.audit_configs.add())
     return out
 
 
-def apply_policy(ctx: Ctx, current: Policy, new: policy_pb2.Policy, resource: str) -> None:
+def apply_policy(ctx: Ctx, current: Policy, new: policy_pb2.Policy, resource: str, mask=()) -> None:
     w = ctx.world
     bindings: list[Binding] = []
     conditional = False
@@ -205,6 +207,10 @@ def apply_policy(ctx: Ctx, current: Policy, new: policy_pb2.Policy, resource: st
                     )
     version = max(new.version or 1, 3 if conditional else 1)
     current.replace(version, bindings, now, w.config.propagation_delay_s)
+    # Without a mask Google writes "bindings, etag" only: audit configs are kept unless named.
+    if {"audit_configs", "auditConfigs"} & set(mask):
+        current.audit_configs = [json_format.MessageToDict(a, preserving_proto_field_name=True)
+                                 for a in new.audit_configs]
     ctx.changed = True
 
 
@@ -262,6 +268,12 @@ def create_service_account(ctx: Ctx, req: iam.CreateServiceAccountRequest):
             "characters long, and match the regular expression `[a-z]([-a-z0-9]*[a-z0-9])`.",
             field="account_id",
         )
+    if len(req.service_account.display_name.encode()) > 100:
+        raise errors.invalid_argument("The display name must be at most 100 bytes long.",
+                                      field="service_account.display_name")
+    if len(req.service_account.description.encode()) > 256:
+        raise errors.invalid_argument("The description must be at most 256 bytes long.",
+                                      field="service_account.description")
     email = f"{aid}@{p.project_id}.{SA_DOMAIN}"
     if email in ctx.world.accounts:
         raise errors.already_exists(f"Service account {aid} already exists within project projects/{p.project_id}.")
@@ -343,7 +355,10 @@ def create_key(ctx: Ctx, req: iam.CreateServiceAccountKeyRequest):
         msg = "Key creation is not allowed on this service account."
         raise errors.failed_precondition(
             msg,
-            violations=[("constraints/iam.disableServiceAccountKeyCreation", f"projects/{p.number}", msg)],
+            # The subject names the account, then the constraint's config value (the email, URL-encoded).
+            violations=[("constraints/iam.disableServiceAccountKeyCreation",
+                         f"projects/{p.project_id}/serviceAccounts/{sa.email}?configvalue="
+                         f"{sa.email.replace('@', '%40')}", msg)],
         )
     if len(ctx.world.user_keys(sa.email)) >= MAX_USER_KEYS:
         raise errors.failed_precondition("Precondition check failed.")
@@ -448,6 +463,8 @@ def create_role(ctx: Ctx, req: iam.CreateRoleRequest):
 
 def _custom_role(ctx: Ctx, name: str, permission: str) -> Role:
     ref, rid = _parts(name, "projects", "roles")
+    if not ROLE_ID_RE.match(rid):
+        raise errors.invalid_argument(f"The role name {name} is invalid.", field="name")
     p = ctx.project(ref, permission, name, IAM_SVC)
     r = ctx.world.roles.get(f"projects/{p.project_id}/roles/{rid}")
     if r is None or r.purged:
@@ -554,7 +571,7 @@ def project_get_policy(ctx: Ctx, req: iam_policy_pb2.GetIamPolicyRequest):
 def project_set_policy(ctx: Ctx, req: iam_policy_pb2.SetIamPolicyRequest):
     (ref,) = _parts(req.resource, "projects")
     p = ctx.project(ref, "resourcemanager.projects.setIamPolicy", f"projects/{ref}", CRM_SVC)
-    apply_policy(ctx, p.policy, req.policy, req.resource)
+    apply_policy(ctx, p.policy, req.policy, req.resource, req.update_mask.paths)
     return policy_to_proto(p.policy, 3)
 
 
@@ -597,8 +614,11 @@ def _enable(ctx: Ctx, p: Project, names: list[str]):
                 f"Billing account for project '{p.number}' is not found. Billing must be enabled for "
                 f"activation of service(s) '{svc}' to proceed.",
                 reason="UREQ_PROJECT_BILLING_NOT_FOUND",
-                domain="serviceusage.googleapis.com",
+                domain="serviceusage.googleapis.com/billing-enabled",
                 metadata={"project": p.number, "services": svc},
+                violations=[("googleapis.com/billing-enabled",
+                             f"?error_code=390001&project={p.number}"
+                             + "".join(f"&services={n}" for n in needing), "")],
             )
     pending = [n for n in names if n not in p.services]
     done_at = w.now() + w.config.operation_s
@@ -742,7 +762,7 @@ def repo_get_policy(ctx: Ctx, req: iam_policy_pb2.GetIamPolicyRequest):
 
 def repo_set_policy(ctx: Ctx, req: iam_policy_pb2.SetIamPolicyRequest):
     r, _ = _repository(ctx, req.resource, "artifactregistry.repositories.setIamPolicy")
-    apply_policy(ctx, r.policy, req.policy, req.resource)
+    apply_policy(ctx, r.policy, req.policy, req.resource, req.update_mask.paths)
     return policy_to_proto(r.policy, 3)
 
 

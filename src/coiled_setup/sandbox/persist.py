@@ -28,12 +28,14 @@ FORMAT = 1
 
 def _policy(p: Policy) -> dict:
     return {"salt": p.salt, "version": p.version, "counter": p.counter,
-            "bindings": [{"role": b.role, "members": b.members, "condition": b.condition} for b in p.bindings]}
+            "bindings": [{"role": b.role, "members": b.members, "condition": b.condition} for b in p.bindings],
+            "audit_configs": p.audit_configs}
 
 
 def _policy_back(d: dict) -> Policy:
     return Policy(salt=d["salt"], version=d["version"], counter=d["counter"],
-                  bindings=[Binding(b["role"], list(b["members"]), b.get("condition")) for b in d["bindings"]])
+                  bindings=[Binding(b["role"], list(b["members"]), b.get("condition")) for b in d["bindings"]],
+                  audit_configs=list(d.get("audit_configs", [])))
 
 
 def save(world: World, path: Path, ports: tuple[int, int]) -> None:

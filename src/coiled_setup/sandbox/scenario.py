@@ -20,6 +20,8 @@ A scenario is YAML or JSON:
           - role: roles/storage.objectViewer
             members: [group:data@example.com]
             condition: {title: expires, expression: 'request.time < timestamp("2030-01-01T00:00:00Z")'}
+        audit_configs:              # data access logs, as google.iam.v1.AuditConfig
+          - {service: allServices, audit_log_configs: [{log_type: DATA_READ}]}
         repositories:
           - {location: us-east1, id: coiled, format: DOCKER, bindings: [...]}
     operator:                       # the principal whose key the product uses
@@ -113,6 +115,7 @@ def apply(world: World, scenario: dict) -> dict:
             bindings = _bindings(spec.get("bindings", []))
             p.policy.version = 3 if any(b.condition for b in bindings) else 1
             p.policy.bindings = bindings
+            p.policy.audit_configs = list(spec.get("audit_configs", []))
             for repo in spec.get("repositories", []):
                 name = f"projects/{pid}/locations/{repo['location']}/repositories/{repo['id']}"
                 rp = Repository(name=name, format=repo.get("format", "DOCKER"), description="",

@@ -75,6 +75,7 @@ class Policy:
     bindings: list[Binding] = field(default_factory=list)
     counter: int = 0
     effective_at: dict[tuple, float] = field(default_factory=dict)
+    audit_configs: list[dict] = field(default_factory=list)  # as google.iam.v1.AuditConfig in JSON form
 
     @property
     def etag(self) -> bytes:
@@ -119,6 +120,7 @@ class Policy:
                 {"role": b.role, "members": list(b.members), **({"condition": b.condition} if b.condition else {})}
                 for b in self.bindings
             ],
+            **({"audit_configs": self.audit_configs} if self.audit_configs else {}),
         }
 
 
