@@ -331,3 +331,49 @@ def test_get_role_with_an_invalid_id_is_invalid_argument(sandbox):
         c.iam.get_role(request={"name": f"projects/{c.project}/roles/not-valid!"})
     with pytest.raises(gx.NotFound):
         c.iam.get_role(request={"name": f"projects/{c.project}/roles/never_made"})
+
+
+# -- operations that fail ----------------------------------------------------------------------------------------------
+# Source: google.longrunning.Operation: "If done == true, exactly one of error or response is set"; error is a
+# google.rpc.Status. The client's operation.result() raises the exception of that status.
+
+@pytest.mark.parametrize("method", ["EnableService", "BatchEnableServices", "CreateRepository"])
+def test_an_operation_can_end_in_error_and_changes_nothing(make_sandbox, method):
+    s = _scenario()
+    s["projects"][0]["services"] = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com",
+                                    "serviceusage.googleapis.com"] + (
+        ["artifactregistry.googleapis.com"] if method == "CreateRepository" else [])
+    s["operation_errors"] = [{"method": method, "code": "FAILED_PRECONDITION", "message": "Operation failed: x."}]
+    sb = make_sandbox(s, operation_s=0.05)
+    c = clients(sb)
+    parent = f"projects/{c.project}"
+    if method == "EnableService":
+        op = c.usage.enable_service(request={"name": f"{parent}/services/compute.googleapis.com"})
+    elif method == "BatchEnableServices":
+        op = c.usage.batch_enable_services(request={"parent": parent, "service_ids": ["compute.googleapis.com"]})
+    else:
+        op = c.registry.create_repository(request={"parent": f"{parent}/locations/us-east1", "repository_id": "coiled",
+                                                   "repository": {"format_": "DOCKER"}})
+    with pytest.raises(gx.FailedPrecondition) as e:
+        op.result(timeout=10)
+    assert "Operation failed: x." in str(e.value)
+    st = state(sb)
+    assert "compute.googleapis.com" not in st["projects"][c.project]["services"]
+    assert st["repositories"] == {}
+
+
+@pytest.mark.parametrize("method,step", [("BatchEnableServices", "Google APIs"), ("CreateRepository", "Artifact Registry")])
+def test_the_wizard_reports_a_failed_operation_in_one_sentence_and_a_rerun_converges(make_sandbox, cli, method, step):
+    s = _scenario()
+    if method == "BatchEnableServices":
+        s["projects"][0]["services"] = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com",
+                                        "serviceusage.googleapis.com"]
+    s["operation_errors"] = [{"method": method, "code": "FAILED_PRECONDITION", "message": "Operation refused: x."}]
+    sb = make_sandbox(s, operation_s=0.05, infra_s=0.05)
+    proc = cli(sb, "gcp", "--non-interactive", "--yes")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and step in errors[0] and "Operation refused: x." in errors[0], proc.stderr
+    again = cli(sb, "gcp", "--non-interactive", "--yes")  # the scenario fails the operation once
+    assert again.returncode == 0, again.stderr
+    assert f"projects/{sb.project}/locations/us-east1/repositories/coiled" in state(sb)["repositories"]

@@ -638,9 +638,23 @@ def _enable_operation_name(w: World, p: Project, ready: float) -> str:
     return f"operations/acf.p2-{p.number}-{new_operation_id()}"
 
 
+def _failed_operation(ctx: Ctx, p: Project, method: str, kind: str, names: list[str]):
+    """An operation that ends in the scenario's error, having enabled nothing."""
+    err = ctx.world.operation_error(method)
+    if err is None:
+        return None
+    op = ctx.world.new_operation(f"operations/acf.p2-{p.number}-{new_operation_id()}", kind,
+                                 {"project": p.project_id, "services": names})
+    op.error = err
+    return _operation_proto(ctx.world, op)
+
+
 def enable_service(ctx: Ctx, req: su.EnableServiceRequest):
     ref, name = _parts(req.name, "projects", "services")
     p = ctx.project(ref, "serviceusage.services.enable", req.name, SU_SVC)
+    failed = _failed_operation(ctx, p, "EnableService", "enable", [name])
+    if failed is not None:
+        return failed
     _, ready = _enable(ctx, p, [name])
     op_name = _enable_operation_name(ctx.world, p, ready)
     op = ctx.world.new_operation(op_name, "enable", {"project": p.project_id, "services": [name]},
@@ -654,6 +668,9 @@ def batch_enable(ctx: Ctx, req: su.BatchEnableServicesRequest):
     names = list(req.service_ids)
     if not names or len(names) > 20:
         raise errors.invalid_argument("Between 1 and 20 service ids are allowed in one batch.", field="service_ids")
+    failed = _failed_operation(ctx, p, "BatchEnableServices", "batch_enable", names)
+    if failed is not None:
+        return failed
     _, ready = _enable(ctx, p, names)
     op_name = _enable_operation_name(ctx.world, p, ready)
     op = ctx.world.new_operation(op_name, "batch_enable", {"project": p.project_id, "services": names},
@@ -720,6 +737,12 @@ def create_repository(ctx: Ctx, req: ar.CreateRepositoryRequest):
     name = f"projects/{p.project_id}/locations/{location}/repositories/{rid}"
     if name in w.repositories:
         raise errors.already_exists("the repository already exists")
+    err = w.operation_error("CreateRepository")
+    if err is not None:
+        op = w.new_operation(f"projects/{p.project_id}/locations/{location}/operations/{new_operation_id()}",
+                             "create_repository", {"repository": name})
+        op.error = err
+        return _operation_proto(w, op)
     op = w.new_operation(f"projects/{p.project_id}/locations/{location}/operations/{new_operation_id()}",
                          "create_repository", {"repository": name})
     w.repositories[name] = Repository(

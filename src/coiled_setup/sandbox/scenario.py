@@ -24,6 +24,8 @@ A scenario is YAML or JSON:
           - {service: allServices, audit_log_configs: [{log_type: DATA_READ}]}
         repositories:
           - {location: us-east1, id: coiled, format: DOCKER, bindings: [...]}
+    operation_errors:               # long-running operations that end in error (Operation.error)
+      - {method: BatchEnableServices, code: FAILED_PRECONDITION, message: "...", times: 1}  # times -1: always
     operator:                       # the principal whose key the product uses
       id: operator                  # account id in the first project
       roles: [roles/owner]          # project roles (predefined or projects/P/roles/R)
@@ -129,6 +131,7 @@ def apply(world: World, scenario: dict) -> dict:
         for role in op.get("roles", []):
             first.policy.bindings.append(Binding(role=role, members=[member]))
         _, keyfile = world.issue_key(operator)
+        world.operation_errors = [dict(e) for e in scenario.get("operation_errors", [])]
         for u in scenario.get("coiled", {}).get("users", []):
             world.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u.get("admin", True))
             for slug in u["workspaces"]:

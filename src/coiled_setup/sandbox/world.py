@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import grpc
 
 from coiled_setup.sandbox import errors
 from coiled_setup.sandbox.roles import PREDEFINED_ROLES, grants
@@ -235,6 +236,8 @@ class World:
         self.roles: dict[str, Role] = {}  # by full name
         self.repositories: dict[str, Repository] = {}
         self.operations: dict[str, Operation] = {}
+        # Long-running operations that end in error: {"method", "code", "message", "times"} (scenario).
+        self.operation_errors: list[dict] = []
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (email, expiry wall)
         self.calls: list[dict] = []
         self.coiled = CoiledState()
@@ -374,6 +377,16 @@ class World:
         return any(grants(self.role_permissions(r), permission) for r in roles)
 
     # -- operations -------------------------------------------------------------------
+    def operation_error(self, method: str) -> errors.ApiError | None:
+        """The error the next operation of `method` ends in, if the scenario asks for one (uses up one time)."""
+        with self.lock:
+            for spec in self.operation_errors:
+                if spec["method"] == method and spec.get("times", 1) != 0:
+                    if spec.get("times", 1) > 0:
+                        spec["times"] = spec.get("times", 1) - 1
+                    return errors.ApiError(getattr(grpc.StatusCode, spec["code"]), spec["message"])
+        return None
+
     def new_operation(self, name: str, kind: str, payload: dict, delay: float | None = None) -> Operation:
         d = self.config.operation_s if delay is None else delay
         op = Operation(name=name, done_at=self.now() + d, kind=kind, payload=payload)
