@@ -55,7 +55,8 @@ def test_wheel_contains_both_templates(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "coiled_setup/templates/coiled-role.yaml" in names
     assert "coiled_setup/templates/coiled-instance-role.yaml" in names
-    assert not any("/sandbox/" in n and n.endswith(".json") for n in names)
+    # The sandbox's permission catalogue ships; no saved sandbox state does.
+    assert [n for n in names if "/sandbox/" in n and n.endswith(".json")] == ["coiled_setup/sandbox/data/permissions.json"]
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     for version in ("3.10", "3.11", "3.12", "3.13"):

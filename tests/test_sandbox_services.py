@@ -148,7 +148,7 @@ def test_enable_without_billing(make_sandbox):
     with pytest.raises(gx.FailedPrecondition) as e:
         c.usage.enable_service(request={"name": service_name(c)})
     assert e.value.reason == "UREQ_PROJECT_BILLING_NOT_FOUND"
-    assert e.value.domain == "serviceusage.googleapis.com"
+    assert e.value.domain == "serviceusage.googleapis.com/billing-enabled"  # as Google answers (conformance tests)
     assert AR in e.value.metadata["services"]
     assert c.usage.get_service(request={"name": service_name(c)}).state == service_usage_v1.State.DISABLED
     assert AR not in state(sb)["projects"][c.project]["services"]

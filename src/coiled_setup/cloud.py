@@ -358,8 +358,10 @@ class Google:
         return Account(a.email, a.unique_id, a.disabled, a.display_name)
 
     def list_accounts(self, project: str) -> list[Account]:
+        # The largest page Google serves: one round trip for most projects instead of one per 20 accounts.
         return _read(lambda: [Account(a.email, a.unique_id, a.disabled, a.display_name)
-                              for a in self.iam.list_service_accounts(name=f"projects/{project}")])
+                              for a in self.iam.list_service_accounts(
+                                  request={"name": f"projects/{project}", "page_size": 100})])
 
     def create_account(self, project: str, account_id: str, display_name: str, description: str = "") -> Account:
         with _google_errors():

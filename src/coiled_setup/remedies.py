@@ -51,6 +51,10 @@ def explain(e: CloudError, project: str) -> tuple[str, int]:
     if e.code == "UNAUTHENTICATED":
         return (f"Google did not accept your credentials ({e.message}): run `gcloud auth application-default "
                 "login` or point GOOGLE_APPLICATION_CREDENTIALS at a valid key.", STEP_FAILED)
+    if e.code == "INVALID_ARGUMENT" and "number of members in the policy" in e.message:
+        return (f"The IAM policy of project {project} is full (Google allows 1,500 principals in one policy, each "
+                "binding counted): remove principals nobody needs, or grant roles to a group instead of to "
+                "individual accounts, and run again.", STEP_FAILED)
     if e.transient:
         return (f"Google kept answering {e.code} ({e.message}): check your connection and run again; "
                 "the run resumes where it stopped.", STEP_FAILED)

@@ -14,7 +14,7 @@ from google.cloud.resourcemanager_v3 import types as rm
 from google.cloud.service_usage_v1 import types as su
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.longrunning import operations_pb2
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2, json_format, timestamp_pb2
 from google.type import expr_pb2
 from grpc_status import rpc_status
 
@@ -46,6 +46,7 @@ CRM_SVC = "cloudresourcemanager.googleapis.com"
 SU_SVC = "serviceusage.googleapis.com"
 AR_SVC = "artifactregistry.googleapis.com"
 BILLED_SERVICES = {AR_SVC, "compute.googleapis.com", "container.googleapis.com"}
+MAX_POLICY_MEMBERS = 1500
 MAX_TEST_PERMISSIONS = 100
 FAR_FUTURE = 253402300799  # 9999-12-31T23:59:59Z, Google's "never expires"
 FAULT_CODES = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED]
@@ -115,8 +116,14 @@ def _page_start(token: str) -> int:
 
 
 def policy_to_proto(p: Policy, requested_version: int) -> policy_pb2.Policy:
+    if requested_version not in (0, 1, 3):
+        raise errors.invalid_argument(
+            f"Invalid requested policy version {requested_version}: use 0, 1 or 3.",
+            field="options.requested_policy_version",
+        )
     conditional = any(b.condition for b in p.bindings)
-    version = 3 if (conditional and requested_version >= 3) else (1 if conditional else p.version)
+    # A policy without conditions is version 1, whatever version was asked for or last written.
+    version = 3 if (conditional and requested_version >= 3) else 1
     out = policy_pb2.Policy(version=version, etag=p.etag)
     for b in p.bindings:
         pb = out.bindings.add(role=b.role, members=b.members)
@@ -128,10 +135,12 @@ def policy_to_proto(p: Policy, requested_version: int) -> policy_pb2.Policy:
                 # A stable suffix (Python's hash() changes from one process to the next).
                 digest = hashlib.sha1(repr(b.key()).encode()).hexdigest()[:20]
                 pb.role = f"{b.role}_withcond_{digest}"
+    for a in p.audit_configs:
+        json_format.ParseDict(a, out.audit_configs.add())
     return out
 
 
-def apply_policy(ctx: Ctx, current: Policy, new: policy_pb2.Policy, resource: str) -> None:
+def apply_policy(ctx: Ctx, current: Policy, new: policy_pb2.Policy, resource: str, mask=()) -> None:
     w = ctx.world
     bindings: list[Binding] = []
     conditional = False
@@ -164,6 +173,21 @@ def apply_policy(ctx: Ctx, current: Policy, new: policy_pb2.Policy, resource: st
         raise errors.invalid_argument(
             "Can't set conditional policy without setting policy version 3.", field="policy.version"
         )
+    # A deleted custom role's existing bindings may be written back, inactive; nobody may be newly bound to it.
+    had = {b.key() + (m,) for b in current.bindings for m in b.members}
+    for b in bindings:
+        r = w.roles.get(b.role)
+        if r is not None and r.deleted and any(b.key() + (m,) not in had for m in b.members):
+            raise errors.invalid_argument(
+                f"Role ({b.role}) does not exist in the resource's hierarchy.", field="policy.bindings.role"
+            )
+    members = sum(len(b.members) for b in bindings)
+    if members > MAX_POLICY_MEMBERS:
+        # Every appearance of a principal in a binding counts (Google's IAM quotas page).
+        raise errors.invalid_argument(
+            f"The number of members in the policy ({members:,}) is larger than the maximum allowed size "
+            f"{MAX_POLICY_MEMBERS:,}.", field="policy.bindings"
+        )
     if new.etag and new.etag != current.etag:
         raise errors.aborted(
             "There were concurrent policy changes. Please retry the whole read-modify-write with "
@@ -183,6 +207,10 @@ def apply_policy(ctx: Ctx, current: Policy, new: policy_pb2.Policy, resource: st
                     )
     version = max(new.version or 1, 3 if conditional else 1)
     current.replace(version, bindings, now, w.config.propagation_delay_s)
+    # Without a mask Google writes "bindings, etag" only: audit configs are kept unless named.
+    if {"audit_configs", "auditConfigs"} & set(mask):
+        current.audit_configs = [json_format.MessageToDict(a, preserving_proto_field_name=True)
+                                 for a in new.audit_configs]
     ctx.changed = True
 
 
@@ -240,6 +268,12 @@ def create_service_account(ctx: Ctx, req: iam.CreateServiceAccountRequest):
             "characters long, and match the regular expression `[a-z]([-a-z0-9]*[a-z0-9])`.",
             field="account_id",
         )
+    if len(req.service_account.display_name.encode()) > 100:
+        raise errors.invalid_argument("The display name must be at most 100 bytes long.",
+                                      field="service_account.display_name")
+    if len(req.service_account.description.encode()) > 256:
+        raise errors.invalid_argument("The description must be at most 256 bytes long.",
+                                      field="service_account.description")
     email = f"{aid}@{p.project_id}.{SA_DOMAIN}"
     if email in ctx.world.accounts:
         raise errors.already_exists(f"Service account {aid} already exists within project projects/{p.project_id}.")
@@ -269,7 +303,8 @@ def list_service_accounts(ctx: Ctx, req: iam.ListServiceAccountsRequest):
         key=lambda sa: sa.email,
     )
     start = _page_start(req.page_token)
-    size = req.page_size or 100
+    # Google's page size: 20 by default, at most 100.
+    size = min(req.page_size or 20, 100)
     page = found[start:start + size]
     nxt = str(start + size) if start + size < len(found) else ""
     return iam.ListServiceAccountsResponse(accounts=[_sa_proto(sa) for sa in page], next_page_token=nxt)
@@ -320,7 +355,10 @@ def create_key(ctx: Ctx, req: iam.CreateServiceAccountKeyRequest):
         msg = "Key creation is not allowed on this service account."
         raise errors.failed_precondition(
             msg,
-            violations=[("constraints/iam.disableServiceAccountKeyCreation", f"projects/{p.number}", msg)],
+            # The subject names the account, then the constraint's config value (the email, URL-encoded).
+            violations=[("constraints/iam.disableServiceAccountKeyCreation",
+                         f"projects/{p.project_id}/serviceAccounts/{sa.email}?configvalue="
+                         f"{sa.email.replace('@', '%40')}", msg)],
         )
     if len(ctx.world.user_keys(sa.email)) >= MAX_USER_KEYS:
         raise errors.failed_precondition("Precondition check failed.")
@@ -387,8 +425,11 @@ def _role_proto(r: Role, full: bool = True) -> iam.Role:
 
 
 def _check_permissions(perms) -> list[str]:
+    from coiled_setup.sandbox.catalogue import valid_in_project_role
+
     for perm in perms:
-        if not PERMISSION_RE.match(perm):
+        # Google names the first offending permission, whether it does not exist or is organisation-level only.
+        if not PERMISSION_RE.match(perm) or not valid_in_project_role(perm):
             raise errors.invalid_argument(f"Permission {perm} is not valid.", field="role.included_permissions")
     return list(dict.fromkeys(perms))
 
@@ -404,7 +445,7 @@ def create_role(ctx: Ctx, req: iam.CreateRoleRequest):
         )
     name = f"projects/{p.project_id}/roles/{rid}"
     existing = ctx.world.roles.get(name)
-    if existing is not None and existing.deleted:
+    if existing is not None and (existing.deleted or existing.purged):
         raise errors.failed_precondition(f"You can't create a role_id ({rid}) which has been marked for deletion.")
     if existing is not None:
         raise errors.already_exists(f"A role named {rid} in projects/{p.project_id} already exists.")
@@ -422,9 +463,11 @@ def create_role(ctx: Ctx, req: iam.CreateRoleRequest):
 
 def _custom_role(ctx: Ctx, name: str, permission: str) -> Role:
     ref, rid = _parts(name, "projects", "roles")
+    if not ROLE_ID_RE.match(rid):
+        raise errors.invalid_argument(f"The role name {name} is invalid.", field="name")
     p = ctx.project(ref, permission, name, IAM_SVC)
     r = ctx.world.roles.get(f"projects/{p.project_id}/roles/{rid}")
-    if r is None:
+    if r is None or r.purged:
         raise errors.not_found(f"The role named {name} was not found.")
     return r
 
@@ -445,7 +488,8 @@ def list_roles(ctx: Ctx, req: iam.ListRolesRequest):
     p = ctx.project(ref, "iam.roles.list", f"projects/{ref}", IAM_SVC)
     prefix = f"projects/{p.project_id}/roles/"
     found = sorted(
-        (r for n, r in ctx.world.roles.items() if n.startswith(prefix) and (req.show_deleted or not r.deleted)),
+        (r for n, r in ctx.world.roles.items()
+         if n.startswith(prefix) and not r.purged and (req.show_deleted or not r.deleted)),
         key=lambda r: r.name,
     )
     full = req.view == iam.RoleView.FULL
@@ -527,7 +571,7 @@ def project_get_policy(ctx: Ctx, req: iam_policy_pb2.GetIamPolicyRequest):
 def project_set_policy(ctx: Ctx, req: iam_policy_pb2.SetIamPolicyRequest):
     (ref,) = _parts(req.resource, "projects")
     p = ctx.project(ref, "resourcemanager.projects.setIamPolicy", f"projects/{ref}", CRM_SVC)
-    apply_policy(ctx, p.policy, req.policy, req.resource)
+    apply_policy(ctx, p.policy, req.policy, req.resource, req.update_mask.paths)
     return policy_to_proto(p.policy, 3)
 
 
@@ -570,8 +614,11 @@ def _enable(ctx: Ctx, p: Project, names: list[str]):
                 f"Billing account for project '{p.number}' is not found. Billing must be enabled for "
                 f"activation of service(s) '{svc}' to proceed.",
                 reason="UREQ_PROJECT_BILLING_NOT_FOUND",
-                domain="serviceusage.googleapis.com",
+                domain="serviceusage.googleapis.com/billing-enabled",
                 metadata={"project": p.number, "services": svc},
+                violations=[("googleapis.com/billing-enabled",
+                             f"?error_code=390001&project={p.number}"
+                             + "".join(f"&services={n}" for n in needing), "")],
             )
     pending = [n for n in names if n not in p.services]
     done_at = w.now() + w.config.operation_s
@@ -591,9 +638,23 @@ def _enable_operation_name(w: World, p: Project, ready: float) -> str:
     return f"operations/acf.p2-{p.number}-{new_operation_id()}"
 
 
+def _failed_operation(ctx: Ctx, p: Project, method: str, kind: str, names: list[str]):
+    """An operation that ends in the scenario's error, having enabled nothing."""
+    err = ctx.world.operation_error(method)
+    if err is None:
+        return None
+    op = ctx.world.new_operation(f"operations/acf.p2-{p.number}-{new_operation_id()}", kind,
+                                 {"project": p.project_id, "services": names})
+    op.error = err
+    return _operation_proto(ctx.world, op)
+
+
 def enable_service(ctx: Ctx, req: su.EnableServiceRequest):
     ref, name = _parts(req.name, "projects", "services")
     p = ctx.project(ref, "serviceusage.services.enable", req.name, SU_SVC)
+    failed = _failed_operation(ctx, p, "EnableService", "enable", [name])
+    if failed is not None:
+        return failed
     _, ready = _enable(ctx, p, [name])
     op_name = _enable_operation_name(ctx.world, p, ready)
     op = ctx.world.new_operation(op_name, "enable", {"project": p.project_id, "services": [name]},
@@ -607,6 +668,9 @@ def batch_enable(ctx: Ctx, req: su.BatchEnableServicesRequest):
     names = list(req.service_ids)
     if not names or len(names) > 20:
         raise errors.invalid_argument("Between 1 and 20 service ids are allowed in one batch.", field="service_ids")
+    failed = _failed_operation(ctx, p, "BatchEnableServices", "batch_enable", names)
+    if failed is not None:
+        return failed
     _, ready = _enable(ctx, p, names)
     op_name = _enable_operation_name(ctx.world, p, ready)
     op = ctx.world.new_operation(op_name, "batch_enable", {"project": p.project_id, "services": names},
@@ -673,6 +737,12 @@ def create_repository(ctx: Ctx, req: ar.CreateRepositoryRequest):
     name = f"projects/{p.project_id}/locations/{location}/repositories/{rid}"
     if name in w.repositories:
         raise errors.already_exists("the repository already exists")
+    err = w.operation_error("CreateRepository")
+    if err is not None:
+        op = w.new_operation(f"projects/{p.project_id}/locations/{location}/operations/{new_operation_id()}",
+                             "create_repository", {"repository": name})
+        op.error = err
+        return _operation_proto(w, op)
     op = w.new_operation(f"projects/{p.project_id}/locations/{location}/operations/{new_operation_id()}",
                          "create_repository", {"repository": name})
     w.repositories[name] = Repository(
@@ -715,7 +785,7 @@ def repo_get_policy(ctx: Ctx, req: iam_policy_pb2.GetIamPolicyRequest):
 
 def repo_set_policy(ctx: Ctx, req: iam_policy_pb2.SetIamPolicyRequest):
     r, _ = _repository(ctx, req.resource, "artifactregistry.repositories.setIamPolicy")
-    apply_policy(ctx, r.policy, req.policy, req.resource)
+    apply_policy(ctx, r.policy, req.policy, req.resource, req.update_mask.paths)
     return policy_to_proto(r.policy, 3)
 
 

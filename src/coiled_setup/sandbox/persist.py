@@ -28,12 +28,14 @@ FORMAT = 1
 
 def _policy(p: Policy) -> dict:
     return {"salt": p.salt, "version": p.version, "counter": p.counter,
-            "bindings": [{"role": b.role, "members": b.members, "condition": b.condition} for b in p.bindings]}
+            "bindings": [{"role": b.role, "members": b.members, "condition": b.condition} for b in p.bindings],
+            "audit_configs": p.audit_configs}
 
 
 def _policy_back(d: dict) -> Policy:
     return Policy(salt=d["salt"], version=d["version"], counter=d["counter"],
-                  bindings=[Binding(b["role"], list(b["members"]), b.get("condition")) for b in d["bindings"]])
+                  bindings=[Binding(b["role"], list(b["members"]), b.get("condition")) for b in d["bindings"]],
+                  audit_configs=list(d.get("audit_configs", [])))
 
 
 def save(world: World, path: Path, ports: tuple[int, int]) -> None:
@@ -56,7 +58,8 @@ def save(world: World, path: Path, ports: tuple[int, int]) -> None:
                       "key_type": k.key_type, "created": k.created, "disabled": k.disabled}
                      for k in world.keys.values()],
             "roles": [{"name": r.name, "title": r.title, "description": r.description, "permissions": r.permissions,
-                       "stage": r.stage, "deleted": r.deleted, "counter": r.counter} for r in world.roles.values()],
+                       "stage": r.stage, "deleted": r.deleted, "counter": r.counter, "purged": r.purged}
+                      for r in world.roles.values()],
             "repositories": [{"name": r.name, "format": r.format, "description": r.description,
                               "created": r.created, "policy": _policy(r.policy)}
                              for r in world.repositories.values() if r.ready_at <= world.now()],
@@ -107,7 +110,7 @@ def load(path: Path, config: Config) -> tuple[World, tuple[int, int]] | None:
                                   k["disabled"])
     for r in data["roles"]:
         w.roles[r["name"]] = Role(r["name"], r["title"], r["description"], list(r["permissions"]), r["stage"],
-                                  r["deleted"], r["counter"])
+                                  r["deleted"], r["counter"], r.get("purged", False))
     for r in data["repositories"]:
         w.repositories[r["name"]] = Repository(r["name"], r["format"], r["description"], r["created"], 0.0,
                                                _policy_back(r["policy"]))

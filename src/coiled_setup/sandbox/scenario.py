@@ -13,13 +13,19 @@ A scenario is YAML or JSON:
           - {id: coiled, display_name: Coiled, disabled: false, keys: 2}
         roles:
           - {id: coiled, title: coiled, permissions: [...], deleted: false}
+          # purged: deleted over 7 days ago: NOT_FOUND everywhere, yet its id cannot be created again
+          - {id: old_role, purged: true}
         bindings:
           - {role: roles/viewer, members: [user:ann@example.com]}
           - role: roles/storage.objectViewer
             members: [group:data@example.com]
             condition: {title: expires, expression: 'request.time < timestamp("2030-01-01T00:00:00Z")'}
+        audit_configs:              # data access logs, as google.iam.v1.AuditConfig
+          - {service: allServices, audit_log_configs: [{log_type: DATA_READ}]}
         repositories:
           - {location: us-east1, id: coiled, format: DOCKER, bindings: [...]}
+    operation_errors:               # long-running operations that end in error (Operation.error)
+      - {method: BatchEnableServices, code: FAILED_PRECONDITION, message: "...", times: 1}  # times -1: always
     operator:                       # the principal whose key the product uses
       id: operator                  # account id in the first project
       roles: [roles/owner]          # project roles (predefined or projects/P/roles/R)
@@ -105,11 +111,13 @@ def apply(world: World, scenario: dict) -> dict:
                     description=r.get("description", ""),
                     permissions=list(r.get("permissions", [])),
                     stage=r.get("stage", "GA"),
-                    deleted=r.get("deleted", False),
+                    deleted=r.get("deleted", False) or r.get("purged", False),
+                    purged=r.get("purged", False),
                 )
             bindings = _bindings(spec.get("bindings", []))
             p.policy.version = 3 if any(b.condition for b in bindings) else 1
             p.policy.bindings = bindings
+            p.policy.audit_configs = list(spec.get("audit_configs", []))
             for repo in spec.get("repositories", []):
                 name = f"projects/{pid}/locations/{repo['location']}/repositories/{repo['id']}"
                 rp = Repository(name=name, format=repo.get("format", "DOCKER"), description="",
@@ -123,6 +131,7 @@ def apply(world: World, scenario: dict) -> dict:
         for role in op.get("roles", []):
             first.policy.bindings.append(Binding(role=role, members=[member]))
         _, keyfile = world.issue_key(operator)
+        world.operation_errors = [dict(e) for e in scenario.get("operation_errors", [])]
         for u in scenario.get("coiled", {}).get("users", []):
             world.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u.get("admin", True))
             for slug in u["workspaces"]:

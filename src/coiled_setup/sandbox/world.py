@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import grpc
 
 from coiled_setup.sandbox import errors
 from coiled_setup.sandbox.roles import PREDEFINED_ROLES, grants
@@ -75,6 +76,7 @@ class Policy:
     bindings: list[Binding] = field(default_factory=list)
     counter: int = 0
     effective_at: dict[tuple, float] = field(default_factory=dict)
+    audit_configs: list[dict] = field(default_factory=list)  # as google.iam.v1.AuditConfig in JSON form
 
     @property
     def etag(self) -> bytes:
@@ -119,6 +121,7 @@ class Policy:
                 {"role": b.role, "members": list(b.members), **({"condition": b.condition} if b.condition else {})}
                 for b in self.bindings
             ],
+            **({"audit_configs": self.audit_configs} if self.audit_configs else {}),
         }
 
 
@@ -172,6 +175,8 @@ class Role:
     stage: str = "GA"
     deleted: bool = False
     counter: int = 0
+    # Deleted more than 7 days ago: gone from every read, its id still reserved (up to 37 days in all).
+    purged: bool = False
 
     @property
     def etag(self) -> bytes:
@@ -234,6 +239,8 @@ class World:
         self.roles: dict[str, Role] = {}  # by full name
         self.repositories: dict[str, Repository] = {}
         self.operations: dict[str, Operation] = {}
+        # Long-running operations that end in error: {"method", "code", "message", "times"} (scenario).
+        self.operation_errors: list[dict] = []
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (email, expiry wall)
         self.calls: list[dict] = []
         self.coiled = CoiledState()
@@ -368,7 +375,8 @@ class World:
         if role.startswith("roles/"):
             return True  # predefined roles beyond our table are accepted as Google would
         r = self.roles.get(role)
-        return r is not None and not r.deleted
+        # A soft-deleted role's bindings stay in policies, inactive, and may be written back (Google's docs).
+        return r is not None and not r.purged
 
     def holds(self, email: str, permission: str, project: Project, resource_policy: Policy | None = None) -> bool:
         member = f"serviceAccount:{email}"
@@ -379,6 +387,16 @@ class World:
         return any(grants(self.role_permissions(r), permission) for r in roles)
 
     # -- operations -------------------------------------------------------------------
+    def operation_error(self, method: str) -> errors.ApiError | None:
+        """The error the next operation of `method` ends in, if the scenario asks for one (uses up one time)."""
+        with self.lock:
+            for spec in self.operation_errors:
+                if spec["method"] == method and spec.get("times", 1) != 0:
+                    if spec.get("times", 1) > 0:
+                        spec["times"] = spec.get("times", 1) - 1
+                    return errors.ApiError(getattr(grpc.StatusCode, spec["code"]), spec["message"])
+        return None
+
     def new_operation(self, name: str, kind: str, payload: dict, delay: float | None = None) -> Operation:
         d = self.config.operation_s if delay is None else delay
         op = Operation(name=name, done_at=self.now() + d, kind=kind, payload=payload)
@@ -445,6 +463,7 @@ class World:
                         "description": r.description,
                         "stage": r.stage,
                         "deleted": r.deleted,
+                        "purged": r.purged,
                         "permissions": list(r.permissions),
                     }
                     for n, r in self.roles.items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from coiled_setup import role_templates
 from coiled_setup.cloud import CloudError
+from coiled_setup.errors import UserError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
 
 
@@ -50,6 +51,14 @@ class RoleStep(Step):
             return Change(UPDATE, f"update {self.name(run)}: " + ("; ".join(what) or "title/description/stage"))
         return Change(NOTHING, f"{self.name(run)} has the {n} permissions")
 
+    def _reserved(self, run: Run) -> UserError:
+        """Google refuses the id, yet shows no role by it: deleted over 7 days ago, not yet purged."""
+        remedy = (f"pass --role-id with another id (for example {self.role_id}_2)" if self.key == "role"
+                  else "wait until Google purges it")
+        return UserError(f"The role id {self.role_id} in project {run.opts.project} belongs to a role deleted more "
+                         f"than 7 days ago, which Google keeps reserved for up to 37 days after its deletion: "
+                         f"{remedy} and run again.")
+
     def apply(self, run: Run) -> str:
         g, t = run.google, self.template
         args = (t.title, t.description, list(t.permissions), t.stage)
@@ -62,7 +71,7 @@ class RoleStep(Step):
                     raise
                 self.observe(run)  # someone else made it, or it is soft-deleted: converge below
                 if self.role is None:
-                    raise
+                    raise self._reserved(run) from None
         verbs = []
         etag = self.role.etag
         if self.role.deleted:

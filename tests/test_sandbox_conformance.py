@@ -1,0 +1,379 @@
+"""Where the sandbox must be as strict as Google: one test per behaviour, the real client library against the
+sandbox, asserting Google's code and message shape. Each test names its public source.
+"""
+
+from __future__ import annotations
+
+import pytest
+from google.api_core import exceptions as gx
+
+from coiled_setup import role_templates
+from tests.helpers import clients, state
+
+
+def _create_role(c, role_id: str, permissions: list[str]):
+    return c.iam.create_role(request={
+        "parent": f"projects/{c.project}", "role_id": role_id,
+        "role": {"title": role_id, "included_permissions": permissions, "stage": "GA"},
+    })
+
+
+# -- custom role permissions --------------------------------------------------------------------------------------
+# Source: IAM CreateRole/UpdateRole answer INVALID_ARGUMENT "Permission X is not valid." for a permission that does
+# not exist or cannot be held by a project-level custom role (public issue threads of terraform-google-modules/
+# terraform-google-iam #158 and aquasecurity/cloudsploit #978; Permission.CustomRolesSupportLevel in the IAM v1 API).
+
+@pytest.mark.parametrize("permission", ["resourcemanager.projects.list", "resourcemanager.organizations.get",
+                                        "resourcemanager.folders.list", "compute.instances.teleport"])
+def test_create_role_refuses_a_permission_google_refuses(sandbox, permission):
+    c = clients(sandbox)
+    with pytest.raises(gx.InvalidArgument) as e:
+        _create_role(c, "refused", ["compute.instances.get", permission])
+    assert e.value.message == f"Permission {permission} is not valid."
+    assert f"projects/{c.project}/roles/refused" not in state(sandbox)["roles"]
+
+
+def test_update_role_refuses_a_permission_google_refuses_and_keeps_the_role(sandbox):
+    c = clients(sandbox)
+    made = _create_role(c, "kept", ["compute.instances.get"])
+    with pytest.raises(gx.InvalidArgument) as e:
+        c.iam.update_role(request={"name": made.name,
+                                   "role": {"included_permissions": ["resourcemanager.projects.list"],
+                                            "etag": made.etag},
+                                   "update_mask": {"paths": ["included_permissions"]}})
+    assert e.value.message == "Permission resourcemanager.projects.list is not valid."
+    assert list(c.iam.get_role(request={"name": made.name}).included_permissions) == ["compute.instances.get"]
+
+
+@pytest.mark.parametrize("template", [role_templates.CONTROL_PLANE, role_templates.INSTANCE])
+def test_both_bundled_templates_are_valid_project_roles(sandbox, template):
+    """A bad entry in a bundled template would fail here before it failed a user's run."""
+    t = role_templates.load(template)
+    made = _create_role(clients(sandbox), "template_check", list(t.permissions))
+    assert list(made.included_permissions) == list(t.permissions)
+
+
+def test_permissions_of_services_the_catalogue_does_not_cover_are_accepted(sandbox):
+    """A known difference (README): the sandbox cannot tell a real permission of another service from a typo."""
+    made = _create_role(clients(sandbox), "other_service", ["pubsub.topics.get"])
+    assert list(made.included_permissions) == ["pubsub.topics.get"]
+
+
+# -- paging ----------------------------------------------------------------------------------------------------------
+# Source: projects.serviceAccounts.list reference: pageSize "Optional limit on the number of service accounts to
+# include in the response. Further accounts can subsequently be obtained by including the nextPageToken [...] The
+# default is 20, and the maximum is 100."
+
+def test_service_accounts_are_listed_twenty_a_page_by_default_and_at_most_a_hundred(make_sandbox):
+    accounts = [{"id": f"account-{i:03d}"} for i in range(130)]
+    sb = make_sandbox({**_scenario(), "projects": [{**_scenario()["projects"][0], "service_accounts": accounts}]})
+    c = clients(sb)
+    first = c.iam.list_service_accounts(request={"name": f"projects/{c.project}"})  # a pager: its first page
+    assert len(first.accounts) == 20 and first.next_page_token
+    big = c.iam.list_service_accounts(request={"name": f"projects/{c.project}", "page_size": 500})
+    assert len(big.accounts) == 100
+    every = [a.email for a in c.iam.list_service_accounts(request={"name": f"projects/{c.project}"})]
+    assert len([e for e in every if e.startswith("account-")]) == 130 and len(set(every)) == len(every)
+
+
+def test_the_product_lists_accounts_a_hundred_a_page(make_sandbox):
+    """The interactive account list: two round trips for 130 accounts, not seven."""
+    from coiled_setup.cloud import Google
+    from tests.helpers import calls
+
+    accounts = [{"id": f"account-{i:03d}"} for i in range(130)]
+    sb = make_sandbox({**_scenario(), "projects": [{**_scenario()["projects"][0], "service_accounts": accounts}]})
+    import os
+
+    saved = {k: os.environ.get(k) for k in sb.env}
+    os.environ.update(sb.env)
+    try:
+        g = Google.from_environment()
+        mark = len(calls(sb))
+        found = g.list_accounts(sb.project)
+        g.close()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert len([a for a in found if a.email.startswith("account-")]) == 130
+    assert [c["method"] for c in calls(sb, mark) if c["method"] == "ListServiceAccounts"] == ["ListServiceAccounts"] * 2
+
+
+def _scenario() -> dict:
+    import copy
+
+    from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
+
+    return copy.deepcopy(DEFAULT_SCENARIO)
+
+
+# -- policies --------------------------------------------------------------------------------------------------------
+# Sources: IAM quotas and limits ("Total number of principals [...] in all role bindings [...] within a single
+# policy: 1,500"); the answer's wording as public issue threads quote it (kubeflow/pipelines #1146,
+# hashicorp/terraform-provider-google #25093): INVALID_ARGUMENT "The number of members in the policy (1,501) is
+# larger than the maximum allowed size 1,500." Policy versions: GetPolicyOptions.requested_policy_version "Valid
+# values are 0, 1, and 3. Requests specifying an invalid value will be rejected."; a policy without conditions is
+# version 1 ("Policy versions" page).
+
+def _full_policy_scenario(members: int) -> dict:
+    s = _scenario()
+    s["projects"][0]["bindings"] = [{"role": "roles/viewer",
+                                     "members": [f"user:person{i}@example.com" for i in range(members)]}]
+    return s
+
+
+def test_a_policy_over_1500_principals_is_refused(make_sandbox):
+    from google.iam.v1 import iam_policy_pb2, options_pb2
+
+    sb = make_sandbox(_full_policy_scenario(1498))  # and the operator's own binding: 1,499
+    c = clients(sb)
+    resource = f"projects/{c.project}"
+    pol = c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+        resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)))
+    bindings = [b for b in pol.bindings if b.role == "roles/viewer"]
+    bindings[0].members.append("user:one-more@example.com")
+    pol = c.projects.set_iam_policy(request={"resource": resource, "policy": pol})  # 1,500 in all: accepted
+    next(b for b in pol.bindings if b.role == "roles/viewer").members.append("user:too-many@example.com")
+    with pytest.raises(gx.InvalidArgument) as e:
+        c.projects.set_iam_policy(request={"resource": resource, "policy": pol})
+    assert e.value.message == ("The number of members in the policy (1,501) is larger than the maximum allowed "
+                               "size 1,500.")
+
+
+@pytest.mark.parametrize("version", [2, 4])
+def test_a_policy_read_at_an_unknown_version_is_refused(sandbox, version):
+    from google.iam.v1 import iam_policy_pb2, options_pb2
+
+    c = clients(sandbox)
+    with pytest.raises(gx.InvalidArgument):
+        c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+            resource=f"projects/{c.project}", options=options_pb2.GetPolicyOptions(requested_policy_version=version)))
+
+
+def test_a_policy_without_conditions_reads_as_version_1_even_at_version_3(make_sandbox):
+    from google.iam.v1 import iam_policy_pb2, options_pb2
+
+    s = _scenario()
+    s["projects"][0]["bindings"] = [{"role": "roles/viewer", "members": ["user:ann@example.com"]}]
+    c = clients(make_sandbox(s))
+    resource = f"projects/{c.project}"
+    pol = c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+        resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)))
+    assert pol.version == 1
+    pol.version = 3
+    c.projects.set_iam_policy(request={"resource": resource, "policy": pol})
+    again = c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+        resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)))
+    assert again.version == 1
+
+
+def test_the_wizard_says_in_one_sentence_that_a_full_policy_leaves_no_room(make_sandbox, cli):
+    from tests.helpers import calls, state
+
+    sb = make_sandbox(_full_policy_scenario(1499), operation_s=0.05, infra_s=0.05)
+    before = state(sb)["projects"][sb.project]["policy"]
+    proc = cli(sb, "gcp", "--non-interactive", "--yes", "--no-upload")
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and "1,500 principals" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+    after = state(sb)["projects"][sb.project]["policy"]
+    assert after["bindings"] == before["bindings"]
+    refused = [c for c in calls(sb) if c["method"] == "SetIamPolicy" and c["code"] == "INVALID_ARGUMENT"]
+    assert refused, "the product never tried to write the policy"
+
+
+# -- deleted custom roles ------------------------------------------------------------------------------------------
+# Source: projects.roles.delete reference: at once "You cannot bind a principal to the custom role [...] Existing
+# bindings to the custom role are not changed, but they have no effect"; 7 days to undelete; after that the role is
+# permanently deleted, and (Google's custom-roles guide) its id cannot be reused until 37 days after the deletion.
+# CreateRole's refusal: FAILED_PRECONDITION "You can't create a role_id (ID) which has been marked for deletion."
+
+def _with_deleted_role(purged: bool = False, bound: bool = True) -> dict:
+    s = _scenario()
+    p = s["projects"][0]
+    p["roles"] = [{"id": "old_role", "permissions": ["compute.instances.get"], "deleted": True, "purged": purged}]
+    if bound:
+        p["bindings"] = p["bindings"] + [{"role": f"projects/{p['id']}/roles/old_role",
+                                          "members": ["user:bob@example.com"]}]
+    return s
+
+
+def _policy(c, version: int = 3):
+    from google.iam.v1 import iam_policy_pb2, options_pb2
+
+    return c.projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+        resource=f"projects/{c.project}", options=options_pb2.GetPolicyOptions(requested_policy_version=version)))
+
+
+def test_a_policy_holding_a_binding_to_a_deleted_role_can_be_written_back(make_sandbox):
+    c = clients(make_sandbox(_with_deleted_role()))
+    pol = _policy(c)
+    pol.bindings.add(role="roles/viewer", members=["user:carol@example.com"])
+    written = c.projects.set_iam_policy(request={"resource": f"projects/{c.project}", "policy": pol})
+    old = [b for b in written.bindings if b.role.endswith("/roles/old_role")]
+    assert [list(b.members) for b in old] == [["user:bob@example.com"]]
+
+
+def test_nobody_can_be_newly_bound_to_a_deleted_role(make_sandbox):
+    c = clients(make_sandbox(_with_deleted_role()))
+    pol = _policy(c)
+    next(b for b in pol.bindings if b.role.endswith("/roles/old_role")).members.append("user:dave@example.com")
+    with pytest.raises(gx.InvalidArgument):
+        c.projects.set_iam_policy(request={"resource": f"projects/{c.project}", "policy": pol})
+
+
+def test_a_role_deleted_over_7_days_ago_is_gone_yet_its_id_reserved(make_sandbox):
+    c = clients(make_sandbox(_with_deleted_role(purged=True, bound=False)))
+    name = f"projects/{c.project}/roles/old_role"
+    with pytest.raises(gx.NotFound):
+        c.iam.get_role(request={"name": name})
+    listed = c.iam.list_roles(request={"parent": f"projects/{c.project}", "show_deleted": True})
+    assert name not in [r.name for r in listed]
+    with pytest.raises(gx.NotFound):
+        c.iam.undelete_role(request={"name": name})
+    with pytest.raises(gx.FailedPrecondition) as e:
+        _create_role(c, "old_role", ["compute.instances.get"])
+    assert e.value.message == "You can't create a role_id (old_role) which has been marked for deletion."
+
+
+def test_the_wizard_names_a_reserved_role_id_and_the_flag_that_gets_past_it(make_sandbox, cli):
+    s = _with_deleted_role(purged=True, bound=False)
+    s["projects"][0]["roles"][0]["id"] = "coiled"
+    sb = make_sandbox(s, operation_s=0.05, infra_s=0.05)
+    proc = cli(sb, "gcp", "--non-interactive", "--yes", "--no-upload")
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and "reserved" in errors[0] and "--role-id" in errors[0], proc.stderr
+    again = cli(sb, "gcp", "--non-interactive", "--yes", "--no-upload", "--role-id", "coiled_2")
+    assert again.returncode == 0, again.stderr
+    assert f"projects/{sb.project}/roles/coiled_2" in state(sb)["roles"]
+
+
+# -- smaller shapes ----------------------------------------------------------------------------------------------------
+
+def test_audit_configs_survive_a_policy_write_that_does_not_name_them(make_sandbox):
+    """Source: SetIamPolicyRequest.update_mask: "If no mask is provided, the following default mask is used:
+    paths: "bindings, etag"", so a read-modify-write of bindings keeps the data-access log settings."""
+    s = _scenario()
+    audit = {"service": "allServices", "audit_log_configs": [{"log_type": "DATA_READ"}]}
+    s["projects"][0]["audit_configs"] = [audit]
+    c = clients(make_sandbox(s))
+    pol = _policy(c)
+    assert [a.service for a in pol.audit_configs] == ["allServices"]
+    del pol.audit_configs[:]
+    pol.bindings.add(role="roles/viewer", members=["user:erin@example.com"])
+    c.projects.set_iam_policy(request={"resource": f"projects/{c.project}", "policy": pol})
+    kept = _policy(c).audit_configs
+    from google.iam.v1 import policy_pb2
+
+    data_read = policy_pb2.AuditLogConfig.LogType.DATA_READ
+    assert [(a.service, [x.log_type for x in a.audit_log_configs]) for a in kept] == [("allServices", [data_read])]
+
+
+def test_a_billing_refusal_carries_googles_error_info_and_precondition_failure(make_sandbox):
+    """Source: a public gcloud transcript (kyegomez/zeta #71): ErrorInfo reason UREQ_PROJECT_BILLING_NOT_FOUND, domain
+    serviceusage.googleapis.com/billing-enabled, metadata project/services; PreconditionFailure type
+    googleapis.com/billing-enabled, subject ?error_code=390001&project=N&services=S."""
+    from google.rpc import error_details_pb2
+
+    s = _scenario()
+    s["projects"][0]["billing"] = False
+    sb = make_sandbox(s)
+    c = clients(sb)
+    number = state(sb)["projects"][c.project]["number"]
+    with pytest.raises(gx.FailedPrecondition) as e:
+        c.usage.enable_service(request={"name": f"projects/{c.project}/services/artifactregistry.googleapis.com"})
+    info = next(d for d in e.value.details if isinstance(d, error_details_pb2.ErrorInfo))
+    assert (info.reason, info.domain) == ("UREQ_PROJECT_BILLING_NOT_FOUND", "serviceusage.googleapis.com/billing-enabled")
+    assert dict(info.metadata) == {"project": number, "services": "artifactregistry.googleapis.com"}
+    pf = next(d for d in e.value.details if isinstance(d, error_details_pb2.PreconditionFailure))
+    assert [(v.type, v.subject) for v in pf.violations] == [
+        ("googleapis.com/billing-enabled", f"?error_code=390001&project={number}&services=artifactregistry.googleapis.com")]
+
+
+def test_the_key_org_policy_names_the_account_as_its_subject(make_sandbox):
+    """Source: public gcloud transcripts (google/create-service-account #21, GaloyMoney/galoy-infra #242): subject
+    projects/PID/serviceAccounts/EMAIL?configvalue=EMAIL with the @ encoded."""
+    from google.rpc import error_details_pb2
+
+    s = _scenario()
+    s["projects"][0]["disable_key_creation"] = True
+    s["projects"][0]["service_accounts"] = [{"id": "coiled"}]
+    sb = make_sandbox(s)
+    c = clients(sb)
+    email = f"coiled@{c.project}.iam.gserviceaccount.com"
+    with pytest.raises(gx.FailedPrecondition) as e:
+        c.iam.create_service_account_key(name=f"projects/{c.project}/serviceAccounts/{email}")
+    assert e.value.message == "Key creation is not allowed on this service account."
+    pf = next(d for d in e.value.details if isinstance(d, error_details_pb2.PreconditionFailure))
+    assert [(v.type, v.subject) for v in pf.violations] == [
+        ("constraints/iam.disableServiceAccountKeyCreation",
+         f"projects/{c.project}/serviceAccounts/{email}?configvalue={email.replace('@', '%40')}")]
+
+
+@pytest.mark.parametrize("field,value", [("display_name", "x" * 101), ("description", "é" * 129)])
+def test_account_display_name_and_description_have_googles_byte_limits(sandbox, field, value):
+    """Source: ServiceAccount reference: displayName "must be 100 UTF-8 bytes or fewer", description "must be 256
+    UTF-8 bytes or fewer"."""
+    c = clients(sandbox)
+    with pytest.raises(gx.InvalidArgument):
+        c.iam.create_service_account(name=f"projects/{c.project}", account_id="limits-test",
+                                     service_account={field: value})
+
+
+def test_get_role_with_an_invalid_id_is_invalid_argument(sandbox):
+    """Source: roles.get answers INVALID_ARGUMENT for a malformed role name, NOT_FOUND only for a well-formed one."""
+    c = clients(sandbox)
+    with pytest.raises(gx.InvalidArgument):
+        c.iam.get_role(request={"name": f"projects/{c.project}/roles/not-valid!"})
+    with pytest.raises(gx.NotFound):
+        c.iam.get_role(request={"name": f"projects/{c.project}/roles/never_made"})
+
+
+# -- operations that fail ----------------------------------------------------------------------------------------------
+# Source: google.longrunning.Operation: "If done == true, exactly one of error or response is set"; error is a
+# google.rpc.Status. The client's operation.result() raises the exception of that status.
+
+@pytest.mark.parametrize("method", ["EnableService", "BatchEnableServices", "CreateRepository"])
+def test_an_operation_can_end_in_error_and_changes_nothing(make_sandbox, method):
+    s = _scenario()
+    s["projects"][0]["services"] = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com",
+                                    "serviceusage.googleapis.com"] + (
+        ["artifactregistry.googleapis.com"] if method == "CreateRepository" else [])
+    s["operation_errors"] = [{"method": method, "code": "FAILED_PRECONDITION", "message": "Operation failed: x."}]
+    sb = make_sandbox(s, operation_s=0.05)
+    c = clients(sb)
+    parent = f"projects/{c.project}"
+    if method == "EnableService":
+        op = c.usage.enable_service(request={"name": f"{parent}/services/compute.googleapis.com"})
+    elif method == "BatchEnableServices":
+        op = c.usage.batch_enable_services(request={"parent": parent, "service_ids": ["compute.googleapis.com"]})
+    else:
+        op = c.registry.create_repository(request={"parent": f"{parent}/locations/us-east1", "repository_id": "coiled",
+                                                   "repository": {"format_": "DOCKER"}})
+    with pytest.raises(gx.FailedPrecondition) as e:
+        op.result(timeout=10)
+    assert "Operation failed: x." in str(e.value)
+    st = state(sb)
+    assert "compute.googleapis.com" not in st["projects"][c.project]["services"]
+    assert st["repositories"] == {}
+
+
+@pytest.mark.parametrize("method,step", [("BatchEnableServices", "Google APIs"), ("CreateRepository", "Artifact Registry")])
+def test_the_wizard_reports_a_failed_operation_in_one_sentence_and_a_rerun_converges(make_sandbox, cli, method, step):
+    s = _scenario()
+    if method == "BatchEnableServices":
+        s["projects"][0]["services"] = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com",
+                                        "serviceusage.googleapis.com"]
+    s["operation_errors"] = [{"method": method, "code": "FAILED_PRECONDITION", "message": "Operation refused: x."}]
+    sb = make_sandbox(s, operation_s=0.05, infra_s=0.05)
+    proc = cli(sb, "gcp", "--non-interactive", "--yes")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and step in errors[0] and "Operation refused: x." in errors[0], proc.stderr
+    again = cli(sb, "gcp", "--non-interactive", "--yes")  # the scenario fails the operation once
+    assert again.returncode == 0, again.stderr
+    assert f"projects/{sb.project}/locations/us-east1/repositories/coiled" in state(sb)["repositories"]
