@@ -12,7 +12,7 @@ from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
 from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
 from coiled_setup.journal import Journal
-from coiled_setup.options import INSTANCE_ROLE_ID, OPEN_CIDR, Options, validate
+from coiled_setup.options import DEFAULT_ACCOUNT_ID, INSTANCE_ROLE_ID, OPEN_CIDR, Options, network_of, validate
 from coiled_setup.remedies import explain, missing_permissions_sentence
 from coiled_setup.steps.account import AccountStep
 from coiled_setup.steps.apis import ApisStep, wanted_services
@@ -91,6 +91,7 @@ class Wizard:
             o.project = self.ui.text("Google Cloud project id:")
         if not o.project:
             raise BadInput("No project given: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT.")
+        self.network_only()
         validate(o)
         if o.key_file is not None and o.key_file.exists():
             data = keyfile.read(o.key_file)
@@ -102,6 +103,31 @@ class Wizard:
                                f"{o.account_email}: pass a matching --service-account or another key file.")
             o.service_account = data["client_email"]
             o.explicit.add("service_account")
+
+    def network_only(self) -> None:
+        """10.1.2.3/24 means the network 10.1.2.0/24 (as Google's firewall reads it): said, then used."""
+        net = network_of(self.opts.firewall_cidr)
+        if net is not None:
+            self.ui.warn(f"Firewall network {self.opts.firewall_cidr} has host bits set: using its network {net}.")
+            self.opts.firewall_cidr = net
+
+    def refuse_privileged_account(self, g: Google) -> None:
+        """Coiled gets the account's key: never the operator's own, nor one that can change IAM in the project."""
+        o = self.opts
+        if o.allow_privileged_key:
+            return
+        email = o.account_email
+        what = (f"--key-file {str(o.key_file)!r} is a key of {email}" if o.key_file is not None and o.key_file.exists()
+                else f"Service account {email}")
+        fix = (f"so give Coiled a dedicated account (leave out --key-file and --service-account to use "
+               f"{DEFAULT_ACCOUNT_ID}@{o.project}.iam.gserviceaccount.com with only the Coiled role), or pass "
+               "--allow-privileged-key if you mean it.")
+        if g.principal and email == g.principal:
+            raise BadInput(f"{what}, the account running coiled-setup: Coiled would get all of your permissions, {fix}")
+        roles = keyfile.privileged_roles(g.get_policy(o.project), email)
+        if roles:
+            raise BadInput(f"{what}, which holds {', '.join(roles)} in project {o.project}: Coiled needs only the "
+                           f"custom role, {fix}")
 
     def connect(self) -> tuple[Google, Coiled | None]:
         """Google and Coiled, independent: Coiled's reads run while Google's libraries load and the
@@ -272,7 +298,9 @@ class Wizard:
                 + (" (a rehearsal against the local sandbox: nothing leaves this machine)"
                    if os.environ.get(SANDBOX_VAR) else ""))
         self.choose(g)
+        self.network_only()
         validate(o)  # the interactive answers too
+        self.refuse_privileged_account(g)
         journal = Journal(o.project)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
         steps = build_steps(o)
