@@ -61,6 +61,14 @@ def test_bad_flag_is_refused_before_any_write(sandbox, cli, args, needle):
     assert "chmod" not in line
 
 
+def test_a_readable_file_that_holds_no_private_key_gets_no_chmod_advice(sandbox, cli, tmp_path):
+    other = tmp_path / "notes.json"
+    other.write_text(json.dumps({"type": "service_account", "note": "no key here"}))
+    other.chmod(0o644)
+    line = refused(cli, sandbox, *ARGS, "--key-file", str(other), needle="lacks fields")
+    assert "chmod" not in line
+
+
 def test_verify_refuses_an_empty_project(sandbox, cli):
     refused(cli, sandbox, "verify", "--project", "", needle="--project is empty")
 

@@ -31,6 +31,12 @@ def read(path: Path, *, flag: str = "--key-file") -> dict:
         raise BadInput(f"{flag} {str(path)!r} is not valid JSON: give a service account key file.") from None
     if not isinstance(data, dict):
         raise BadInput(f"{flag} {str(path)!r} is not a service account key file.")
+    # Only a file holding a private key gets chmod advice (never /etc/passwd), and before any other flaw:
+    # the secret is exposed whatever else is wrong with the file.
+    if "PRIVATE KEY" in str(data.get("private_key")) and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise BadInput(
+            f"{flag} {str(path)!r} is readable by other users: run `chmod 600 {path}` first, since it holds a private key."
+        )
     missing = [f for f in REQUIRED_FIELDS if not data.get(f)]
     if missing:
         raise BadInput(f"{flag} {str(path)!r} lacks fields Coiled requires: {', '.join(missing)}.")
@@ -38,11 +44,6 @@ def read(path: Path, *, flag: str = "--key-file") -> dict:
         raise BadInput(f"{flag} {str(path)!r} is not a service account key (its type is {data.get('type')!r}).")
     if "PRIVATE KEY" not in str(data.get("private_key")):
         raise BadInput(f"{flag} {str(path)!r} has no usable private key: it may be truncated.")
-    # Only now that the file is known to be a key: advising chmod on any other file would be wrong.
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise BadInput(
-            f"{flag} {str(path)!r} is readable by other users: run `chmod 600 {path}` first, since it holds a private key."
-        )
     return data
 
 
