@@ -89,6 +89,48 @@ def test_an_unwritable_local_file_is_refused_before_any_write(make_sandbox, cli,
     assert writes(sb, mark) == [], "a write to Google or Coiled before the local files were checked"
 
 
+@pytest.fixture
+def immutable():
+    """chattr +i on paths (even root cannot write them), undone at teardown; skips where chattr cannot."""
+    import shutil
+
+    made = []
+
+    def make(path: Path) -> Path:
+        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not available here")
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+@pytest.mark.parametrize("what", ["key directory", "state directory", "coiled.yaml"])
+def test_an_immutable_place_is_refused_before_any_write(make_sandbox, cli, tmp_path, immutable, what):
+    sb = make_sandbox()
+    args = []
+    if what == "key directory":
+        keys = tmp_path / "keys"
+        keys.mkdir()
+        immutable(keys)
+        args = ["--key-file", str(keys / "key.json")]
+    elif what == "state directory":
+        state_dir = sb.state_dir / "home" / "state"
+        state_dir.mkdir(parents=True)
+        immutable(state_dir)
+    else:
+        f = sb.state_dir / "dask" / "coiled.yaml"
+        f.parent.mkdir(parents=True)
+        f.write_text("coiled:\n  user: ann\n")
+        immutable(f)
+    mark = len(calls(sb))
+    out = cli(sb, *ARGS, *args, check=2)
+    assert "cannot be written" in one_sentence_error(out.stderr)
+    assert writes(sb, mark) == []
+
+
 def test_a_key_file_that_cannot_be_stored_after_all_is_deleted_on_google(make_sandbox, tmp_path):
     """The check passed, then the directory became a file while Google made the key: one sentence, no orphan."""
     sb = make_sandbox(hold_method="CreateServiceAccountKey", hold_s=3, **FAST)
@@ -126,10 +168,11 @@ def test_only_directories_the_run_creates_are_made_private(make_sandbox, cli, tm
     assert "readable by other users" in out.stdout and str(shared) in out.stdout
 
     sb2 = make_sandbox(**FAST)
+    tmp_path.chmod(0o751)
     new = tmp_path / "new1" / "new2"
     cli(sb2, *ARGS, "--key-file", str(new / "key.json"), check=0)
     assert stat.S_IMODE(new.stat().st_mode) == 0o700 and stat.S_IMODE(new.parent.stat().st_mode) == 0o700
-    assert stat.S_IMODE(tmp_path.stat().st_mode) != 0o700 or True  # tmp_path is pytest's: never touched
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o751  # the existing parent is left alone
     assert stat.S_IMODE((new / "key.json").stat().st_mode) == 0o600
 
 
