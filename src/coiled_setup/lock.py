@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from coiled_setup import paths
-from coiled_setup.errors import LOCKED, UserError
+from coiled_setup.errors import LOCKED, BadInput, UserError
 
 
 def lock_path(project: str) -> Path:
@@ -28,9 +28,13 @@ class ProjectLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        paths.private_dir(self.path.parent)
-        # Never replaced nor removed: a second run must lock the very same file.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            paths.private_dir(self.path.parent)
+            # Never replaced nor removed: a second run must lock the very same file.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise BadInput(f"The lock file {self.path} cannot be written ({e.strerror or e}): set COILED_SETUP_HOME "
+                           "(or XDG_STATE_HOME) to a writable directory, then run again.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
