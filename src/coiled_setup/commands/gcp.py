@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+from rich.markup import escape
+
 from coiled_setup import context, keyfile, paths, role_templates, waiting
 from coiled_setup.cloud import CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
@@ -146,7 +148,7 @@ class Wizard:
                 raise BadInput(f"{what} {path} cannot be written, {why}: {fix}, then run again.")
         key = account.local_path
         if key is not None and account.needs_key(run) and key.parent.is_dir() and paths.readable_by_others(key.parent):
-            self.ui.warn(f"The key file's directory {key.parent} is readable by other users (the key file itself "
+            self.ui.warn(f"The key file's directory {escape(str(key.parent))} is readable by other users (the key file itself "
                          "will be 0600).")
 
     def connect(self) -> tuple[Google, Coiled | None]:
