@@ -888,6 +888,7 @@ class Case:
     scenario: dict | None = None
     files: object = None  # (directory, sandbox) -> {"args": (...), "env": {...}}
     fresh: bool = False  # a sandbox of its own (a scenario, or a run that may write)
+    after: object = None  # (directory, sandbox) -> problems with what the run left behind
 
 
 def _key_case(name: str, needle: str, content, mode: int = 0o600, args: tuple = ()) -> Case:
@@ -897,13 +898,46 @@ def _key_case(name: str, needle: str, content, mode: int = 0o600, args: tuple = 
     return Case(name, 2, needle, files=files)
 
 
-def _dask_case(name: str, code: int, needle: str, text: str, env: dict | None = None) -> Case:
+def _dask_case(name: str, code: int, needle: str, text: str, env: dict | None = None, after=None) -> Case:
     def files(d: Path, sb):
         _file(d / "dask" / "coiled.yaml", text.replace("SERVER", sb.coiled_url))
         given = {k: (v.replace("SERVER", sb.coiled_url) if v else v) for k, v in (env or {}).items()}
         return {"env": {"DASK_CONFIG": str(d / "dask"), "DASK_COILED__TOKEN": None, "DASK_COILED__SERVER": None,
                         **given}}
-    return Case(name, code, needle, files=files, fresh=code != 2)
+    return Case(name, code, needle, files=files, fresh=code != 2, after=after)
+
+
+USER_DASK_CONFIG = f"""\
+# the user's own settings
+coiled:
+  token: {DEFAULT_TOKEN}  # from coiled login
+  server: SERVER
+  other: kept
+  backend-options:
+    gpu-type: nvidia-tesla-t4
+distributed:
+  worker:
+    memory:
+      target: 0.8
+"""
+
+
+def _user_config_kept(d: Path, sb) -> list[str]:
+    """The wizard set its backend options and kept everything of the user's: keys, sections and comments."""
+    text = (d / "dask" / "coiled.yaml").read_text()
+    data = yaml.safe_load(text)
+    c = data.get("coiled") or {}
+    problems = []
+    if (c.get("token"), c.get("server"), c.get("other")) != (DEFAULT_TOKEN, sb.coiled_url, "kept"):
+        problems.append(f"coiled.yaml lost the login or coiled.other: {sorted(c)}")
+    if data.get("distributed") != {"worker": {"memory": {"target": 0.8}}}:
+        problems.append("coiled.yaml lost its distributed: section")
+    bo = c.get("backend-options") or {}
+    if bo.get("gpu-type") != "nvidia-tesla-t4" or bo.get("region") != "us-east1" or "firewall" not in bo:
+        problems.append(f"coiled.yaml's backend-options are not merged: {bo}")
+    if "# the user's own settings" not in text or "# from coiled login" not in text:
+        problems.append("coiled.yaml lost its comments")
+    return problems
 
 
 def _gcloud_case(name: str, code: int, needle: str, project: str) -> Case:
@@ -954,7 +988,22 @@ def bad_input_cases() -> list[Case]:
              ("--service-account", "someone@example.com")),
         Case("--role-id with dashes", 2, "--role-id", ("--role-id", "no-dashes")),
         Case("--firewall-cidr not an address", 2, "--firewall-cidr", ("--firewall-cidr", "10.0.0.300/8")),
-        Case("--firewall-cidr with host bits", 2, "--firewall-cidr", ("--firewall-cidr", "10.0.0.1/8")),
+        Case("--firewall-cidr with host bits (its network is used)", 0, args=("--firewall-cidr", "10.0.0.1/8"),
+             fresh=True),
+        Case("--firewall-cidr empty", 2, "--firewall-cidr is empty", ("--firewall-cidr", "")),
+        Case("--project empty", 2, "--project is empty", ("--project", "")),
+        Case("--zone not in the region", 2, "does not exist", ("--zone", "us-east1-a")),
+        Case("--wait-timeout not a number", 2, "--wait-timeout", ("--wait-timeout", "nan")),
+        Case("--wait-timeout infinite", 2, "--wait-timeout", ("--wait-timeout", "inf")),
+        Case("--key-file not a key", 2, "not valid JSON", ("--key-file", "/etc/passwd")),
+        Case("--key-file of the operator", 2, "the account running coiled-setup",
+             files=lambda d, sb: {"args": ("--key-file", str(_file(d / "op.json", sb.operator_key_path.read_text())))}),
+        Case("--key-file where no directory can be made", 2, "cannot be written",
+             ("--key-file", "/proc/1/coiled/key.json")),
+        Case("journal directory under a file", 2, "journal",
+             files=lambda d, sb: {"env": {"COILED_SETUP_HOME": str(_file(d / "plain", "x") / "home")}}),
+        Case("dask config directory under a file", 2, "dask config",
+             files=lambda d, sb: {"env": {"DASK_CONFIG": str(_file(d / "plain", "x") / "dask")}}),
         Case("--firewall-cidr IPv6", 2, "IPv4", ("--firewall-cidr", "2001:db8::/32")),
         Case("--firewall-ports out of range", 2, "--firewall-ports", ("--firewall-ports", "22,99999")),
         Case("--firewall-ports not numbers", 2, "--firewall-ports", ("--firewall-ports", "ssh")),
@@ -1002,8 +1051,7 @@ def bad_input_cases() -> list[Case]:
         Case("--coiled-server not HTTP/1 (a gRPC port)", 1, "Could not reach Coiled",
              files=lambda d, sb: {"args": ("--coiled-server", f"http://{sb.google_endpoint}")}),
         # -- the dask config file
-        _dask_case("coiled.yaml holds the login", 0, "",
-                   f"coiled:\n  token: {DEFAULT_TOKEN}\n  server: SERVER\n  other: kept\n"),
+        _dask_case("coiled.yaml holds the login", 0, "", USER_DASK_CONFIG, after=_user_config_kept),
         _dask_case("coiled.yaml token invalid", 2, "did not accept your token",
                    "coiled:\n  token: 0123-not-a-token\n  server: SERVER\n"),
         _dask_case("coiled.yaml workspace unknown", 2, "workspace",
@@ -1099,6 +1147,8 @@ def check_case(lab: Lab, case: Case, shared) -> list[str]:
             problems.append(f"not one sentence on stderr: {out.stderr.strip()[:400]!r}")
         elif case.needle and case.needle not in lines[0]:
             problems.append(f"{case.needle!r} not in {lines[0]!r}")
+    if case.after is not None and out.code == case.code:
+        problems += case.after(d, sb)
     if case.code in (2, 3):
         made = writes(sb, mark)
         if made:

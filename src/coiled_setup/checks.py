@@ -12,10 +12,10 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coiled_setup import role_templates
+from coiled_setup import keyfile, role_templates
 from coiled_setup.cloud import CloudError, Policy, run_all
 from coiled_setup.coiled_api import CoiledError
 from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID, repository_name, role_name
@@ -283,7 +283,24 @@ def check_key_file(t: Target, f: Facts) -> Result:
         return Result(name, title, FAILED, f"{where}: key {_short(t.key_id)} of {t.account} is disabled on Google.",
                       f"gcloud iam service-accounts keys enable {t.key_id} --iam-account {t.account}, or "
                       f"{t.gcp()} for a new key")
+    too_much = _privileged(t, f)
+    if too_much:
+        dedicated = replace(t, account="", key_given=False).gcp()
+        return Result(name, title, FAILED,
+                      f"{where}: key {_short(t.key_id)} of {t.account}, {too_much}: Coiled would hold far more than "
+                      "its role.",
+                      f"{dedicated} (creates {DEFAULT_ACCOUNT_ID}@{t.project}.iam.gserviceaccount.com with only the "
+                      "Coiled role and gives Coiled its key), then verify again")
     return Result(name, title, OK, f"{where}: key {_short(t.key_id)} of {t.account}, enabled on Google.")
+
+
+def _privileged(t: Target, f: Facts) -> str:
+    """Why the key's account is too powerful to be Coiled's, or ""."""
+    if f.operator and t.account == f.operator:
+        return "the account running verify"
+    policy = f.get("policy")
+    roles = keyfile.privileged_roles(policy, t.account) if policy is not None else []
+    return f"which holds {', '.join(roles)} in the project" if roles else ""
 
 
 def check_account(t: Target, f: Facts) -> Result:

@@ -11,7 +11,7 @@ import typer
 from coiled_setup import __version__
 
 EXIT_CODES = ("Exit codes: 0 done (or nothing to do), 1 a step failed, 2 bad input, "
-              "3 your account lacks a needed permission, 130 interrupted.")
+              "3 your account lacks a needed permission, 4 another run is changing the project, 130 interrupted.")
 
 app = typer.Typer(
     name="coiled-setup",
@@ -85,6 +85,9 @@ def gcp(
     no_upload: bool = typer.Option(False, "--no-upload", help="Do not send anything to Coiled."),
     coiled_server: Optional[str] = typer.Option(None, help="Coiled server (default: from your Coiled login)."),
     wait_timeout: float = typer.Option(600.0, help="Longest wait for Google to propagate changes, in seconds."),
+    allow_privileged_key: bool = typer.Option(
+        False, "--allow-privileged-key",
+        help="Let Coiled's account be yours or one with owner, editor or IAM-admin roles (refused otherwise)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
@@ -96,8 +99,11 @@ def gcp(
 
     def go() -> int:
         from coiled_setup.commands import gcp as command
-        from coiled_setup.options import DEFAULT_ACCOUNT_ID, OPEN_CIDR, Options, parse_ports
+        from coiled_setup.options import DEFAULT_ACCOUNT_ID, OPEN_CIDR, Options, parse_ports, refuse_empty
 
+        refuse_empty({"--project": project, "--workspace": workspace, "--zone": zone,
+                      "--service-account": service_account, "--instance-service-account": instance_service_account,
+                      "--firewall-cidr": firewall_cidr, "--coiled-server": coiled_server})
         given = {name for name, value in (("service_account", service_account), ("firewall_cidr", firewall_cidr),
                                           ("instance", instance_service_account or create_instance_service_account))
                  if value}
@@ -110,6 +116,7 @@ def gcp(
             upload=not no_upload, dry_run=dry_run, yes=yes,
             interactive=not non_interactive and sys.stdin.isatty(), output=output,
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
+            allow_privileged_key=allow_privileged_key,
         )
         sb = command.start_embedded_sandbox(fresh=sandbox_reset) if sandbox or sandbox_reset else None
         try:
@@ -146,7 +153,10 @@ def verify(
 
     def go() -> int:
         from coiled_setup.commands import verify as command
+        from coiled_setup.options import refuse_empty
 
+        refuse_empty({"--project": project, "--instance-service-account": instance_service_account,
+                      "--workspace": workspace, "--coiled-server": coiled_server})
         sb = None
         if sandbox:
             from coiled_setup.commands.gcp import start_embedded_sandbox

@@ -6,6 +6,7 @@ OK = 0
 STEP_FAILED = 1
 BAD_INPUT = 2
 MISSING_PERMISSION = 3
+LOCKED = 4  # another run is changing the same project
 INTERRUPTED = 130
 
 

@@ -7,6 +7,16 @@ import time
 from pathlib import Path
 
 from coiled_setup import paths
+from coiled_setup.errors import UserError
+
+
+class JournalError(UserError):
+    """The journal could not be written; `reason` is the clause for a longer sentence."""
+
+    def __init__(self, path: Path, e: OSError):
+        self.reason = f"could not write the journal {path} ({e.strerror or e})"
+        super().__init__(f"C{self.reason[1:]}: make its directory writable or set COILED_SETUP_HOME to a writable "
+                         "directory, then run again.")
 
 
 class Journal:
@@ -27,7 +37,10 @@ class Journal:
     def set(self, **values) -> None:
         self.data.update(values)
         self.data["updated"] = time.time()
-        paths.write_json_private(self.path, self.data)
+        try:
+            paths.write_json_private(self.path, self.data)
+        except OSError as e:
+            raise JournalError(self.path, e) from None
 
     def created(self, kind: str, name: str) -> None:
         self.data.setdefault("created", {})[kind] = name

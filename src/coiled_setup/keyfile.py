@@ -25,16 +25,18 @@ def read(path: Path, *, flag: str = "--key-file") -> dict:
         raise BadInput(f"{flag} {str(path)!r} cannot be read: check its permissions.") from None
     except (IsADirectoryError, UnicodeDecodeError):
         raise BadInput(f"{flag} {str(path)!r} is not a JSON key file.") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise BadInput(
-            f"{flag} {str(path)!r} is readable by other users: run `chmod 600 {path}` first, since it holds a private key."
-        )
     try:
         data = json.loads(text)
     except ValueError:
         raise BadInput(f"{flag} {str(path)!r} is not valid JSON: give a service account key file.") from None
     if not isinstance(data, dict):
         raise BadInput(f"{flag} {str(path)!r} is not a service account key file.")
+    # Only a file holding a private key gets chmod advice (never /etc/passwd), and before any other flaw:
+    # the secret is exposed whatever else is wrong with the file.
+    if "PRIVATE KEY" in str(data.get("private_key")) and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise BadInput(
+            f"{flag} {str(path)!r} is readable by other users: run `chmod 600 {path}` first, since it holds a private key."
+        )
     missing = [f for f in REQUIRED_FIELDS if not data.get(f)]
     if missing:
         raise BadInput(f"{flag} {str(path)!r} lacks fields Coiled requires: {', '.join(missing)}.")
@@ -43,4 +45,19 @@ def read(path: Path, *, flag: str = "--key-file") -> dict:
     if "PRIVATE KEY" not in str(data.get("private_key")):
         raise BadInput(f"{flag} {str(path)!r} has no usable private key: it may be truncated.")
     return data
+
+
+# Roles that let their holder change who may do what in the project (or do anything): a key of an account
+# holding one would hand Coiled far more than the custom role it needs.
+PRIVILEGED_ROLES = (
+    "roles/owner", "roles/editor", "roles/iam.securityAdmin", "roles/resourcemanager.projectIamAdmin",
+    "roles/iam.serviceAccountAdmin", "roles/iam.serviceAccountKeyAdmin", "roles/iam.serviceAccountTokenCreator",
+    "roles/iam.roleAdmin", "roles/iam.organizationRoleAdmin", "roles/resourcemanager.organizationAdmin",
+)
+
+
+def privileged_roles(policy, email: str) -> list[str]:
+    """The privileged roles the project policy grants `email` (a conditional grant counts: it may apply)."""
+    member = f"serviceAccount:{email}"
+    return sorted({b.role for b in policy.bindings if b.role in PRIVILEGED_ROLES and member in b.members})
 

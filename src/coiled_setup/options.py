@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,11 @@ REGIONS = (
     "asia-northeast3", "asia-south1", "asia-south2", "asia-southeast1", "asia-southeast2",
     "australia-southeast1", "australia-southeast2", "me-central1", "me-west1", "africa-south1",
 )
+# The zones of each region above (Google's published list): REGION-a..f are not all real (us-east1 has b, c, d).
+ZONES = {r: "abc" for r in REGIONS} | {"us-central1": "abcf", "us-east1": "bcd", "europe-west1": "bcd"}
 DEFAULT_REGION = "us-east1"
 DEFAULT_ZONE_SUFFIX = "c"
+MAX_WAIT_TIMEOUT = 86400.0  # a day: longer is a typo, not a propagation delay
 DEFAULT_PORTS = (22, 8786, 8787)
 OPEN_CIDR = "0.0.0.0/0"
 DEFAULT_ACCOUNT_ID = "coiled"
@@ -67,6 +71,7 @@ class Options:
     output: str = "text"
     wait_timeout: float = 600.0
     coiled_server: str | None = None
+    allow_privileged_key: bool = False  # hand Coiled a key of an owner/editor/IAM-admin account anyway
     explicit: set[str] = field(default_factory=set)  # flags the user gave
 
     @property
@@ -165,6 +170,41 @@ def validate(o: Options) -> None:
         raise BadInput(f"--output {o.output!r} is not known: use text or json.")
     if o.wait_timeout <= 0:
         raise BadInput("--wait-timeout must be a positive number of seconds.")
+    check_wait_timeout(o.wait_timeout)
+    check_zone_exists(o.region, o.zone)
+
+
+def check_wait_timeout(seconds: float) -> None:
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_WAIT_TIMEOUT:
+        raise BadInput(f"--wait-timeout {seconds} is not usable: give a number of seconds above 0 and at "
+                       f"most {int(MAX_WAIT_TIMEOUT)}, for example 600.")
+
+
+def check_zone_exists(region: str, zone: str | None) -> None:
+    letters = ZONES.get(region, "")
+    if zone and letters and zone.startswith(f"{region}-") and zone[-1] not in letters:
+        names = ", ".join(f"{region}-{c}" for c in letters)
+        raise BadInput(f"--zone {zone!r} does not exist: the zones of {region} are {names}.")
+
+
+def refuse_empty(flags: dict[str, str | None]) -> None:
+    """A flag given as "" is a mistake (an unset shell variable), not a request for the default."""
+    for flag, value in flags.items():
+        if value is not None and not value.strip():
+            raise BadInput(f"{flag} is empty: give a value, or leave the flag out for the default.")
+
+
+def network_of(cidr: str) -> str | None:
+    """The network of a CIDR written with host bits set (10.1.2.3/24 → 10.1.2.0/24), else None."""
+    try:
+        ipaddress.ip_network(cidr, strict=True)
+        return None
+    except ValueError:
+        pass
+    try:
+        return str(ipaddress.ip_network(cidr, strict=False))
+    except ValueError:
+        return None
 
 
 def parse_ports(text: str) -> tuple[int, ...]:
@@ -172,4 +212,4 @@ def parse_ports(text: str) -> tuple[int, ...]:
         ports = tuple(int(p) for p in text.replace(" ", "").split(",") if p)
     except ValueError:
         raise BadInput(f"--firewall-ports {text!r} must be comma-separated port numbers, for example 22,8786,8787.") from None
-    return ports
+    return tuple(dict.fromkeys(ports))  # each port once, in the order given

@@ -6,13 +6,16 @@ import json
 import os
 import time
 
-from coiled_setup import context, keyfile, role_templates, waiting
+from rich.markup import escape
+
+from coiled_setup import context, keyfile, paths, role_templates, waiting
 from coiled_setup.cloud import CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
 from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
 from coiled_setup.journal import Journal
-from coiled_setup.options import INSTANCE_ROLE_ID, OPEN_CIDR, Options, validate
+from coiled_setup.lock import ProjectLock
+from coiled_setup.options import DEFAULT_ACCOUNT_ID, INSTANCE_ROLE_ID, OPEN_CIDR, Options, network_of, validate
 from coiled_setup.remedies import explain, missing_permissions_sentence
 from coiled_setup.steps.account import AccountStep
 from coiled_setup.steps.apis import ApisStep, wanted_services
@@ -81,6 +84,7 @@ class Wizard:
         self.results: list[dict] = []
         self.run: Run | None = None
         self.current: Step | None = None
+        self.lock: ProjectLock | None = None
 
     # -- 0. context and validation ----------------------------------------------------------------
     def resolve(self) -> None:
@@ -91,6 +95,7 @@ class Wizard:
             o.project = self.ui.text("Google Cloud project id:")
         if not o.project:
             raise BadInput("No project given: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT.")
+        self.network_only()
         validate(o)
         if o.key_file is not None and o.key_file.exists():
             data = keyfile.read(o.key_file)
@@ -102,6 +107,49 @@ class Wizard:
                                f"{o.account_email}: pass a matching --service-account or another key file.")
             o.service_account = data["client_email"]
             o.explicit.add("service_account")
+
+    def network_only(self) -> None:
+        """10.1.2.3/24 means the network 10.1.2.0/24 (as Google's firewall reads it): said, then used."""
+        net = network_of(self.opts.firewall_cidr)
+        if net is not None:
+            self.ui.warn(f"Firewall network {self.opts.firewall_cidr} has host bits set: using its network {net}.")
+            self.opts.firewall_cidr = net
+
+    def refuse_privileged_account(self, g: Google) -> None:
+        """Coiled gets the account's key: never the operator's own, nor one that can change IAM in the project."""
+        o = self.opts
+        if o.allow_privileged_key:
+            return
+        email = o.account_email
+        what = (f"--key-file {str(o.key_file)!r} is a key of {email}" if o.key_file is not None and o.key_file.exists()
+                else f"Service account {email}")
+        fix = (f"so give Coiled a dedicated account (leave out --key-file and --service-account to use "
+               f"{DEFAULT_ACCOUNT_ID}@{o.project}.iam.gserviceaccount.com with only the Coiled role), or pass "
+               "--allow-privileged-key if you mean it.")
+        if g.principal and email == g.principal:
+            raise BadInput(f"{what}, the account running coiled-setup: Coiled would get all of your permissions, {fix}")
+        roles = keyfile.privileged_roles(g.get_policy(o.project), email)
+        if roles:
+            raise BadInput(f"{what}, which holds {', '.join(roles)} in project {o.project}: Coiled needs only the "
+                           f"custom role, {fix}")
+
+    def check_local_files(self, account: AccountStep, upload: UploadStep | None) -> None:
+        """Every local file the plan writes can be written, told before the first change (exit 2)."""
+        run = self.run
+        files = []  # the journal's directory was checked before the lock was taken there
+        if account.local_path is not None and account.needs_key(run):
+            files.append((account.local_path, "The key file", "choose another --key-file"))
+        if upload is not None and "dask config" in upload._pending(run):
+            files.append((paths.dask_config_file(), "The dask config file", "fix it or set DASK_CONFIG to a "
+                                                                              "writable directory"))
+        for path, what, fix in files:
+            why = paths.unwritable(path)
+            if why:
+                raise BadInput(f"{what} {path} cannot be written, {why}: {fix}, then run again.")
+        key = account.local_path
+        if key is not None and account.needs_key(run) and key.parent.is_dir() and paths.readable_by_others(key.parent):
+            self.ui.warn(f"The key file's directory {escape(str(key.parent))} is readable by other users (the key file itself "
+                         "will be 0600).")
 
     def connect(self) -> tuple[Google, Coiled | None]:
         """Google and Coiled, independent: Coiled's reads run while Google's libraries load and the
@@ -272,14 +320,26 @@ class Wizard:
                 + (" (a rehearsal against the local sandbox: nothing leaves this machine)"
                    if os.environ.get(SANDBOX_VAR) else ""))
         self.choose(g)
+        self.network_only()
         validate(o)  # the interactive answers too
+        self.refuse_privileged_account(g)
         journal = Journal(o.project)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
+        why = paths.unwritable(journal.path)
+        if why:
+            raise BadInput(f"The journal {journal.path} cannot be written, {why}: set COILED_SETUP_HOME (or "
+                           "XDG_STATE_HOME) to a writable directory, then run again.")
+        if not o.dry_run:
+            # Held from observing to the end: a second run would plan from the same state and make a second key.
+            self.lock = ProjectLock(o.project)
+            self.lock.acquire()
         steps = build_steps(o)
         self.observe_all(steps)
         plans = {}
         for s in steps:
             plans[s.key] = s.plan(self.run)
+        self.check_local_files(next(s for s in steps if isinstance(s, AccountStep)),
+                               next((s for s in steps if isinstance(s, UploadStep)), None))
         ui.plan([(s.title, plans[s.key].action, plans[s.key].detail) for s in steps])
         writes = [s for s in steps if plans[s.key].writes]
         self.results = [{"step": s.key, "title": s.title, "action": plans[s.key].action,
@@ -348,6 +408,8 @@ def run(opts: Options) -> int:
                  "to resume where it stopped.")
         ui.error(error)
     finally:
+        if w.lock is not None:
+            w.lock.release()
         if w.run is not None:
             w.run.google.close()
     if opts.output == "json":

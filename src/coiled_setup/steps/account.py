@@ -10,10 +10,21 @@ from coiled_setup import keyfile as keyfiles
 from coiled_setup import paths, waiting
 from coiled_setup.cloud import CloudError
 from coiled_setup.errors import UserError
+from coiled_setup.journal import JournalError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
 
 MAX_USER_KEYS = 10
 KEY_ORG_POLICY = "constraints/iam.disableServiceAccountKeyCreation"
+
+
+def key_path(o, journal) -> Path:
+    """Where the account's key file is (or goes): --key-file, else the one recorded, else the default."""
+    if o.key_file is not None:
+        return o.key_file
+    recorded = journal.get("key_file")
+    if recorded and journal.get("account") == o.account_email:
+        return Path(recorded)
+    return paths.default_key_path(o.project, o.account_id)
 
 
 class AccountStep(Step):
@@ -29,13 +40,7 @@ class AccountStep(Step):
 
     # -- observe --------------------------------------------------------------------------------
     def key_path(self, run: Run) -> Path:
-        o = run.opts
-        if o.key_file is not None:
-            return o.key_file
-        recorded = run.journal.get("key_file")
-        if recorded and run.journal.get("account") == o.account_email:
-            return Path(recorded)
-        return paths.default_key_path(o.project, o.account_id)
+        return key_path(run.opts, run.journal)
 
     def observe(self, run: Run) -> None:
         o = run.opts
@@ -179,14 +184,32 @@ class AccountStep(Step):
                 ) from None
             raise
         kid = data["private_key_id"]
-        run.journal.add_key(kid)
-        if not o.no_local_key:
-            path = self.local_path or paths.default_key_path(o.project, o.account_id)
-            paths.write_private(path, json.dumps(data, indent=2) + "\n")
-            run.key_path = str(path)
-            run.journal.set(key_file=str(path))
-        run.journal.set(key_pending=None, key_id=kid)
+        path = None if o.no_local_key else (self.local_path or paths.default_key_path(o.project, o.account_id))
+        try:
+            run.journal.add_key(kid)
+            if path is not None:
+                paths.write_private(path, json.dumps(data, indent=2) + "\n")
+                run.key_path = str(path)
+                run.journal.set(key_file=str(path))
+            run.journal.set(key_pending=None, key_id=kid)
+        except (OSError, JournalError) as e:
+            reason = e.reason if isinstance(e, JournalError) else \
+                f"could not write the key file {path} ({e.strerror or e})"
+            self._discard(run, kid)
+            raise UserError(f"C{reason[1:]}, so the new key was deleted on Google again: fix that, then run "
+                            "again.") from None
         run.keyfile, run.key_id = data, kid
+
+    def _discard(self, run: Run, kid: str) -> None:
+        """A key whose private half could not be kept: deleted, so none is left that nobody holds."""
+        try:
+            run.google.delete_key(run.opts.account_email, kid)
+        except CloudError:
+            return  # the journal's key_pending still names it: the next run deletes it
+        try:
+            run.journal.set(key_pending=None, keys=[k for k in run.journal.our_keys() if k != kid])
+        except JournalError:
+            pass
 
     def _make_room(self, run: Run, keys):
         o = run.opts

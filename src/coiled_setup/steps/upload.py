@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from coiled_setup import context, waiting
 from coiled_setup.cloud import CloudError, run_all
 from coiled_setup.errors import UserError
@@ -100,7 +102,7 @@ class UploadStep(Step):
             self._await(run, lambda: next((r.get("component") or {} for r in c.get_regions()
                                            if r.get("region") == o.region), {}), f"Coiled's region {o.region}")
         if "dask config" in todo:
-            context.write_backend_options(local_backend_options(o))
+            context.write_backend_options(local_backend_options(o), warn=lambda text: run.ui.warn(escape(text)))
         retired = self._retire_old_keys(run)
         outcome = ("sent " + ", ".join(todo)) if todo else "nothing to do"
         return outcome + (f"; deleted {retired} old key(s) coiled-setup had made" if retired else "")
