@@ -49,9 +49,11 @@ def _finish(code: int) -> None:
     raise typer.Exit(code)
 
 
-def _guard(fn):
-    """Expected failures print one sentence and exit with their code, never a traceback."""
-    from coiled_setup.errors import UserError
+def _guard(fn, command: str, output: str):
+    """Expected failures print one sentence and exit with their code, never a traceback; with --output json
+    every exit also prints the command's JSON document (once: a run that got far enough printed its own)."""
+    from coiled_setup import report
+    from coiled_setup.errors import STEP_FAILED, UserError
 
     try:
         return fn()
@@ -59,10 +61,21 @@ def _guard(fn):
         from coiled_setup.ui import Ui
 
         Ui(interactive=False).error(e.message)
-        return e.code
+        code, error = e.code, e.message
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
-        return 130
+        code, error = 130, "Interrupted."
+    except Exception as e:
+        if output != "json":
+            raise
+        # A bug: its traceback for the report, and still one document for the program reading stdout.
+        import traceback
+
+        traceback.print_exc()
+        code, error = STEP_FAILED, report.unexpected(e)
+    if output == "json":
+        report.emit(command, code, error)
+    return code
 
 
 @app.command(epilog=EXIT_CODES)
@@ -108,7 +121,8 @@ def gcp(
             create_instance_service_account=create_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),
             upload=not no_upload, dry_run=dry_run, yes=yes,
-            interactive=not non_interactive and sys.stdin.isatty(), output=output,
+            # A JSON consumer is a program: it cannot answer questions, and stdout is its document.
+            interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
         )
         sb = command.start_embedded_sandbox(fresh=sandbox_reset) if sandbox or sandbox_reset else None
@@ -118,7 +132,7 @@ def gcp(
             if sb is not None:
                 sb.stop()
 
-    _finish(_guard(go))
+    _finish(_guard(go, "gcp", output))
 
 
 VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "
@@ -162,7 +176,7 @@ def verify(
             if sb is not None:
                 sb.stop()
 
-    _finish(_guard(go))
+    _finish(_guard(go, "verify", output))
 
 
 @app.command("sandbox")
@@ -183,8 +197,28 @@ def sandbox_cmd(
 
         return command.run(scenario, port, latency_ms, fault_rate, seed, propagation_delay_s, operation_s, state_dir)
 
-    _finish(_guard(go))
+    _finish(_guard(go, "sandbox", "text"))
 
 
 def main() -> None:
-    app()
+    from coiled_setup import report
+
+    argv = sys.argv[1:]
+    if not report.wants_json(argv):
+        app()
+        return
+    # Usage errors are raised before a command runs: caught here, so they too print the JSON document.
+    try:
+        from typer._click.exceptions import ClickException  # typer carrying its own click
+    except ImportError:
+        from click.exceptions import ClickException
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as e:
+        e.show()
+        code = e.exit_code
+        report.emit(report.command_of(argv), code, e.format_message())
+    except typer.Abort:  # end of input at a prompt
+        code = 130
+        report.emit(report.command_of(argv), code, "Interrupted.")
+    sys.exit(code if isinstance(code, int) else 0)

@@ -27,6 +27,7 @@ class Ui:
         self.console.print(f"[yellow]Warning:[/] {text}")
 
     def error(self, text: str) -> None:
+        self.stop()  # the spinner would go on drawing over the message
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]Error:[/] {text}")
 
     # -- live status ----------------------------------------------------------------------------
@@ -36,6 +37,12 @@ class Ui:
             self._status.start()
         self._title = title
 
+    def stop(self) -> None:
+        """Clears the spinner, if one is turning."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
     def tick(self, text: str) -> None:
         if self._status is not None:
             self._status.update(f"{self._title}: {text}")
@@ -44,9 +51,7 @@ class Ui:
         self.conflicts += 1
 
     def end(self, result: str, outcome: str) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        self.stop()
         style = RESULT_STYLE.get(result, "")
         mark = {"ok": "✓", "failed": "✗", "skipped": "-"}.get(result, "·")
         self.console.print(f"[{style}]{mark}[/] {self._title}: {outcome}")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-from coiled_setup import context, keyfile, role_templates, waiting
+from coiled_setup import context, keyfile, report, role_templates, waiting
 from coiled_setup.cloud import CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
-from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
+from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
 from coiled_setup.journal import Journal
 from coiled_setup.options import INSTANCE_ROLE_ID, OPEN_CIDR, Options, validate
 from coiled_setup.remedies import explain, missing_permissions_sentence
@@ -347,20 +346,23 @@ def run(opts: Options) -> int:
         error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
                  "to resume where it stopped.")
         ui.error(error)
+    except Exception as e:
+        code, error = STEP_FAILED, report.unexpected(e)
+        raise
     finally:
+        ui.stop()
         if w.run is not None:
             w.run.google.close()
-    if opts.output == "json":
-        print(json.dumps({
-            "project": opts.project,
-            "workspace": opts.workspace,
-            "service_account": opts.account_email if opts.project else None,
-            "key_file": w.run.key_path if w.run else None,
-            "steps": w.results,
-            "conflicts_retried": ui.conflicts,
-            "exit_code": code,
-            "error": error,
-        }, indent=2))
+        if opts.output == "json":
+            report.emit(
+                "gcp", code, error,
+                project=opts.project or None,
+                workspace=opts.workspace,
+                service_account=opts.account_email if opts.project else None,
+                key_file=str(w.run.key_path) if w.run and w.run.key_path else None,
+                steps=w.results,
+                conflicts_retried=ui.conflicts,
+            )
     return code
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from coiled_setup import checks, context, keyfile
+from coiled_setup import checks, context, keyfile, report
 from coiled_setup.checks import FAILED, OK, SKIPPED, STATUSES, WARNING, Result, Target
 from coiled_setup.cloud import Google
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google
@@ -170,7 +169,7 @@ def run(o: VerifyOptions) -> int:
     t: Target | None = None
     results: list[Result] = []
     workspace = None
-    error = None
+    code, error = OK_CODE, None
     try:
         t, results, workspace = verify(o, ui)
         code = exit_code(results, o.strict)
@@ -186,16 +185,20 @@ def run(o: VerifyOptions) -> int:
     except KeyboardInterrupt:
         code, error = INTERRUPTED, "Interrupted; nothing was changed."
         ui.error(error)
-    if o.output == "json":
-        print(json.dumps({
-            "project": t.project if t else o.project,
-            "service_account": t.account if t else None,
-            "key_file": str(t.key_path) if t and t.key_path else None,
-            "workspace": workspace,
-            "checks": [r.as_dict() for r in results],
-            "summary": {**summary(results), "passed": code == OK_CODE, "strict": o.strict},
-            "exit_code": code,
-            "error": error,
-        }, indent=2))
+    except Exception as e:
+        code, error = STEP_FAILED, report.unexpected(e)
+        raise
+    finally:
+        ui.stop()
+        if o.output == "json":
+            report.emit(
+                "verify", code, error,
+                project=t.project if t else o.project,
+                service_account=t.account if t else None,
+                key_file=str(t.key_path) if t and t.key_path else None,
+                workspace=workspace,
+                checks=[r.as_dict() for r in results],
+                summary={**summary(results), "passed": code == OK_CODE, "strict": o.strict},
+            )
     return code
 
