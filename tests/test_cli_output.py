@@ -104,3 +104,32 @@ def test_json_in_a_terminal_never_prompts_and_keeps_stdout_clean(sandbox, tmp_pa
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     assert doc["schema_version"] == 1 and doc["exit_code"] == 0 and doc["steps"]
+
+
+# -- --help ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["gcp", "verify", "sandbox"])
+def test_help_shows_every_option_whole_and_its_default_at_80_columns(cli, command):
+    import typer.main
+
+    from coiled_setup.cli import app
+
+    proc = cli(None, command, "--help", env={"COLUMNS": "80", "TERM": "xterm-256color"}, check=0)
+    text = proc.stdout
+    assert "\x1b" not in text and max(len(line) for line in text.splitlines()) <= 80
+    tokens = set(re.split(r"[\s,/\[\]]+", text))
+    params = typer.main.get_command(app).commands[command].params
+    for name in [n for p in params for n in (*p.opts, *p.secondary_opts)]:
+        assert name in tokens, f"{name} is not shown whole"
+    assert "<bool>" not in text
+    flat = " ".join(text.split())
+    for p in params:
+        if p.default not in (None, False) and not p.is_flag:
+            assert f"[default: {p.default}]" in flat, f"{p.opts[0]} does not show its default"
+
+
+def test_gcp_help_shows_the_defaults_people_must_know(cli):
+    flat = " ".join(cli(None, "gcp", "--help", env={"COLUMNS": "80"}, check=0).stdout.split())
+    for default in ("[default: 0.0.0.0/0]", "[default: coiled]", "[default: us-east1]", "[default: 22,8786,8787]",
+                    "[default: REGION-c]"):
+        assert default in flat

@@ -19,6 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: Rich markup would eat "[default: …]" and cut option names at 80 columns.
+    rich_markup_mode=None,
 )
 
 
@@ -80,28 +82,39 @@ def _guard(fn, command: str, output: str):
 
 @app.command(epilog=EXIT_CODES)
 def gcp(
-    project: Optional[str] = typer.Option(None, help="Project id (default: GOOGLE_CLOUD_PROJECT, then gcloud's)."),
-    workspace: Optional[str] = typer.Option(None, help="Coiled workspace (default: your only or personal one)."),
-    region: str = typer.Option("us-east1", help="Region for clusters and the registry."),
-    zone: Optional[str] = typer.Option(None, help="Zone inside the region (default: REGION-c)."),
-    service_account: Optional[str] = typer.Option(None, help="Account id or email for Coiled [default: coiled]."),
-    key_file: Optional[Path] = typer.Option(None, help="Key file to reuse, or where to write a new key."),
+    project: Optional[str] = typer.Option(None, metavar="PROJECT",
+                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
+                                            help="Coiled workspace [default: your only or personal one]."),
+    region: str = typer.Option("us-east1", metavar="REGION", help="Region for clusters and the registry."),
+    zone: Optional[str] = typer.Option(None, metavar="ZONE", help="Zone inside the region [default: REGION-c]."),
+    service_account: Optional[str] = typer.Option(None, metavar="ID|EMAIL",
+                                                  help="Account id or email for Coiled [default: coiled]."),
+    key_file: Optional[Path] = typer.Option(
+        None, metavar="PATH", help="Key file to reuse, or where to write a new key [default: "
+                                   "~/.config/coiled-setup/keys/PROJECT/ACCOUNT.json]."),
     no_local_key: bool = typer.Option(False, "--no-local-key", help="Keep a new key in memory only, for the upload."),
-    role_id: str = typer.Option("coiled", help="Id of the custom role."),
+    role_id: str = typer.Option("coiled", metavar="ROLE_ID", help="Id of the custom role."),
     no_gar: bool = typer.Option(False, "--no-gar", help="Skip Artifact Registry (use another registry)."),
-    instance_service_account: Optional[str] = typer.Option(None, help="Existing account for cluster instances."),
+    instance_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL", help="Existing account for cluster instances [default: none]."),
     create_instance_service_account: bool = typer.Option(
         False, "--create-instance-service-account", help="Create a least-privilege account for instances."),
     preemptible: bool = typer.Option(True, "--preemptible/--no-preemptible", help="Use preemptible workers."),
-    firewall_cidr: Optional[str] = typer.Option(None, help="Network allowed to reach schedulers [default: 0.0.0.0/0]."),
-    firewall_ports: str = typer.Option("22,8786,8787", help="Scheduler ports to open."),
+    firewall_cidr: Optional[str] = typer.Option(
+        None, metavar="CIDR", help="Network allowed to reach the schedulers; the default is anyone "
+                                   "[default: 0.0.0.0/0]."),
+    firewall_ports: str = typer.Option("22,8786,8787", metavar="PORTS", help="Scheduler ports to open."),
     no_upload: bool = typer.Option(False, "--no-upload", help="Do not send anything to Coiled."),
-    coiled_server: Optional[str] = typer.Option(None, help="Coiled server (default: from your Coiled login)."),
-    wait_timeout: float = typer.Option(600.0, help="Longest wait for Google to propagate changes, in seconds."),
+    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
+                                                help="Coiled server [default: from your Coiled login]."),
+    wait_timeout: float = typer.Option(600.0, metavar="SECONDS",
+                                       help="Longest wait for Google to propagate changes."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
-    output: str = typer.Option("text", help="text, or json for one JSON document on stdout."),
+    output: str = typer.Option("text", metavar="text|json",
+                               help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rehearse against a local sandbox, not Google."),
     sandbox_reset: bool = typer.Option(False, "--sandbox-reset", help="With --sandbox: start from a fresh project."),
 ) -> None:
@@ -141,19 +154,22 @@ VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless 
 
 @app.command(epilog=VERIFY_EXIT_CODES)
 def verify(
-    project: Optional[str] = typer.Option(None, help="Project id (default: GOOGLE_CLOUD_PROJECT, then gcloud's)."),
-    key_file: Optional[Path] = typer.Option(None, help="The Coiled account's key file [default: the one coiled-setup "
-                                                       "gcp wrote for the project]."),
-    role_id: str = typer.Option("coiled", help="Id of the custom role."),
-    region: str = typer.Option("us-east1", help="Region of the clusters and the registry."),
+    project: Optional[str] = typer.Option(None, metavar="PROJECT",
+                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    key_file: Optional[Path] = typer.Option(None, metavar="PATH", help="The Coiled account's key file [default: the "
+                                                                       "one coiled-setup gcp wrote for the project]."),
+    role_id: str = typer.Option("coiled", metavar="ROLE_ID", help="Id of the custom role."),
+    region: str = typer.Option("us-east1", metavar="REGION", help="Region of the clusters and the registry."),
     no_gar: bool = typer.Option(False, "--no-gar", help="Skip the Artifact Registry checks."),
     instance_service_account: Optional[str] = typer.Option(
-        None, help="Account for cluster instances [default: the one Coiled is configured with]."),
-    workspace: Optional[str] = typer.Option(None, help="Coiled workspace (default: your only or personal one)."),
+        None, metavar="EMAIL", help="Account for cluster instances [default: the one Coiled is configured with]."),
+    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
+                                            help="Coiled workspace [default: your only or personal one]."),
     no_coiled: bool = typer.Option(False, "--no-coiled", help="Skip the checks of what Coiled holds."),
-    coiled_server: Optional[str] = typer.Option(None, help="Coiled server (default: from your Coiled login)."),
+    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
+                                                help="Coiled server [default: from your Coiled login]."),
     strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
-    output: str = typer.Option("text", help="text, or json for one JSON document on stdout."),
+    output: str = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Check the sandbox that `gcp --sandbox` set up."),
 ) -> None:
     """Prove, read-only and as the service account itself, that Coiled can work in the project."""
@@ -181,14 +197,19 @@ def verify(
 
 @app.command("sandbox")
 def sandbox_cmd(
-    scenario: Optional[Path] = typer.Option(None, help="YAML or JSON file with the starting state."),
-    port: int = typer.Option(0, help="gRPC port for Google (HTTP for Coiled on PORT+1); 0 picks free ports."),
-    latency_ms: float = typer.Option(0.0, help="Added latency per call, in milliseconds."),
-    fault_rate: float = typer.Option(0.0, help="Share of calls that fail with a transient error (0 to 1)."),
-    seed: int = typer.Option(0, help="Seed for the faults."),
-    propagation_delay_s: float = typer.Option(0.0, help="Seconds before new accounts and bindings take effect."),
-    operation_s: float = typer.Option(0.5, help="Seconds a long-running operation takes."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where the operator key is written (default: a temp dir)."),
+    scenario: Optional[Path] = typer.Option(None, metavar="PATH", help="YAML or JSON file with the starting state "
+                                                                       "[default: one demo project]."),
+    port: int = typer.Option(0, metavar="PORT",
+                             help="gRPC port for Google (HTTP for Coiled on PORT+1); 0 picks free ports."),
+    latency_ms: float = typer.Option(0.0, metavar="MS", help="Added latency per call, in milliseconds."),
+    fault_rate: float = typer.Option(0.0, metavar="SHARE",
+                                     help="Share of calls that fail with a transient error (0 to 1)."),
+    seed: int = typer.Option(0, metavar="N", help="Seed for the faults."),
+    propagation_delay_s: float = typer.Option(0.0, metavar="SECONDS",
+                                              help="Seconds before new accounts and bindings take effect."),
+    operation_s: float = typer.Option(0.5, metavar="SECONDS", help="Seconds a long-running operation takes."),
+    state_dir: Optional[Path] = typer.Option(None, metavar="DIR",
+                                             help="Where the operator key is written [default: a temporary directory]."),
 ) -> None:
     """Run a local Google Cloud and Coiled to rehearse against; prints one JSON line when ready."""
 
@@ -205,7 +226,7 @@ def main() -> None:
 
     argv = sys.argv[1:]
     if not report.wants_json(argv):
-        app()
+        app(prog_name="coiled-setup")
         return
     # Usage errors are raised before a command runs: caught here, so they too print the JSON document.
     try:
@@ -213,7 +234,7 @@ def main() -> None:
     except ImportError:
         from click.exceptions import ClickException
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="coiled-setup", standalone_mode=False)
     except ClickException as e:
         e.show()
         code = e.exit_code
