@@ -133,3 +133,74 @@ def test_gcp_help_shows_the_defaults_people_must_know(cli):
     for default in ("[default: 0.0.0.0/0]", "[default: coiled]", "[default: us-east1]", "[default: 22,8786,8787]",
                     "[default: REGION-c]"):
         assert default in flat
+
+
+# -- wording -------------------------------------------------------------------------------------------------
+
+SOURCE = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "coiled_setup"
+
+
+def test_counts_are_worded_through_one_helper():
+    """`{n} permissions` says "1 permissions" one day: counts go through wording.count()."""
+    bad = re.compile(r"\{[^{}]+\} (permissions|keys|checks|ports|accounts|warnings|bindings|steps)\b"
+                     r"|\b(permission|key|check|port|account|warning|binding|step)\(s\)")
+    found = [f"{path.relative_to(SOURCE)}:{i}: {line.strip()}"
+             for path in SOURCE.rglob("*.py") if "sandbox" not in path.parts
+             for i, line in enumerate(path.read_text().splitlines(), 1) if bad.search(line)]
+    assert found == []
+
+
+def test_count():
+    from coiled_setup.wording import count
+
+    assert (count(1, "permission"), count(81, "permission"), count(0, "key")) == \
+        ("1 permission", "81 permissions", "0 keys")
+
+
+def test_the_plan_counts_permissions_as_verify_does(sandbox, cli):
+    plan = document(cli(sandbox, "gcp", "--non-interactive", "--dry-run", "--create-instance-service-account",
+                        "--output", "json", check=0))
+    detail = {s["step"]: s["detail"] for s in plan["steps"]}
+    assert detail["instance_role"].endswith("with 1 permission")
+    assert detail["confirm"] == ("check, as the account itself, the role's 81 permissions in the project and "
+                                 "2 on the registry repository")
+    cli(sandbox, "gcp", "--non-interactive", "--yes", check=0)
+    checks = {c["name"]: c["detail"] for c in document(cli(sandbox, "verify", "--output", "json", check=0))["checks"]}
+    assert "all 81 permissions held" in checks["effective_permissions"]
+
+
+# -- remedies and credentials ---------------------------------------------------------------------------------
+
+def test_verify_sandbox_remedies_say_sandbox(cli, tmp_path):
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    early = document(cli(None, "verify", "--sandbox", "--output", "json", env=env, check=2))
+    assert "coiled-setup gcp --sandbox" in early["error"]
+    cli(None, "gcp", "--non-interactive", "--yes", "--sandbox", env=env, check=0)
+    checked = document(cli(None, "verify", "--sandbox", "--output", "json", env=env, check=0))
+    remedies = [c["remedy"] for c in checked["checks"] if "coiled-setup gcp" in c["remedy"]]
+    assert remedies  # the open firewall's warning, at least
+    assert all("coiled-setup gcp --sandbox" in r for r in remedies), remedies
+
+
+def test_commands_named_in_messages_go_through_one_helper():
+    """A remedy naming `coiled-setup gcp` literally would lose --sandbox in a rehearsal: remedies.command() adds it."""
+    literal = re.compile(r"coiled-setup (gcp|verify)")
+    found = [f"{path.relative_to(SOURCE)}:{i}: {line.strip()}"
+             for path in SOURCE.rglob("*.py") if "sandbox" not in path.parts and path.name != "cli.py"
+             for i, line in enumerate(path.read_text().splitlines(), 1)
+             if literal.search(line) and not line.lstrip().startswith(('"""', "#"))]
+    assert found == []
+
+
+@pytest.mark.parametrize("content, says", [(None, "which does not exist"), ("not json", "not a credentials file"),
+                                           ('{"type": "nonsense"}', "not a credentials file")])
+def test_a_bad_credentials_variable_names_the_file(sandbox, cli, tmp_path, content, says):
+    path = tmp_path / "creds.json"
+    if content is not None:
+        path.write_text(content)
+    bad = {"GOOGLE_APPLICATION_CREDENTIALS": str(path)}
+    cli(sandbox, "gcp", "--non-interactive", "--yes", "--no-upload", check=0)  # a key file for verify
+    for command in (["gcp", "--non-interactive", "--no-upload"], ["verify", "--no-coiled"]):
+        doc = document(cli(sandbox, *command, "--output", "json", env=bad, check=2))
+        assert f"GOOGLE_APPLICATION_CREDENTIALS names {path}, {says}" in doc["error"] or \
+            (str(path) in doc["error"] and says in doc["error"]), doc["error"]

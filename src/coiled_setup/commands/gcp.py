@@ -12,7 +12,7 @@ from coiled_setup.commands.common import choose_workspace, coiled_client, connec
 from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
 from coiled_setup.journal import Journal
 from coiled_setup.options import INSTANCE_ROLE_ID, OPEN_CIDR, Options, validate
-from coiled_setup.remedies import explain, missing_permissions_sentence
+from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
 from coiled_setup.steps.account import AccountStep
 from coiled_setup.steps.apis import ApisStep, wanted_services
 from coiled_setup.steps.base import NOTHING, Run, Step
@@ -25,7 +25,6 @@ from coiled_setup.steps.upload import UploadStep
 from coiled_setup.ui import Ui
 
 MAX_ATTEMPTS = 10  # a step is tried this often on transient errors (about 30 s of backoff in all)
-SANDBOX_VAR = "COILED_SETUP_SANDBOX"
 CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
 
 

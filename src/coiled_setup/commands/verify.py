@@ -15,6 +15,8 @@ from coiled_setup.journal import Journal
 from coiled_setup.options import DEFAULT_REGION, DEFAULT_ROLE_ID, EMAIL_RE, GAR_REGIONS, REGIONS, ROLE_ID_RE
 from coiled_setup.options import check_project
 from coiled_setup.ui import Ui
+from coiled_setup.wording import count
+from coiled_setup.remedies import command
 
 STATUS_STYLE = {OK: "green", FAILED: "red", WARNING: "yellow", SKIPPED: "dim"}
 STATUS_MARK = {OK: "✓", FAILED: "✗", WARNING: "!", SKIPPED: "-"}
@@ -71,16 +73,16 @@ def resolve(o: VerifyOptions) -> Target:
         path, t.key_given = o.key_file, True
         if not path.exists():
             raise BadInput(f"--key-file {str(path)!r} does not exist: pass the path of the Coiled account's JSON key "
-                           f"file, or run `coiled-setup gcp --project {project}` to make one.")
+                           f"file, or run `{command('gcp')} --project {project}` to make one.")
     else:
         recorded = journal.get("key_file")
         if not recorded:
-            raise BadInput(f"No key file found for project {project}: pass --key-file, or run `coiled-setup gcp "
+            raise BadInput(f"No key file found for project {project}: pass --key-file, or run `{command('gcp')} "
                            f"--project {project}` first.")
         path = Path(recorded)
         if not path.exists():
             raise BadInput(f"The key file coiled-setup wrote for project {project} ({path}) is gone: pass --key-file, "
-                           f"or run `coiled-setup gcp --project {project}` to make a new one.")
+                           f"or run `{command('gcp')} --project {project}` to make a new one.")
     t.key_path = path
     try:
         t.key = keyfile.read(path)
@@ -158,8 +160,8 @@ def render(ui: Ui, results: list[Result]) -> None:
 def verdict(results: list[Result], code: int) -> str:
     n = summary(results)
     if code == OK_CODE and not n[WARNING]:
-        return f"All {n[OK]} checks passed" + (f" ({n[SKIPPED]} skipped)." if n[SKIPPED] else ".")
-    parts = [f"{n[s]} {s}" for s in (FAILED, WARNING, OK, SKIPPED) if n[s]]
+        return f"All {count(n[OK], 'check')} passed" + (f" ({n[SKIPPED]} skipped)." if n[SKIPPED] else ".")
+    parts = [count(n[s], s) if s == WARNING else f"{n[s]} {s}" for s in (FAILED, WARNING, OK, SKIPPED) if n[s]]
     tail = "see the remedies above." if n[FAILED] or n[WARNING] else ""
     return f"{', '.join(parts)}: {tail}".rstrip(": ")
 
