@@ -204,3 +204,98 @@ def test_a_bad_credentials_variable_names_the_file(sandbox, cli, tmp_path, conte
         doc = document(cli(sandbox, *command, "--output", "json", env=bad, check=2))
         assert f"GOOGLE_APPLICATION_CREDENTIALS names {path}, {says}" in doc["error"] or \
             (str(path) in doc["error"] and says in doc["error"]), doc["error"]
+
+
+# -- terminal manners ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def outside_sandbox(tmp_path):
+    """A sandbox in its own process: no gRPC threads in this one when a pseudo-terminal forks."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", "sandbox", "--state-dir", str(tmp_path / "sb")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "GRPC_VERBOSITY": "ERROR"})
+    try:
+        yield json.loads(proc.stdout.readline())["env"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def terminal(tmp_path, outside_sandbox):
+    def spawn(*args, env=None):
+        full = {k: v for k, v in os.environ.items()
+                if not k.startswith(("GOOGLE_", "DASK_", "COILED_")) and k not in ("NO_COLOR", "TERM")}
+        full.update(outside_sandbox, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR", COLUMNS="160",
+                    TERM="xterm-256color")
+        full.update(env or {})
+        child = pexpect.spawn(sys.executable, ["-m", "coiled_setup", *args], env=full, encoding="utf-8",
+                              timeout=60, dimensions=(50, 160))
+        child.logfile_read = open(tmp_path / "screen.log", "a")
+        return child
+
+    return spawn
+
+
+def test_ctrl_c_at_a_prompt_says_so_once(terminal):
+    child = terminal("gcp", "--dry-run")
+    child.expect("Service account for Coiled")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    after = child.before
+    child.close()
+    assert child.exitstatus == 130
+    assert after.count("Interrupted") == 1 and "Cancelled" not in after, after
+
+
+@pytest.mark.parametrize("env", [{"NO_COLOR": "1"}, {"TERM": "dumb"}])
+def test_no_color_and_dumb_terminals_get_no_escape_sequences(terminal, tmp_path, env):
+    """Questions are asked line by line; Enter takes each default."""
+    child = terminal("gcp", "--dry-run", env=env)
+    asked = []
+    while child.expect([r"\[[^\]\n]*\]: ", pexpect.EOF]) == 0:
+        asked.append(child.before.strip().splitlines()[-1] if child.before.strip() else child.after)
+        child.sendline("")
+    child.close()
+    screen = (tmp_path / "screen.log").read_text()
+    assert child.exitstatus == 0, screen
+    assert len(asked) >= 3 and "Dry run" in screen
+    assert "\x1b" not in screen, sorted(set(re.findall(r"\x1b\[?[0-9;?]*.", screen)))
+
+
+def test_a_wrong_answer_in_a_plain_terminal_is_asked_again(terminal, tmp_path):
+    child = terminal("gcp", "--dry-run", env={"TERM": "dumb"})
+    child.expect("Service account for Coiled")
+    child.expect(r"\]: ")
+    child.sendline("99")
+    child.expect("Service account for Coiled|Choose")  # asked again
+    child.expect(r"\]: ")
+    child.sendline("1")
+    child.expect(r"least-privilege.*\]: ")
+    child.sendline("maybe")
+    child.expect(r"least-privilege.*\]: |y or n")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+
+
+def test_the_spinner_stops_before_an_error_is_printed():
+    import io
+    import time
+
+    from rich.console import Console
+
+    from coiled_setup.ui import Ui
+
+    ui = Ui(interactive=False)
+    ui.console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    ui.begin("Custom role")
+    time.sleep(0.3)
+    ui.error("planted failure")
+    drawn = ui.console.file.getvalue()
+    time.sleep(0.3)
+    assert ui.console.file.getvalue() == drawn, "the spinner went on drawing after the error"
+    assert drawn.endswith("\x1b[2K") or "\r\x1b[2K" in drawn[-20:], repr(drawn[-40:])  # its line was cleared
