@@ -128,6 +128,11 @@ def test_help_shows_every_option_whole_and_its_default_at_80_columns(cli, comman
             assert f"[default: {p.default}]" in flat, f"{p.opts[0]} does not show its default"
 
 
+def test_the_command_list_is_not_cut_at_80_columns(cli):
+    text = cli(None, "--help", env={"COLUMNS": "80"}, check=0).stdout
+    assert not re.search(r"\w\.\.\.$", text, re.M) and max(len(line) for line in text.splitlines()) <= 80
+
+
 def test_gcp_help_shows_the_defaults_people_must_know(cli):
     flat = " ".join(cli(None, "gcp", "--help", env={"COLUMNS": "80"}, check=0).stdout.split())
     for default in ("[default: 0.0.0.0/0]", "[default: coiled]", "[default: us-east1]", "[default: 22,8786,8787]",

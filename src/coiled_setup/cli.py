@@ -80,7 +80,7 @@ def _guard(fn, command: str, output: str):
     return code
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(epilog=EXIT_CODES, short_help="Set up a project for Coiled, then configure Coiled.")
 def gcp(
     project: Optional[str] = typer.Option(None, metavar="PROJECT",
                                           help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
@@ -152,7 +152,7 @@ VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless 
                      "2 bad input (for example no key file), 130 interrupted.")
 
 
-@app.command(epilog=VERIFY_EXIT_CODES)
+@app.command(epilog=VERIFY_EXIT_CODES, short_help="Check, read-only, that Coiled can work in a project.")
 def verify(
     project: Optional[str] = typer.Option(None, metavar="PROJECT",
                                           help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
@@ -195,7 +195,7 @@ def verify(
     _finish(_guard(go, "verify", output))
 
 
-@app.command("sandbox")
+@app.command("sandbox", short_help="Run a local Google Cloud and Coiled to rehearse against.")
 def sandbox_cmd(
     scenario: Optional[Path] = typer.Option(None, metavar="PATH", help="YAML or JSON file with the starting state "
                                                                        "[default: one demo project]."),
