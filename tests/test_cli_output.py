@@ -304,3 +304,17 @@ def test_the_spinner_stops_before_an_error_is_printed():
     time.sleep(0.3)
     assert ui.console.file.getvalue() == drawn, "the spinner went on drawing after the error"
     assert drawn.endswith("\x1b[2K") or "\r\x1b[2K" in drawn[-20:], repr(drawn[-40:])  # its line was cleared
+
+
+def test_each_run_in_one_process_prints_its_document(sandbox):
+    """The CLI may run several times in one process (as the reliability suite runs it): one document each."""
+    from typer.testing import CliRunner
+
+    from coiled_setup.cli import app
+
+    env = {**sandbox.env, "HOME": str(sandbox.state_dir / "home")}
+    for expected in (0, 0, 2):
+        args = ["gcp", "--non-interactive", "--yes", "--no-upload", "--output", "json"]
+        r = CliRunner().invoke(app, args + (["--region", "mars"] if expected else []), env=env)
+        assert r.exit_code == expected
+        assert json.loads(r.stdout)["exit_code"] == expected

@@ -57,6 +57,7 @@ def _guard(fn, command: str, output: str):
     from coiled_setup import report
     from coiled_setup.errors import STEP_FAILED, UserError
 
+    report.reset()
     try:
         return fn()
     except UserError as e:
@@ -225,6 +226,7 @@ def main() -> None:
     from coiled_setup import report
 
     argv = sys.argv[1:]
+    report.reset()
     if not report.wants_json(argv):
         app(prog_name="coiled-setup")
         return

@@ -21,6 +21,12 @@ FIELDS = {
 _printed = False
 
 
+def reset() -> None:
+    """A new command starts (the CLI may run several times in one process, as the tests do)."""
+    global _printed
+    _printed = False
+
+
 def emit(command: str | None, exit_code: int, error: str | None, **fields) -> None:
     """Prints the document once; later calls in the same process are ignored."""
     global _printed
