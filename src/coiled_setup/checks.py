@@ -378,8 +378,8 @@ def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
             remedy = (f"The role and binding are right, so Google may still be propagating a recent change (up to 7 "
                       f"minutes), or a deny policy blocks them; run verify again later, then {t.gcp()}")
         return Result(name, title, FAILED,
-                      f"Tested as {t.account} with the key: {len(missing)} of {count(len(want), 'permission')} not held: "
-                      f"{', '.join(missing)}.", remedy, {"not_held": missing})
+                      f"Tested as {t.account} with the key: {len(missing)} of {count(len(want), 'permission')} "
+                      f"not held: {', '.join(missing)}.", remedy, {"not_held": missing})
     return Result(name, title, OK, f"Tested as {t.account} with the key: all {count(len(want), 'permission')} held.")
 
 

@@ -209,8 +209,8 @@ def sandbox_cmd(
     propagation_delay_s: float = typer.Option(0.0, metavar="SECONDS",
                                               help="Seconds before new accounts and bindings take effect."),
     operation_s: float = typer.Option(0.5, metavar="SECONDS", help="Seconds a long-running operation takes."),
-    state_dir: Optional[Path] = typer.Option(None, metavar="DIR",
-                                             help="Where the operator key is written [default: a temporary directory]."),
+    state_dir: Optional[Path] = typer.Option(
+        None, metavar="DIR", help="Where the operator key is written [default: a temporary directory]."),
 ) -> None:
     """Run a local Google Cloud and Coiled to rehearse against; prints one JSON line when ready."""
 
