@@ -20,6 +20,8 @@ from coiled_setup.cloud import CloudError, Policy, run_all
 from coiled_setup.coiled_api import CoiledError
 from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID, repository_name, role_name
 from coiled_setup.remedies import explain, granting_role
+from coiled_setup.wording import count
+from coiled_setup.remedies import command
 
 OK, FAILED, WARNING, SKIPPED = "ok", "failed", "warning", "skipped"
 STATUSES = (OK, FAILED, WARNING, SKIPPED)
@@ -92,7 +94,7 @@ class Target:
 
     def gcp(self, *extra: str, key: bool = True) -> str:
         """The wizard command that converges this project, with the flags this verification used."""
-        parts = ["coiled-setup gcp", f"--project {self.project}"]
+        parts = [command("gcp"), f"--project {self.project}"]
         if self.account and self.account.split("@", 1)[0] != DEFAULT_ACCOUNT_ID:
             parts.append(f"--service-account {self.account}")
         if self.role_id != DEFAULT_ROLE_ID:
@@ -328,7 +330,7 @@ def check_role(t: Target, f: Facts) -> Result:
     want = template_permissions()
     if r is None:
         return Result(name, title, FAILED, f"{t.role_name} does not exist.",
-                      f"{t.gcp()} (creates it with the {len(want)} permissions Coiled needs)")
+                      f"{t.gcp()} (creates it with the {count(len(want), 'permission')} Coiled needs)")
     if r.deleted:
         return Result(name, title, FAILED, f"{t.role_name} is deleted, so its bindings grant nothing.",
                       f"{t.gcp()} (undeletes it), or gcloud iam roles undelete {t.role_id} --project {t.project}")
@@ -342,9 +344,9 @@ def check_role(t: Target, f: Facts) -> Result:
         if extra:
             parts.append(f"extra {len(extra)}: {', '.join(extra)}")
         return Result(name, title, FAILED, f"{t.role_name} differs from the bundled template; " + "; ".join(parts)
-                      + ".", f"{t.gcp()} (sets the role to exactly the template's {len(want)} permissions)",
+                      + ".", f"{t.gcp()} (sets the role to exactly the template's {count(len(want), 'permission')})",
                       {"missing": missing, "extra": extra})
-    return Result(name, title, OK, f"{t.role_name} has exactly the template's {len(want)} permissions.")
+    return Result(name, title, OK, f"{t.role_name} has exactly the template's {count(len(want), 'permission')}.")
 
 
 def check_binding(t: Target, f: Facts) -> Result:
@@ -393,9 +395,9 @@ def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
             remedy = (f"The role and binding are right, so Google may still be propagating a recent change (up to 7 "
                       f"minutes), or a deny policy blocks them; run verify again later, then {t.gcp()}")
         return Result(name, title, FAILED,
-                      f"Tested as {t.account} with the key: {len(missing)} of {len(want)} permissions not held: "
-                      f"{', '.join(missing)}.", remedy, {"not_held": missing})
-    return Result(name, title, OK, f"Tested as {t.account} with the key: all {len(want)} permissions held.")
+                      f"Tested as {t.account} with the key: {len(missing)} of {count(len(want), 'permission')} "
+                      f"not held: {', '.join(missing)}.", remedy, {"not_held": missing})
+    return Result(name, title, OK, f"Tested as {t.account} with the key: all {count(len(want), 'permission')} held.")
 
 
 def check_registry_api(t: Target, f: Facts) -> Result:

@@ -19,6 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: Rich markup would eat "[default: …]" and cut option names at 80 columns.
+    rich_markup_mode=None,
 )
 
 
@@ -49,49 +51,74 @@ def _finish(code: int) -> None:
     raise typer.Exit(code)
 
 
-def _guard(fn):
-    """Expected failures print one sentence and exit with their code, never a traceback."""
-    from coiled_setup.errors import UserError
+def _guard(fn, command: str, output: str):
+    """Expected failures print one sentence and exit with their code, never a traceback; with --output json
+    every exit also prints the command's JSON document (once: a run that got far enough printed its own)."""
+    from coiled_setup import report
+    from coiled_setup.errors import STEP_FAILED, UserError
 
+    report.reset()
     try:
         return fn()
     except UserError as e:
         from coiled_setup.ui import Ui
 
         Ui(interactive=False).error(e.message)
-        return e.code
+        code, error = e.code, e.message
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
-        return 130
+        code, error = 130, "Interrupted."
+    except Exception as e:
+        if output != "json":
+            raise
+        # A bug: its traceback for the report, and still one document for the program reading stdout.
+        import traceback
+
+        traceback.print_exc()
+        code, error = STEP_FAILED, report.unexpected(e)
+    if output == "json":
+        report.emit(command, code, error)
+    return code
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(epilog=EXIT_CODES, short_help="Set up a project for Coiled, then configure Coiled.")
 def gcp(
-    project: Optional[str] = typer.Option(None, help="Project id (default: GOOGLE_CLOUD_PROJECT, then gcloud's)."),
-    workspace: Optional[str] = typer.Option(None, help="Coiled workspace (default: your only or personal one)."),
-    region: str = typer.Option("us-east1", help="Region for clusters and the registry."),
-    zone: Optional[str] = typer.Option(None, help="Zone inside the region (default: REGION-c)."),
-    service_account: Optional[str] = typer.Option(None, help="Account id or email for Coiled [default: coiled]."),
-    key_file: Optional[Path] = typer.Option(None, help="Key file to reuse, or where to write a new key."),
+    project: Optional[str] = typer.Option(None, metavar="PROJECT",
+                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
+                                            help="Coiled workspace [default: your only or personal one]."),
+    region: str = typer.Option("us-east1", metavar="REGION", help="Region for clusters and the registry."),
+    zone: Optional[str] = typer.Option(None, metavar="ZONE", help="Zone inside the region [default: REGION-c]."),
+    service_account: Optional[str] = typer.Option(None, metavar="ID|EMAIL",
+                                                  help="Account id or email for Coiled [default: coiled]."),
+    key_file: Optional[Path] = typer.Option(
+        None, metavar="PATH", help="Key file to reuse, or where to write a new key [default: "
+                                   "~/.config/coiled-setup/keys/PROJECT/ACCOUNT.json]."),
     no_local_key: bool = typer.Option(False, "--no-local-key", help="Keep a new key in memory only, for the upload."),
-    role_id: str = typer.Option("coiled", help="Id of the custom role."),
+    role_id: str = typer.Option("coiled", metavar="ROLE_ID", help="Id of the custom role."),
     no_gar: bool = typer.Option(False, "--no-gar", help="Skip Artifact Registry (use another registry)."),
-    instance_service_account: Optional[str] = typer.Option(None, help="Existing account for cluster instances."),
+    instance_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL", help="Existing account for cluster instances [default: none]."),
     create_instance_service_account: bool = typer.Option(
         False, "--create-instance-service-account", help="Create a least-privilege account for instances."),
     preemptible: bool = typer.Option(True, "--preemptible/--no-preemptible", help="Use preemptible workers."),
-    firewall_cidr: Optional[str] = typer.Option(None, help="Network allowed to reach schedulers [default: 0.0.0.0/0]."),
-    firewall_ports: str = typer.Option("22,8786,8787", help="Scheduler ports to open."),
+    firewall_cidr: Optional[str] = typer.Option(
+        None, metavar="CIDR", help="Network allowed to reach the schedulers; the default is anyone "
+                                   "[default: 0.0.0.0/0]."),
+    firewall_ports: str = typer.Option("22,8786,8787", metavar="PORTS", help="Scheduler ports to open."),
     no_upload: bool = typer.Option(False, "--no-upload", help="Do not send anything to Coiled."),
-    coiled_server: Optional[str] = typer.Option(None, help="Coiled server (default: from your Coiled login)."),
-    wait_timeout: float = typer.Option(600.0, help="Longest wait for Google to propagate changes, in seconds."),
+    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
+                                                help="Coiled server [default: from your Coiled login]."),
+    wait_timeout: float = typer.Option(600.0, metavar="SECONDS",
+                                       help="Longest wait for Google to propagate changes."),
     allow_privileged_key: bool = typer.Option(
         False, "--allow-privileged-key",
         help="Let Coiled's account be yours or one with owner, editor or IAM-admin roles (refused otherwise)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
-    output: str = typer.Option("text", help="text, or json for one JSON document on stdout."),
+    output: str = typer.Option("text", metavar="text|json",
+                               help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rehearse against a local sandbox, not Google."),
     sandbox_reset: bool = typer.Option(False, "--sandbox-reset", help="With --sandbox: start from a fresh project."),
 ) -> None:
@@ -114,7 +141,8 @@ def gcp(
             create_instance_service_account=create_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),
             upload=not no_upload, dry_run=dry_run, yes=yes,
-            interactive=not non_interactive and sys.stdin.isatty(), output=output,
+            # A JSON consumer is a program: it cannot answer questions, and stdout is its document.
+            interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
             allow_privileged_key=allow_privileged_key,
         )
@@ -125,28 +153,31 @@ def gcp(
             if sb is not None:
                 sb.stop()
 
-    _finish(_guard(go))
+    _finish(_guard(go, "gcp", output))
 
 
 VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "
                      "2 bad input (for example no key file), 130 interrupted.")
 
 
-@app.command(epilog=VERIFY_EXIT_CODES)
+@app.command(epilog=VERIFY_EXIT_CODES, short_help="Check, read-only, that Coiled can work in a project.")
 def verify(
-    project: Optional[str] = typer.Option(None, help="Project id (default: GOOGLE_CLOUD_PROJECT, then gcloud's)."),
-    key_file: Optional[Path] = typer.Option(None, help="The Coiled account's key file [default: the one coiled-setup "
-                                                       "gcp wrote for the project]."),
-    role_id: str = typer.Option("coiled", help="Id of the custom role."),
-    region: str = typer.Option("us-east1", help="Region of the clusters and the registry."),
+    project: Optional[str] = typer.Option(None, metavar="PROJECT",
+                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    key_file: Optional[Path] = typer.Option(None, metavar="PATH", help="The Coiled account's key file [default: the "
+                                                                       "one coiled-setup gcp wrote for the project]."),
+    role_id: str = typer.Option("coiled", metavar="ROLE_ID", help="Id of the custom role."),
+    region: str = typer.Option("us-east1", metavar="REGION", help="Region of the clusters and the registry."),
     no_gar: bool = typer.Option(False, "--no-gar", help="Skip the Artifact Registry checks."),
     instance_service_account: Optional[str] = typer.Option(
-        None, help="Account for cluster instances [default: the one Coiled is configured with]."),
-    workspace: Optional[str] = typer.Option(None, help="Coiled workspace (default: your only or personal one)."),
+        None, metavar="EMAIL", help="Account for cluster instances [default: the one Coiled is configured with]."),
+    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
+                                            help="Coiled workspace [default: your only or personal one]."),
     no_coiled: bool = typer.Option(False, "--no-coiled", help="Skip the checks of what Coiled holds."),
-    coiled_server: Optional[str] = typer.Option(None, help="Coiled server (default: from your Coiled login)."),
+    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
+                                                help="Coiled server [default: from your Coiled login]."),
     strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
-    output: str = typer.Option("text", help="text, or json for one JSON document on stdout."),
+    output: str = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Check the sandbox that `gcp --sandbox` set up."),
 ) -> None:
     """Prove, read-only and as the service account itself, that Coiled can work in the project."""
@@ -172,19 +203,24 @@ def verify(
             if sb is not None:
                 sb.stop()
 
-    _finish(_guard(go))
+    _finish(_guard(go, "verify", output))
 
 
-@app.command("sandbox")
+@app.command("sandbox", short_help="Run a local Google Cloud and Coiled to rehearse against.")
 def sandbox_cmd(
-    scenario: Optional[Path] = typer.Option(None, help="YAML or JSON file with the starting state."),
-    port: int = typer.Option(0, help="gRPC port for Google (HTTP for Coiled on PORT+1); 0 picks free ports."),
-    latency_ms: float = typer.Option(0.0, help="Added latency per call, in milliseconds."),
-    fault_rate: float = typer.Option(0.0, help="Share of calls that fail with a transient error (0 to 1)."),
-    seed: int = typer.Option(0, help="Seed for the faults."),
-    propagation_delay_s: float = typer.Option(0.0, help="Seconds before new accounts and bindings take effect."),
-    operation_s: float = typer.Option(0.5, help="Seconds a long-running operation takes."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where the operator key is written (default: a temp dir)."),
+    scenario: Optional[Path] = typer.Option(None, metavar="PATH", help="YAML or JSON file with the starting state "
+                                                                       "[default: one demo project]."),
+    port: int = typer.Option(0, metavar="PORT",
+                             help="gRPC port for Google (HTTP for Coiled on PORT+1); 0 picks free ports."),
+    latency_ms: float = typer.Option(0.0, metavar="MS", help="Added latency per call, in milliseconds."),
+    fault_rate: float = typer.Option(0.0, metavar="SHARE",
+                                     help="Share of calls that fail with a transient error (0 to 1)."),
+    seed: int = typer.Option(0, metavar="N", help="Seed for the faults."),
+    propagation_delay_s: float = typer.Option(0.0, metavar="SECONDS",
+                                              help="Seconds before new accounts and bindings take effect."),
+    operation_s: float = typer.Option(0.5, metavar="SECONDS", help="Seconds a long-running operation takes."),
+    state_dir: Optional[Path] = typer.Option(
+        None, metavar="DIR", help="Where the operator key is written [default: a temporary directory]."),
 ) -> None:
     """Run a local Google Cloud and Coiled to rehearse against; prints one JSON line when ready."""
 
@@ -193,8 +229,29 @@ def sandbox_cmd(
 
         return command.run(scenario, port, latency_ms, fault_rate, seed, propagation_delay_s, operation_s, state_dir)
 
-    _finish(_guard(go))
+    _finish(_guard(go, "sandbox", "text"))
 
 
 def main() -> None:
-    app()
+    from coiled_setup import report
+
+    argv = sys.argv[1:]
+    report.reset()
+    if not report.wants_json(argv):
+        app(prog_name="coiled-setup")
+        return
+    # Usage errors are raised before a command runs: caught here, so they too print the JSON document.
+    try:
+        from typer._click.exceptions import ClickException  # typer carrying its own click
+    except ImportError:
+        from click.exceptions import ClickException
+    try:
+        code = app(prog_name="coiled-setup", standalone_mode=False)
+    except ClickException as e:
+        e.show()
+        code = e.exit_code
+        report.emit(report.command_of(argv), code, e.format_message())
+    except typer.Abort:  # end of input at a prompt
+        code = 130
+        report.emit(report.command_of(argv), code, "Interrupted.")
+    sys.exit(code if isinstance(code, int) else 0)

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 from coiled_setup.cloud import CloudError
 from coiled_setup.errors import MISSING_PERMISSION, STEP_FAILED
+from coiled_setup.wording import count
+
+# Set while a command runs against the embedded sandbox (gcp --sandbox, verify --sandbox).
+SANDBOX_VAR = "COILED_SETUP_SANDBOX"
+
+
+def command(sub: str) -> str:
+    """`coiled-setup SUB` as the user must type it now: with --sandbox when this run rehearses."""
+    return f"coiled-setup {sub}" + (" --sandbox" if os.environ.get(SANDBOX_VAR) else "")
+
 
 # The predefined role to ask for, by permission prefix.
 GRANTING_ROLES = [
@@ -30,7 +42,7 @@ def missing_permissions_sentence(principal: str, project: str, missing: list[str
     for p in missing:
         by_role.setdefault(granting_role(p), []).append(p)
     parts = "; ".join(f"{role} grants {', '.join(perms)}" for role, perms in by_role.items())
-    return (f"{principal or 'Your account'} lacks {len(missing)} permission(s) needed in project {project} "
+    return (f"{principal or 'Your account'} lacks {count(len(missing), 'permission')} needed in project {project} "
             f"({parts}): ask a project owner for those roles and run again; nothing was changed.")
 
 

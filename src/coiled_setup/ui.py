@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -10,12 +12,23 @@ ICONS = {"nothing": "✓", "create": "+", "update": "~", "check": "?", "skip": "
 RESULT_STYLE = {"ok": "green", "failed": "red", "skipped": "yellow", "not run": "dim"}
 
 
+def plain_terminal() -> bool:
+    """NO_COLOR or a dumb terminal: not one escape sequence, and questions asked line by line."""
+    return os.environ.get("NO_COLOR", "") != "" or os.environ.get("TERM", "") in ("dumb", "unknown")
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True,
+                   color_system=None if plain_terminal() else "auto")
+
+
 class Ui:
     def __init__(self, *, interactive: bool, output: str = "text"):
         self.interactive = interactive
         self.json = output == "json"
+        self.plain = plain_terminal()
         # With --output json, stdout carries the JSON document alone.
-        self.console = Console(stderr=self.json, highlight=False, soft_wrap=True)
+        self.console = console(stderr=self.json)
         self._status = None
         self.conflicts = 0
 
@@ -27,14 +40,21 @@ class Ui:
         self.console.print(f"[yellow]Warning:[/] {text}")
 
     def error(self, text: str) -> None:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]Error:[/] {text}")
+        self.stop()  # the spinner would go on drawing over the message
+        console(stderr=True).print(f"[red]Error:[/] {text}")
 
     # -- live status ----------------------------------------------------------------------------
     def begin(self, title: str) -> None:
-        if self.console.is_terminal:
+        if self.console.is_terminal and not self.plain:  # a spinner is drawn with escape sequences
             self._status = self.console.status(f"{title}…")
             self._status.start()
         self._title = title
+
+    def stop(self) -> None:
+        """Clears the spinner, if one is turning."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
 
     def tick(self, text: str) -> None:
         if self._status is not None:
@@ -44,9 +64,7 @@ class Ui:
         self.conflicts += 1
 
     def end(self, result: str, outcome: str) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        self.stop()
         style = RESULT_STYLE.get(result, "")
         mark = {"ok": "✓", "failed": "✗", "skipped": "-"}.get(result, "·")
         self.console.print(f"[{style}]{mark}[/] {self._title}: {outcome}")
@@ -72,24 +90,57 @@ class Ui:
 
     # -- questions (questionary is imported only when a question is asked) -----------------------
     def _ask(self, question):
-        answer = question.ask()
-        if answer is None:  # Ctrl-C inside a prompt
-            raise KeyboardInterrupt
-        return answer
+        # unsafe_ask: Ctrl-C raises KeyboardInterrupt, told once by the command (ask() would also print its own).
+        return question.unsafe_ask()
 
     def confirm(self, text: str, default: bool = True) -> bool:
         if not self.interactive:
             return default
+        if self.plain:
+            answers = {"y": True, "yes": True, "n": False, "no": False, "": default}
+            return answers[self._line(f"{text} [{'Y/n' if default else 'y/N'}]: ",
+                                      lambda a: True if a.lower() in answers else "Answer y or n.").lower()]
         import questionary
 
         return bool(self._ask(questionary.confirm(text, default=default)))
 
     def select(self, text: str, choices: list[str], default: str | None = None) -> str:
+        if self.plain:
+            pick = choices.index(default) + 1 if default in choices else 1
+            self._say(text + "\n" + "\n".join(f"  {i}) {c}" for i, c in enumerate(choices, 1)) + "\n")
+
+            def ok(a):
+                return True if a == "" or (a.isdigit() and 1 <= int(a) <= len(choices)) else \
+                    f"Choose a number from 1 to {len(choices)}."
+            answer = self._line(f"Choose 1-{len(choices)} [{pick}]: ", ok)
+            return choices[int(answer or pick) - 1]
         import questionary
 
         return self._ask(questionary.select(text, choices=choices, default=default))
 
     def text(self, text: str, default: str = "", validate=None) -> str:
+        if self.plain:
+            def ok(a):
+                return validate(a or default) if validate else True
+            return self._line(f"{text.rstrip(':')} [{default}]: ", ok) or default
         import questionary
 
         return self._ask(questionary.text(text, default=default, validate=validate))
+
+    # -- line by line, for NO_COLOR and dumb terminals ------------------------------------------
+    def _say(self, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def _line(self, prompt: str, validate) -> str:
+        """One answer, asked again until `validate` (questionary's convention: True or a message) accepts it."""
+        while True:
+            self._say(prompt)
+            line = sys.stdin.readline()
+            if not line:  # end of input: nobody is there to answer
+                raise KeyboardInterrupt
+            answer = line.strip()
+            verdict = validate(answer)
+            if verdict is True:
+                return answer
+            self._say(f"{verdict or 'Not a valid answer.'}\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from coiled_setup import context
 from coiled_setup.cloud import CloudError, Google, NoCredentials, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
@@ -13,9 +15,8 @@ def connect_google() -> Google:
     """The operator's Google, its credentials already accepted (refused ones are bad input, told at once)."""
     try:
         g = Google.from_environment()
-    except NoCredentials:
-        raise BadInput("No Google credentials found: run `gcloud auth application-default login`, or set "
-                       "GOOGLE_APPLICATION_CREDENTIALS to a key file.") from None
+    except NoCredentials as e:
+        raise BadInput(no_credentials_sentence(str(e))) from None
     try:
         g.authenticate()
     except CloudError as e:
@@ -23,6 +24,22 @@ def connect_google() -> Google:
             raise UserError(explain(e, "")[0]) from None
         raise BadInput(explain(e, "")[0]) from None
     return g
+
+
+def no_credentials_sentence(reason: str) -> str:
+    """Why Application Default Credentials failed: a file named by GOOGLE_APPLICATION_CREDENTIALS is named."""
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not path:
+        return ("No Google credentials found: run `gcloud auth application-default login`, or set "
+                "GOOGLE_APPLICATION_CREDENTIALS to a key file.")
+    if not os.path.exists(path):
+        what = "does not exist"
+    elif not os.path.isfile(path) or not os.access(path, os.R_OK):
+        what = "cannot be read"
+    else:
+        what = f"is not a credentials file ({reason.rstrip('.')})"
+    return (f"GOOGLE_APPLICATION_CREDENTIALS names {path}, which {what}: point it at a service account key or "
+            "credentials file, or unset it and run `gcloud auth application-default login`.")
 
 
 def coiled_client(server_flag: str | None, workspace_flag: str | None, skip_flag: str) -> tuple[Coiled, str | None]:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from rich.markup import escape
 
-from coiled_setup import context, keyfile, paths, role_templates, waiting
+from coiled_setup import context, keyfile, paths, report, role_templates, waiting
 from coiled_setup.cloud import CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
-from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
+from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
 from coiled_setup.options import DEFAULT_ACCOUNT_ID, INSTANCE_ROLE_ID, OPEN_CIDR, Options, network_of, validate
-from coiled_setup.remedies import explain, missing_permissions_sentence
+from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
 from coiled_setup.steps.account import AccountStep
 from coiled_setup.steps.apis import ApisStep, wanted_services
 from coiled_setup.steps.base import NOTHING, Run, Step
@@ -29,7 +28,6 @@ from coiled_setup.steps.upload import UploadStep
 from coiled_setup.ui import Ui
 
 MAX_ATTEMPTS = 10  # a step is tried this often on transient errors (about 30 s of backoff in all)
-SANDBOX_VAR = "COILED_SETUP_SANDBOX"
 CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
 
 
@@ -407,22 +405,25 @@ def run(opts: Options) -> int:
         error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
                  "to resume where it stopped.")
         ui.error(error)
+    except Exception as e:
+        code, error = STEP_FAILED, report.unexpected(e)
+        raise
     finally:
+        ui.stop()
         if w.lock is not None:
             w.lock.release()
         if w.run is not None:
             w.run.google.close()
-    if opts.output == "json":
-        print(json.dumps({
-            "project": opts.project,
-            "workspace": opts.workspace,
-            "service_account": opts.account_email if opts.project else None,
-            "key_file": w.run.key_path if w.run else None,
-            "steps": w.results,
-            "conflicts_retried": ui.conflicts,
-            "exit_code": code,
-            "error": error,
-        }, indent=2))
+        if opts.output == "json":
+            report.emit(
+                "gcp", code, error,
+                project=opts.project or None,
+                workspace=opts.workspace,
+                service_account=opts.account_email if opts.project else None,
+                key_file=str(w.run.key_path) if w.run and w.run.key_path else None,
+                steps=w.results,
+                conflicts_retried=ui.conflicts,
+            )
     return code
 
 

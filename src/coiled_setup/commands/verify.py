@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from coiled_setup import checks, context, keyfile
+from coiled_setup import checks, context, keyfile, report
 from coiled_setup.checks import FAILED, OK, SKIPPED, STATUSES, WARNING, Result, Target
 from coiled_setup.cloud import Google
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google
@@ -16,6 +15,8 @@ from coiled_setup.journal import Journal
 from coiled_setup.options import DEFAULT_REGION, DEFAULT_ROLE_ID, EMAIL_RE, GAR_REGIONS, REGIONS, ROLE_ID_RE
 from coiled_setup.options import check_project
 from coiled_setup.ui import Ui
+from coiled_setup.wording import count
+from coiled_setup.remedies import command
 
 STATUS_STYLE = {OK: "green", FAILED: "red", WARNING: "yellow", SKIPPED: "dim"}
 STATUS_MARK = {OK: "✓", FAILED: "✗", WARNING: "!", SKIPPED: "-"}
@@ -72,16 +73,16 @@ def resolve(o: VerifyOptions) -> Target:
         path, t.key_given = o.key_file, True
         if not path.exists():
             raise BadInput(f"--key-file {str(path)!r} does not exist: pass the path of the Coiled account's JSON key "
-                           f"file, or run `coiled-setup gcp --project {project}` to make one.")
+                           f"file, or run `{command('gcp')} --project {project}` to make one.")
     else:
         recorded = journal.get("key_file")
         if not recorded:
-            raise BadInput(f"No key file found for project {project}: pass --key-file, or run `coiled-setup gcp "
+            raise BadInput(f"No key file found for project {project}: pass --key-file, or run `{command('gcp')} "
                            f"--project {project}` first.")
         path = Path(recorded)
         if not path.exists():
             raise BadInput(f"The key file coiled-setup wrote for project {project} ({path}) is gone: pass --key-file, "
-                           f"or run `coiled-setup gcp --project {project}` to make a new one.")
+                           f"or run `{command('gcp')} --project {project}` to make a new one.")
     t.key_path = path
     try:
         t.key = keyfile.read(path)
@@ -159,8 +160,8 @@ def render(ui: Ui, results: list[Result]) -> None:
 def verdict(results: list[Result], code: int) -> str:
     n = summary(results)
     if code == OK_CODE and not n[WARNING]:
-        return f"All {n[OK]} checks passed" + (f" ({n[SKIPPED]} skipped)." if n[SKIPPED] else ".")
-    parts = [f"{n[s]} {s}" for s in (FAILED, WARNING, OK, SKIPPED) if n[s]]
+        return f"All {count(n[OK], 'check')} passed" + (f" ({n[SKIPPED]} skipped)." if n[SKIPPED] else ".")
+    parts = [count(n[s], s) if s == WARNING else f"{n[s]} {s}" for s in (FAILED, WARNING, OK, SKIPPED) if n[s]]
     tail = "see the remedies above." if n[FAILED] or n[WARNING] else ""
     return f"{', '.join(parts)}: {tail}".rstrip(": ")
 
@@ -170,7 +171,7 @@ def run(o: VerifyOptions) -> int:
     t: Target | None = None
     results: list[Result] = []
     workspace = None
-    error = None
+    code, error = OK_CODE, None
     try:
         t, results, workspace = verify(o, ui)
         code = exit_code(results, o.strict)
@@ -186,16 +187,20 @@ def run(o: VerifyOptions) -> int:
     except KeyboardInterrupt:
         code, error = INTERRUPTED, "Interrupted; nothing was changed."
         ui.error(error)
-    if o.output == "json":
-        print(json.dumps({
-            "project": t.project if t else o.project,
-            "service_account": t.account if t else None,
-            "key_file": str(t.key_path) if t and t.key_path else None,
-            "workspace": workspace,
-            "checks": [r.as_dict() for r in results],
-            "summary": {**summary(results), "passed": code == OK_CODE, "strict": o.strict},
-            "exit_code": code,
-            "error": error,
-        }, indent=2))
+    except Exception as e:
+        code, error = STEP_FAILED, report.unexpected(e)
+        raise
+    finally:
+        ui.stop()
+        if o.output == "json":
+            report.emit(
+                "verify", code, error,
+                project=t.project if t else o.project,
+                service_account=t.account if t else None,
+                key_file=str(t.key_path) if t and t.key_path else None,
+                workspace=workspace,
+                checks=[r.as_dict() for r in results],
+                summary={**summary(results), "passed": code == OK_CODE, "strict": o.strict},
+            )
     return code
 

@@ -12,6 +12,7 @@ from coiled_setup.cloud import CloudError
 from coiled_setup.errors import UserError
 from coiled_setup.journal import JournalError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
+from coiled_setup.wording import count
 
 MAX_USER_KEYS = 10
 KEY_ORG_POLICY = "constraints/iam.disableServiceAccountKeyCreation"
@@ -96,7 +97,7 @@ class AccountStep(Step):
                 f"Service account {o.account_email} is disabled: enable it (gcloud iam service-accounts "
                 f"enable {o.account_email}) or choose another with --service-account."
             )
-        extra = f"; delete {len(self.orphans)} key(s) an interrupted run left behind" if self.orphans else ""
+        extra = f"; delete {count(len(self.orphans), 'key')} an interrupted run left behind" if self.orphans else ""
         if self.needs_key(run):
             return Change(CREATE, f"create a key for {o.account_email}{extra}")
         kid = self._local_id() or self._coiled_key(run)
@@ -125,7 +126,7 @@ class AccountStep(Step):
         if self.orphans:
             for kid in self.orphans:
                 self._delete_key(run, kid)
-            done.append(f"deleted {len(self.orphans)} orphaned key(s)")
+            done.append(f"deleted {count(len(self.orphans), 'orphaned key')}")
             self.orphans = []
         run.journal.set(key_pending=None)
         if self.needs_key(run):

@@ -6,6 +6,8 @@ from coiled_setup import role_templates, waiting
 from coiled_setup.cloud import CloudError, run_all
 from coiled_setup.errors import UserError
 from coiled_setup.steps.base import CHECK, Change, Run, Step
+from coiled_setup.wording import count
+from coiled_setup.remedies import command
 
 REPO_PERMISSIONS = ["artifactregistry.repositories.uploadArtifacts", "artifactregistry.repositories.downloadArtifacts"]
 
@@ -28,12 +30,15 @@ class ConfirmStep(Step):
     title = "Permissions in effect"
 
     def plan(self, run: Run) -> Change:
-        n = len(role_templates.load().permissions) + (len(REPO_PERMISSIONS) if run.opts.gar else 0)
-        return Change(CHECK, f"check {n} permissions as the account itself")
+        # Counted as verify counts them: the role's permissions on the project, the registry's on the repository.
+        what = f"the role's {count(len(role_templates.load().permissions), 'permission')} in the project"
+        if run.opts.gar:
+            what += f" and {len(REPO_PERMISSIONS)} on the registry repository"
+        return Change(CHECK, f"check, as the account itself, {what}")
 
     def apply(self, run: Run) -> str:
         if run.keyfile is None:
-            return "skipped: the key is held by Coiled only (check later with coiled-setup verify --key-file)"
+            return f"skipped: the key is held by Coiled only (check later with {command('verify')} --key-file)"
         from coiled_setup.cloud import Google
 
         as_account = Google.from_key(run.keyfile)
@@ -57,7 +62,7 @@ class ConfirmStep(Step):
         except waiting.TimedOut:
             raise UserError(
                 f"After {int(run.opts.wait_timeout)} s Google still does not grant {run.opts.account_email}: "
-                f"{', '.join(last[:5])}{' …' if len(last) > 5 else ''}; run `coiled-setup verify` to see why, "
+                f"{', '.join(last[:5])}{' …' if len(last) > 5 else ''}; run `{command('verify')}` to see why, "
                 "or run again with a longer --wait-timeout."
             ) from None
         finally:

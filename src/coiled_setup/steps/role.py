@@ -6,6 +6,7 @@ from coiled_setup import role_templates
 from coiled_setup.cloud import CloudError
 from coiled_setup.errors import UserError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
+from coiled_setup.wording import count
 
 
 class RoleStep(Step):
@@ -38,7 +39,7 @@ class RoleStep(Step):
     def plan(self, run: Run) -> Change:
         n = len(self.template.permissions)
         if self.role is None:
-            return Change(CREATE, f"create {self.name(run)} with {n} permissions")
+            return Change(CREATE, f"create {self.name(run)} with {count(n, 'permission')}")
         added, removed = self.diff()
         what = []
         if added:
@@ -49,7 +50,7 @@ class RoleStep(Step):
             return Change(UPDATE, f"undelete {self.name(run)}" + (f" and {'; '.join(what)}" if what else ""))
         if self._drifted():
             return Change(UPDATE, f"update {self.name(run)}: " + ("; ".join(what) or "title/description/stage"))
-        return Change(NOTHING, f"{self.name(run)} has the {n} permissions")
+        return Change(NOTHING, f"{self.name(run)} has the {count(n, 'permission')}")
 
     def _reserved(self, run: Run) -> UserError:
         """Google refuses the id, yet shows no role by it: deleted over 7 days ago, not yet purged."""

@@ -8,6 +8,8 @@ from coiled_setup import context, waiting
 from coiled_setup.cloud import CloudError, run_all
 from coiled_setup.errors import UserError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
+from coiled_setup.wording import count
+from coiled_setup.remedies import command
 
 
 def firewall_spec(opts) -> dict:
@@ -105,7 +107,7 @@ class UploadStep(Step):
             context.write_backend_options(local_backend_options(o), warn=lambda text: run.ui.warn(escape(text)))
         retired = self._retire_old_keys(run)
         outcome = ("sent " + ", ".join(todo)) if todo else "nothing to do"
-        return outcome + (f"; deleted {retired} old key(s) coiled-setup had made" if retired else "")
+        return outcome + (f"; deleted {count(retired, 'old key')} coiled-setup had made" if retired else "")
 
     def _await(self, run: Run, read, what: str) -> None:
         def check():
@@ -114,7 +116,7 @@ class UploadStep(Step):
             if state == "error":
                 raise UserError(
                     f"Coiled could not set up {what}: {comp.get('reason') or 'no reason given'}; fix that and run "
-                    "again (coiled-setup verify shows what is missing)."
+                    f"again ({command('verify')} shows what is missing)."
                 )
             return state == "created"
 
