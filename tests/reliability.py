@@ -44,7 +44,7 @@ ROLE = f"projects/{P}/roles/coiled"
 REPO = f"projects/{P}/locations/us-east1/repositories/coiled"
 REPO_ROLE = "roles/artifactregistry.repoAdmin"
 WS = "demo"
-ARGS = ("gcp", "--non-interactive")
+ARGS = ("gcp", "--non-interactive", "--yes")
 JSON_ARGS = ARGS + ("--output", "json")
 FAST = dict(operation_s=0.05, infra_s=0.05)
 SLEEP_SCALE = 0.02

@@ -67,6 +67,7 @@ def _guard(fn):
 
 @app.command(epilog=EXIT_CODES)
 def gcp(
+    ctx: typer.Context,
     project: Optional[str] = typer.Option(None, help="Project id (default: GOOGLE_CLOUD_PROJECT, then gcloud's)."),
     workspace: Optional[str] = typer.Option(None, help="Coiled workspace (default: your only or personal one)."),
     region: str = typer.Option("us-east1", help="Region for clusters and the registry."),
@@ -79,6 +80,8 @@ def gcp(
     instance_service_account: Optional[str] = typer.Option(None, help="Existing account for cluster instances."),
     create_instance_service_account: bool = typer.Option(
         False, "--create-instance-service-account", help="Create a least-privilege account for instances."),
+    no_instance_service_account: bool = typer.Option(
+        False, "--no-instance-service-account", help="Instances use no separate account (removes one Coiled holds)."),
     preemptible: bool = typer.Option(True, "--preemptible/--no-preemptible", help="Use preemptible workers."),
     firewall_cidr: Optional[str] = typer.Option(None, help="Network allowed to reach schedulers [default: 0.0.0.0/0]."),
     firewall_ports: str = typer.Option("22,8786,8787", help="Scheduler ports to open."),
@@ -98,14 +101,19 @@ def gcp(
         from coiled_setup.commands import gcp as command
         from coiled_setup.options import DEFAULT_ACCOUNT_ID, OPEN_CIDR, Options, parse_ports
 
-        given = {name for name, value in (("service_account", service_account), ("firewall_cidr", firewall_cidr),
-                                          ("instance", instance_service_account or create_instance_service_account))
-                 if value}
+        # A flag not given keeps what is in place; one given changes it.
+        given = {name for name in ("service_account", "firewall_cidr", "firewall_ports", "region", "zone",
+                                   "preemptible", "instance_service_account", "create_instance_service_account",
+                                   "no_instance_service_account")
+                 if ctx.get_parameter_source(name).name != "DEFAULT"}
+        if given & {"instance_service_account", "create_instance_service_account", "no_instance_service_account"}:
+            given.add("instance")
         opts = Options(
             project=project or "", workspace=workspace, region=region, zone=zone,
             service_account=service_account or DEFAULT_ACCOUNT_ID, key_file=key_file, no_local_key=no_local_key,
             role_id=role_id, gar=not no_gar, instance_service_account=instance_service_account,
-            create_instance_service_account=create_instance_service_account, preemptible=preemptible,
+            create_instance_service_account=create_instance_service_account,
+            no_instance_service_account=no_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),
             upload=not no_upload, dry_run=dry_run, yes=yes,
             interactive=not non_interactive and sys.stdin.isatty(), output=output,

@@ -39,6 +39,10 @@ def role_name(project: str, role_id: str) -> str:
     return f"projects/{project}/roles/{role_id}"
 
 
+def default_instance_email(project: str) -> str:
+    return f"{INSTANCE_ACCOUNT_ID}@{project}.iam.gserviceaccount.com"
+
+
 def repository_name(project: str, region: str) -> str:
     """Coiled's Docker repository: it must be named coiled."""
     return f"projects/{project}/locations/{region}/repositories/coiled"
@@ -57,6 +61,7 @@ class Options:
     gar: bool = True
     instance_service_account: str | None = None
     create_instance_service_account: bool = False
+    no_instance_service_account: bool = False
     preemptible: bool = True
     firewall_cidr: str = OPEN_CIDR
     firewall_ports: tuple[int, ...] = DEFAULT_PORTS
@@ -78,6 +83,15 @@ class Options:
         if "@" in self.service_account:
             return self.service_account
         return f"{self.service_account}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def instance_email(self) -> str | None:
+        """The instance account this run sets up, if any."""
+        if self.instance_service_account:
+            return self.instance_service_account
+        if self.create_instance_service_account:
+            return default_instance_email(self.project)
+        return None
 
     @property
     def role_name(self) -> str:
@@ -194,8 +208,14 @@ def validate(o: Options) -> None:
     _check(ports_error(o.firewall_ports))
     if o.instance_service_account and o.create_instance_service_account:
         raise BadInput("Use either --instance-service-account or --create-instance-service-account, not both.")
+    if o.no_instance_service_account and (o.instance_service_account or o.create_instance_service_account):
+        raise BadInput("Use --no-instance-service-account alone, without --instance-service-account or "
+                       "--create-instance-service-account.")
     if o.instance_service_account:
         _check(instance_account_error(o.instance_service_account, o.account_email))
+    if o.create_instance_service_account and o.instance_email == o.account_email:
+        raise BadInput(f"The separate instance account would be {o.account_email}, the Coiled service account "
+                       "itself: choose another --service-account, or leave out --create-instance-service-account.")
     if o.key_file is not None:
         if o.no_local_key:
             raise BadInput("Use either --key-file or --no-local-key, not both.")

@@ -10,9 +10,11 @@ from coiled_setup import context, keyfile, role_templates, waiting
 from coiled_setup.cloud import CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
-from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
+from coiled_setup.errors import BAD_INPUT, INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
+from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
-from coiled_setup.options import INSTANCE_ROLE_ID, OPEN_CIDR, Options, validate
+from coiled_setup.options import (INSTANCE_ROLE_ID, OPEN_CIDR, Options, account_error, cidr_error,
+                                  default_instance_email, project_error, validate)
 from coiled_setup.remedies import explain, missing_permissions_sentence
 from coiled_setup.steps.account import AccountStep
 from coiled_setup.steps.apis import ApisStep, wanted_services
@@ -62,16 +64,22 @@ def build_steps(o: Options) -> list[Step]:
     if o.instance_service_account or o.create_instance_service_account:
         steps.append(InstanceAccountStep())
         if o.create_instance_service_account:
+            # The role exists for the account alone: skipping the account skips it too.
             steps.append(RoleStep(INSTANCE_ROLE_ID, role_templates.INSTANCE, key="instance_role",
-                                  title="Instance role"))
+                                  title="Instance role", after=("instance",)))
             steps.append(BindingStep(
                 lambda run: f"serviceAccount:{instance_email(run.opts)}",
                 lambda run: f"projects/{run.opts.project}/roles/{INSTANCE_ROLE_ID}",
-                key="instance_binding", title="Instance IAM binding"))
+                key="instance_binding", title="Instance IAM binding", after=("instance", "instance_role")))
     steps.append(ConfirmStep())
     if o.upload:
         steps.append(UploadStep(account))
     return steps
+
+
+def _prompt_rule(rule):
+    """A shared validation rule as questionary's validate=: True, or the sentence shown under the prompt."""
+    return lambda text: rule(text.strip()) or True
 
 
 class Wizard:
@@ -88,7 +96,8 @@ class Wizard:
         if not o.project:
             o.project = context.project_from_environment() or ""
         if not o.project and o.interactive:
-            o.project = self.ui.text("Google Cloud project id:")
+            o.project = self.ui.text("Google Cloud project id:", validate=_prompt_rule(lambda t: project_error(t, "")))
+            o.project = o.project.strip()
         if not o.project:
             raise BadInput("No project given: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT.")
         validate(o)
@@ -170,7 +179,8 @@ class Wizard:
         return enabled
 
     # -- interactive choices -------------------------------------------------------------------------
-    def choose(self, g: Google) -> None:
+    def choose(self, g: Google, cur: InPlace) -> None:
+        """The interactive questions, each defaulting to what is in place (Enter everywhere changes nothing)."""
         o, ui = self.opts, self.ui
         if not o.interactive:
             if o.open_firewall:
@@ -178,31 +188,46 @@ class Wizard:
                         f"from anywhere ({OPEN_CIDR}); pass --firewall-cidr with your network to narrow it.")
             return
         if "service_account" not in o.explicit:
-            accounts = [a.email for a in g.list_accounts(o.project) if not a.disabled and a.email != g.principal]
-            new = f"create or reuse {o.account_email}"
-            choice = ui.select("Service account for Coiled:", [new] + [a for a in accounts if a != o.account_email],
-                               default=new)
-            if choice != new:
-                o.service_account = choice
-        if "instance" not in o.explicit and not (o.instance_service_account or o.create_instance_service_account):
-            o.create_instance_service_account = ui.confirm(
-                "Create a separate least-privilege service account for cluster instances (recommended when they "
-                "read private data)?", default=False)
-        if o.open_firewall and "firewall_cidr" not in o.explicit:
-            ui.warn(f"By default Dask schedulers accept connections on ports "
-                    f"{','.join(map(str, o.firewall_ports))} from anywhere ({OPEN_CIDR}).")
+            self._choose_account(g, cur)
+        if "instance" not in o.explicit:
+            self._choose_instance()
+        if "firewall_cidr" not in o.explicit:
+            if o.open_firewall:
+                ui.warn(f"Dask schedulers accept connections on ports {','.join(map(str, o.firewall_ports))} "
+                        f"from anywhere ({OPEN_CIDR}) unless you name a network.")
+            o.firewall_cidr = ui.text("Network allowed to reach the schedulers (CIDR):", default=o.firewall_cidr,
+                                      validate=_prompt_rule(lambda t: cidr_error(t, ""))).strip()
 
-            def ok(text):
-                try:
-                    import ipaddress
+    def _choose_account(self, g: Google, cur: InPlace) -> None:
+        o, ui = self.opts, self.ui
+        accounts = [a.email for a in g.list_accounts(o.project) if not a.disabled and a.email != g.principal]
+        current = o.account_email
+        first = (f"keep {current} (what Coiled uses now)" if cur.account == current
+                 else f"create or reuse {current}")
+        other = "another account: type its name (created if it does not exist)"
+        choice = ui.select("Service account for Coiled:", [first] + [a for a in accounts if a != current] + [other],
+                           default=first)
+        if choice == other:
+            choice = ui.text("Account id or email for Coiled:",
+                             validate=_prompt_rule(lambda t: account_error(t, o.project, ""))).strip()
+        if choice != first:
+            o.service_account = choice
 
-                    ipaddress.ip_network(text, strict=True)
-                    return True
-                except ValueError:
-                    return "Enter a network in CIDR notation, for example 203.0.113.0/24."
-
-            o.firewall_cidr = ui.text("Network allowed to reach the schedulers (CIDR):", default=OPEN_CIDR,
-                                      validate=ok)
+    def _choose_instance(self) -> None:
+        o = self.opts
+        made = default_instance_email(o.project)
+        none = "none (no separate account for instances)"
+        create = f"create or reuse {made} with least privilege"
+        kept = o.instance_service_account
+        # The control-plane account is never offered as the "separate" one.
+        choices = ([none] + ([create] if made != o.account_email else [])
+                   + ([f"keep {kept}"] if kept and kept != o.account_email else []))
+        now = create if o.create_instance_service_account else f"keep {kept}" if kept else none
+        choice = self.ui.select("Service account for cluster instances (a separate least-privilege one is "
+                                "recommended when they read private data):", choices,
+                                default=now if now in choices else none)
+        o.create_instance_service_account = choice == create
+        o.instance_service_account = kept if choice.startswith("keep ") else None
 
     # -- 2. plan and 3. apply -----------------------------------------------------------------------
     def _retrying(self, step: Step, fn, *, reobserve: bool):
@@ -271,9 +296,12 @@ class Wizard:
                 + (f", Coiled workspace [bold]{o.workspace}[/]" if coiled else "")
                 + (" (a rehearsal against the local sandbox: nothing leaves this machine)"
                    if os.environ.get(SANDBOX_VAR) else ""))
-        self.choose(g)
-        validate(o)  # the interactive answers too
         journal = Journal(o.project)
+        cur = read(o, coiled, journal)
+        keep(o, cur)
+        self.choose(g, cur)
+        check_instance_differs(o)
+        validate(o)  # the interactive answers and the kept settings too
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
         steps = build_steps(o)
         self.observe_all(steps)
@@ -289,17 +317,39 @@ class Wizard:
             return OK
         if not writes:
             ui.info("Nothing to change: everything is already in place.")
-        elif o.interactive and not o.yes and not ui.confirm("Apply this plan?", default=True):
+        elif not o.interactive and not o.yes:
+            # Without a terminal nobody can confirm: only --yes is consent.
+            raise UserError("Nothing was changed: a run without a terminal (or with --non-interactive) applies its "
+                            "plan only with --yes, so pass --yes to apply it, or --dry-run to only see it.", BAD_INPUT)
+        elif not o.yes and not ui.confirm("Apply this plan?", default=True):
             raise UserError("Nothing was changed: the plan was not confirmed.", OK)
+        skipped: dict[str, str] = {}  # step key -> the title of the skipped step it was skipped with
         for s, res in zip(steps, self.results):
             self.current = s
+            blocked = next((skipped[k] for k in s.after if k in skipped), None)
+            if blocked:
+                # A step that needs a skipped one could only fail (or wait for something that never comes).
+                skipped[s.key] = blocked
+                s.on_skip(self.run)
+                res.update(result="skipped", outcome=f"skipped: depends on {blocked}")
+                ui.begin(s.title)
+                ui.end("skipped", res["outcome"])
+                continue
             if plans[s.key].action == NOTHING:
                 s.adopt(self.run)
                 res.update(result="ok", outcome="nothing to do")
                 continue
             ui.begin(s.title)
-            outcome = self.apply_step(s)
+            try:
+                outcome = self.apply_step(s)
+            except UserError as e:
+                res.update(result="failed", outcome=e.message)
+                if o.interactive:  # an Abort: what was done, what was not
+                    ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
+                raise
             if outcome is None:
+                skipped[s.key] = s.title
+                s.on_skip(self.run)
                 res.update(result="skipped", outcome="skipped after a failure")
                 ui.end("skipped", "skipped")
             else:

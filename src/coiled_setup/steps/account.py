@@ -19,6 +19,7 @@ KEY_ORG_POLICY = "constraints/iam.disableServiceAccountKeyCreation"
 class AccountStep(Step):
     key = "account"
     title = "Service account and key"
+    after = ("apis",)
 
     def __init__(self):
         self.account = None

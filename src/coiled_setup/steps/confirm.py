@@ -26,6 +26,7 @@ def missing_permissions(google, opts) -> list[str]:
 class ConfirmStep(Step):
     key = "confirm"
     title = "Permissions in effect"
+    after = ("account", "role", "binding", "registry")
 
     def plan(self, run: Run) -> Change:
         n = len(role_templates.load().permissions) + (len(REPO_PERMISSIONS) if run.opts.gar else 0)

@@ -37,6 +37,9 @@ class InstanceAccountStep(Step):
             )
         return Change(CREATE, f"create {email}")
 
+    def on_skip(self, run: Run) -> None:
+        run.instance_email = None
+
     def apply(self, run: Run) -> str:
         if self.account is not None:
             return "nothing to do"
