@@ -16,6 +16,7 @@ from coiled_setup.options import (DEFAULT_ZONE_SUFFIX, SA_EMAIL_RE, Options, cid
 @dataclass
 class InPlace:
     account: str | None = None  # the control-plane account (email)
+    account_source: str = ""  # where it was found, for the prompt
     instance: str | None = None  # the instance account Coiled holds (email), None when none
     firewall_cidr: str | None = None
     firewall_ports: tuple[int, ...] | None = None
@@ -49,11 +50,14 @@ def read(o: Options, coiled, journal) -> InPlace:
     creds = options.get("gcp_service_creds_dict") or {}
     # The accounts only count for the project they belong to; the firewall and region are the workspace's.
     if _project_of(creds.get("client_email")) == o.project:
-        cur.account = creds["client_email"]
+        cur.account, cur.account_source = creds["client_email"], "what Coiled uses now"
         instance = options.get("instance_service_account")
         cur.instance = instance if isinstance(instance, str) and instance else None
     elif _project_of(journal.get("account")) == o.project:
-        cur.account = journal.get("account")
+        cur.account, cur.account_source = journal.get("account"), "what coiled-setup set up last"
+    if coiled is None:  # not uploading: the instance account this tool created, if any
+        made = (journal.get("created") or {}).get("instance_account")
+        cur.instance = made if _project_of(made) == o.project else None
     cur.firewall_cidr, cur.firewall_ports = _firewall(options.get("firewall_spec"))
     if cur.firewall_cidr is None:
         cur.firewall_cidr, cur.firewall_ports = _firewall(config.get("firewall"))

@@ -202,7 +202,7 @@ class Wizard:
         o, ui = self.opts, self.ui
         accounts = [a.email for a in g.list_accounts(o.project) if not a.disabled and a.email != g.principal]
         current = o.account_email
-        first = (f"keep {current} (what Coiled uses now)" if cur.account == current
+        first = (f"keep {current} ({cur.account_source})" if cur.account == current
                  else f"create or reuse {current}")
         other = "another account: type its name (created if it does not exist)"
         choice = ui.select("Service account for Coiled:", [first] + [a for a in accounts if a != current] + [other],
