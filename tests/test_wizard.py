@@ -410,3 +410,19 @@ def test_the_separate_instance_account_cannot_be_the_coiled_account(make_sandbox
     out = cli(sb, *ARGS, *args, check=2)
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert writes(sb) == []
+
+
+def test_the_instance_account_is_compared_with_the_coiled_account_in_place_not_the_default(make_sandbox, cli):
+    sb = make_sandbox(scenario(service_accounts=[{"id": "coiled", "display_name": "Coiled"}]))
+    ops = f"ops-coiled@{P}.iam.gserviceaccount.com"
+    cli(sb, *ARGS, "--service-account", "ops-coiled", check=0)
+    # The account in place (ops-coiled) stays Coiled's; the default-named coiled@ may be the instance account.
+    cli(sb, *ARGS, "--instance-service-account", SA, check=0)
+    ws = state(sb)["coiled"]["workspaces"]["demo"]
+    assert ws["credentials"]["client_email"] == ops and ws["instance_service_account"] == SA
+    # Kept from Coiled and then deleted on Google: said as what Coiled holds, not as a flag never typed.
+    clients(sb).iam.delete_service_account(name=f"projects/-/serviceAccounts/{SA}")
+    mark = len(calls(sb))
+    out = cli(sb, *ARGS, check=2)
+    assert "Coiled's instance account" in out.stderr and "--no-instance-service-account" in out.stderr
+    assert writes(sb, mark) == []

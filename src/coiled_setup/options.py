@@ -173,7 +173,7 @@ def ports_error(ports: tuple[int, ...]) -> str | None:
     return None
 
 
-def instance_account_error(email: str, account_email: str, flag: str = "--instance-service-account") -> str | None:
+def instance_account_error(email: str, account_email: str | None, flag: str = "--instance-service-account") -> str | None:
     if not EMAIL_RE.match(email) or not email.endswith(".gserviceaccount.com"):
         return f"{_named(flag, email)} is not a service account email."
     if email == account_email:
@@ -195,8 +195,11 @@ def check_account(value: str, project: str, flag: str = "--service-account") -> 
     _check(account_error(value, project, flag))
 
 
-def validate(o: Options) -> None:
-    """Raises BadInput naming the first input that breaks a rule."""
+def validate(o: Options, *, accounts_known: bool = True) -> None:
+    """Raises BadInput naming the first input that breaks a rule.
+
+    accounts_known=False: Coiled's account may still change (to what is in place), so the instance account is
+    not compared with it yet."""
     _check(project_error(o.project))
     _check(account_error(o.service_account, o.project))
     _check(role_id_error(o.role_id))
@@ -212,8 +215,8 @@ def validate(o: Options) -> None:
         raise BadInput("Use --no-instance-service-account alone, without --instance-service-account or "
                        "--create-instance-service-account.")
     if o.instance_service_account:
-        _check(instance_account_error(o.instance_service_account, o.account_email))
-    if o.create_instance_service_account and o.instance_email == o.account_email:
+        _check(instance_account_error(o.instance_service_account, o.account_email if accounts_known else None))
+    if accounts_known and o.create_instance_service_account and o.instance_email == o.account_email:
         raise BadInput(f"The separate instance account would be {o.account_email}, the Coiled service account "
                        "itself: choose another --service-account, or leave out --create-instance-service-account.")
     if o.key_file is not None:

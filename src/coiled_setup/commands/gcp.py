@@ -100,7 +100,8 @@ class Wizard:
             o.project = o.project.strip()
         if not o.project:
             raise BadInput("No project given: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT.")
-        validate(o)
+        # Coiled's account is not known yet unless given: the instance account is compared with it later.
+        validate(o, accounts_known="service_account" in o.explicit)
         if o.key_file is not None and o.key_file.exists():
             data = keyfile.read(o.key_file)
             if data["project_id"] != o.project:
@@ -200,7 +201,10 @@ class Wizard:
 
     def _choose_account(self, g: Google, cur: InPlace) -> None:
         o, ui = self.opts, self.ui
-        accounts = [a.email for a in g.list_accounts(o.project) if not a.disabled and a.email != g.principal]
+        # The instance account a flag names cannot also be Coiled's.
+        taken = o.instance_service_account if "instance" in o.explicit else None
+        accounts = [a.email for a in g.list_accounts(o.project)
+                    if not a.disabled and a.email not in (g.principal, taken)]
         current = o.account_email
         first = (f"keep {current} ({cur.account_source})" if cur.account == current
                  else f"create or reuse {current}")
@@ -208,8 +212,13 @@ class Wizard:
         choice = ui.select("Service account for Coiled:", [first] + [a for a in accounts if a != current] + [other],
                            default=first)
         if choice == other:
-            choice = ui.text("Account id or email for Coiled:",
-                             validate=_prompt_rule(lambda t: account_error(t, o.project, ""))).strip()
+            def rule(text):
+                error = account_error(text, o.project, "")
+                if not error and taken and Options(project=o.project, service_account=text).account_email == taken:
+                    return f"{taken} is the instance service account: name another account for Coiled."
+                return error
+
+            choice = ui.text("Account id or email for Coiled:", validate=_prompt_rule(rule)).strip()
         if choice != first:
             o.service_account = choice
 
