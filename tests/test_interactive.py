@@ -222,3 +222,26 @@ def test_skipping_a_step_skips_the_steps_that_need_it(make_sandbox, terminal):
     assert not any(f"serviceAccount:{INSTANCE}" in b.members for b in pol.bindings)
     # Coiled is not given an instance account that does not exist (nor silently none).
     assert state(sb)["coiled"]["workspaces"]["demo"]["credentials"] is None
+
+
+@pytest.mark.parametrize("first", [
+    ("--firewall-ports", "8786", "--region", "us-central1", "--no-preemptible", "--service-account", "ops-coiled"),
+    ("--instance-service-account", f"data-pipeline@{P}.iam.gserviceaccount.com", "--zone", "us-east1-b"),
+])
+def test_enter_everywhere_keeps_every_setting_in_place(make_sandbox, terminal, first):
+    s = copy.deepcopy(DEFAULT_SCENARIO)
+    s["projects"][0]["service_accounts"] = [{"id": "data-pipeline", "display_name": "Pipelines"}]
+    sb = make_sandbox(s)
+    assert finish(terminal(sb, "--non-interactive", "--yes", *first)) == 0
+    before = state(sb)["coiled"]["workspaces"]["demo"]
+    mark = len(calls(sb))
+    child = terminal(sb)
+    for prompt in ("Service account for Coiled", "least-privilege", "CIDR"):
+        child.expect(prompt)
+        child.send(ENTER)
+    child.expect("Nothing to change")
+    assert finish(child) == 0
+    assert not [x for x in calls(sb, mark) if x["write"]]
+    after = state(sb)["coiled"]["workspaces"]["demo"]
+    assert (after["credentials"], after["instance_service_account"], after["settings"], after["regions"]) == (
+        before["credentials"], before["instance_service_account"], before["settings"], before["regions"])
