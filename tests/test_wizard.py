@@ -426,3 +426,13 @@ def test_the_instance_account_is_compared_with_the_coiled_account_in_place_not_t
     out = cli(sb, *ARGS, check=2)
     assert "Coiled's instance account" in out.stderr and "--no-instance-service-account" in out.stderr
     assert writes(sb, mark) == []
+
+
+def test_a_setup_without_artifact_registry_stays_without_it_until_asked(make_sandbox, cli):
+    sb = make_sandbox()
+    cli(sb, *ARGS, "--no-gar", check=0)
+    mark = len(calls(sb))
+    out = cli(sb, *ARGS, check=0)
+    assert "Nothing to change" in out.stdout and writes(sb, mark) == []
+    assert not state(sb)["coiled"]["workspaces"]["demo"]["registry"]
+

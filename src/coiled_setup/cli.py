@@ -108,6 +108,8 @@ def gcp(
                  if ctx.get_parameter_source(name).name != "DEFAULT"}
         if given & {"instance_service_account", "create_instance_service_account", "no_instance_service_account"}:
             given.add("instance")
+        if ctx.get_parameter_source("no_gar").name != "DEFAULT":
+            given.add("gar")
         opts = Options(
             project=project or "", workspace=workspace, region=region, zone=zone,
             service_account=service_account or DEFAULT_ACCOUNT_ID, key_file=key_file, no_local_key=no_local_key,

@@ -23,6 +23,7 @@ class InPlace:
     region: str | None = None
     zone: str | None = None
     preemptible: bool | None = None
+    gar: bool | None = None  # False: set up without Artifact Registry
 
 
 def _project_of(email) -> str | None:
@@ -53,6 +54,9 @@ def read(o: Options, coiled, journal) -> InPlace:
         cur.account, cur.account_source = creds["client_email"], "what Coiled uses now"
         instance = options.get("instance_service_account")
         cur.instance = instance if isinstance(instance, str) and instance else None
+        registry = options.get("registry") or {}
+        if registry.get("type") != "gar" and not (journal.get("created") or {}).get("repository"):
+            cur.gar = False
     elif _project_of(journal.get("account")) == o.project:
         cur.account, cur.account_source = journal.get("account"), "what coiled-setup set up last"
     if coiled is None:  # not uploading: the instance account this tool created, if any
@@ -80,6 +84,8 @@ def keep(o: Options, cur: InPlace) -> None:
             o.create_instance_service_account = True
         else:
             o.instance_service_account = cur.instance
+    if "gar" not in given and cur.gar is False:
+        o.gar = False
     if "firewall_cidr" not in given and cur.firewall_cidr and not cidr_error(cur.firewall_cidr):
         o.firewall_cidr = cur.firewall_cidr
     if "firewall_ports" not in given and cur.firewall_ports and not ports_error(cur.firewall_ports):

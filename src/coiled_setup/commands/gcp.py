@@ -300,14 +300,15 @@ class Wizard:
         o, ui = self.opts, self.ui
         self.resolve()
         g, coiled = self.connect()
+        # What is in place decides what this run does (Artifact Registry or not), so it comes before preflight.
+        journal = Journal(o.project)
+        cur = read(o, coiled, journal)
+        keep(o, cur)
         services = self.preflight(g)
         ui.info(f"Project [bold]{o.project}[/] as {g.principal or 'your account'}"
                 + (f", Coiled workspace [bold]{o.workspace}[/]" if coiled else "")
                 + (" (a rehearsal against the local sandbox: nothing leaves this machine)"
                    if os.environ.get(SANDBOX_VAR) else ""))
-        journal = Journal(o.project)
-        cur = read(o, coiled, journal)
-        keep(o, cur)
         self.choose(g, cur)
         check_instance_differs(o)
         validate(o)  # the interactive answers and the kept settings too
