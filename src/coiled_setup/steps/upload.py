@@ -37,8 +37,9 @@ def _setting(value) -> str | None:
 
 def _firewall_change(old, new) -> str:
     """The scheduler firewall, old → new, naming only what differs (network, ports) when both are simple."""
-    def rules(spec):
-        return (spec or {}).get("ingress") or [] if isinstance(spec, dict) else []
+    def rules(spec) -> list:
+        return (spec.get("ingress") or []) if isinstance(spec, dict) else []
+
     was, now = rules(old), rules(new)
     if len(was) == 1 and len(now) == 1 and isinstance(was[0], dict):
         parts = []
@@ -49,8 +50,10 @@ def _firewall_change(old, new) -> str:
                                  ",".join(map(str, now[0]["ports"]))))
         if parts:
             return ", ".join(parts)
+
     def text(rs):
         return "; ".join(_setting(r) or "?" for r in rs) or None
+
     return _change("firewall", text(was), text(now))
 
 
