@@ -15,7 +15,7 @@ Figures and how each is measured:
    Targets: wall <= 1.2x the bare app, peak <= 35 MiB.
 
 2. Round trips, from the sandbox's call record (every Google gRPC call and every Coiled HTTP call;
-   token requests are not recorded): a fresh `coiled-setup gcp --non-interactive`, then the same
+   token requests are not recorded): a fresh `coiled-setup gcp --non-interactive --yes`, then the same
    command again on the converged project, then `coiled-setup verify` (when the command exists).
    Ratios are against the fresh setup. "writes" are calls to write methods, whether or not they
    changed anything. Targets: the re-run and verify make no write; verify tests the account's
@@ -245,7 +245,7 @@ def _latency_run(tmp: Path) -> dict:
         home = tmp / "home"
         home.mkdir()
         env = clean_env(home, sb.env)
-        args = ["gcp", "--non-interactive"]
+        args = ["gcp", "--non-interactive", "--yes"]
         out: dict = {"project": sb.project}
         out["fresh_wall"] = run_cli(args, env)
         out["fresh"] = calls(sb)
@@ -346,7 +346,7 @@ def _waiting_run(tmp: Path) -> list[tuple]:
     try:
         home = tmp / "home"
         home.mkdir()
-        run_cli(["gcp", "--non-interactive"], clean_env(home, sb.env))
+        run_cli(["gcp", "--non-interactive", "--yes"], clean_env(home, sb.env))
         record = calls(sb)
     finally:
         sb.stop()

@@ -3,6 +3,10 @@ import os
 import pytest
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# The tests fork (pexpect, subprocess) while the in-process sandbox serves gRPC: with gRPC's fork support on,
+# its poller thread restarts in the child, whose fds the child closes before exec, and the child can die there
+# ("epoll_wait error: Bad file descriptor") before it runs the CLI.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ ROLE = f"projects/{P}/roles/coiled"
 REPO = f"projects/{P}/locations/us-east1/repositories/coiled"
 REPO_ROLE = "roles/artifactregistry.repoAdmin"
 WS = "demo"
-ARGS = ("gcp", "--non-interactive")
+ARGS = ("gcp", "--non-interactive", "--yes")
 JSON_ARGS = ARGS + ("--output", "json")
 FAST = dict(operation_s=0.05, infra_s=0.05)
 SLEEP_SCALE = 0.02
@@ -889,6 +889,7 @@ class Case:
     files: object = None  # (directory, sandbox) -> {"args": (...), "env": {...}}
     fresh: bool = False  # a sandbox of its own (a scenario, or a run that may write)
     after: object = None  # (directory, sandbox) -> problems with what the run left behind
+    base: tuple = ARGS  # the command before the case's arguments
 
 
 def _key_case(name: str, needle: str, content, mode: int = 0o600, args: tuple = ()) -> Case:
@@ -1016,6 +1017,13 @@ def bad_input_cases() -> list[Case]:
              ("--instance-service-account", f"missing-account@{P}.iam.gserviceaccount.com")),
         Case("both instance account flags", 2, "either",
              ("--instance-service-account", other_sa, "--create-instance-service-account")),
+        Case("the separate instance account to create is the Coiled account", 2, "Coiled service account itself",
+             ("--service-account", "coiled-instance", "--create-instance-service-account")),
+        Case("--no-instance-service-account with another instance flag", 2, "alone",
+             ("--no-instance-service-account", "--create-instance-service-account")),
+        # -- consent: a run that cannot ask applies nothing without --yes (fresh: there is a plan to refuse)
+        Case("no terminal and no --yes", 2, "--yes", base=("gcp",), fresh=True),
+        Case("--non-interactive without --yes", 2, "--yes", base=("gcp", "--non-interactive"), fresh=True),
         Case("--key-file with --no-local-key", 2, "either", ("--key-file", "/nonexistent/k.json", "--no-local-key")),
         Case("--key-file a directory", 2, "not a file", files=lambda d, sb: {"args": ("--key-file", str(d))}),
         Case("--key-file under a file", 2, "parent is not a directory",
@@ -1134,7 +1142,7 @@ def check_case(lab: Lab, case: Case, shared) -> list[str]:
     d.mkdir(parents=True, exist_ok=True)
     extra = case.files(d, sb) if case.files else {}
     mark = len(calls(sb))
-    out = lab.run(sb, *ARGS, *case.args, *extra.get("args", ()), env={**case.env, **extra.get("env", {})},
+    out = lab.run(sb, *case.base, *case.args, *extra.get("args", ()), env={**case.env, **extra.get("env", {})},
                   what=f"bad input case {case.name!r}")
     problems = []
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]

@@ -84,7 +84,7 @@ def expect(doc, **special):
 def ready(make_sandbox, cli):
     """A sandbox after a full wizard run: instance account, narrow firewall, everything in place."""
     sb = make_sandbox(**FAST)
-    cli(sb, "gcp", "--non-interactive", "--create-instance-service-account", "--firewall-cidr", NARROW, check=0)
+    cli(sb, "gcp", "--non-interactive", "--yes", "--create-instance-service-account", "--firewall-cidr", NARROW, check=0)
     return sb
 
 
@@ -273,7 +273,7 @@ def test_coiled_credentials_removed(ready, cli):
 
 def test_open_firewall_and_shared_instance_account_warn(make_sandbox, cli):
     sb = make_sandbox(**FAST)
-    cli(sb, "gcp", "--non-interactive", check=0)
+    cli(sb, "gcp", "--non-interactive", "--yes", check=0)
     _, doc, _ = run_verify(cli, sb, "--instance-service-account", account(sb), code=0)
     expect(doc, firewall="warning", instance_account="warning")
     fw = check(doc, "firewall")

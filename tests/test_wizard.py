@@ -21,7 +21,7 @@ SA = f"coiled@{P}.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{SA}"
 ROLE = f"projects/{P}/roles/coiled"
 REPO = f"projects/{P}/locations/us-east1/repositories/coiled"
-ARGS = ("gcp", "--non-interactive")
+ARGS = ("gcp", "--non-interactive", "--yes")
 
 
 def journal(sb) -> dict:
@@ -383,3 +383,91 @@ def test_sandbox_rehearsal_resumes_its_world(cli, tmp_path):
     checked = cli(None, "verify", "--sandbox", "--output", "json", env=env, check=0)
     statuses = {c["name"]: c["status"] for c in json.loads(checked.stdout)["checks"]}
     assert statuses["effective_permissions"] == "ok" and statuses["coiled_credentials"] == "ok"
+
+
+@pytest.mark.parametrize("args", [(), ("--non-interactive",)])
+def test_without_a_terminal_and_without_yes_nothing_is_applied(make_sandbox, cli, args):
+    sb = make_sandbox()
+    out = cli(sb, "gcp", *args, check=2)  # stdin is /dev/null
+    assert writes(sb) == []
+    assert "Plan" in out.stdout and "create" in out.stdout
+    assert "--yes" in out.stderr and "--dry-run" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+NARROW = "203.0.113.0/24"
+INSTANCE = f"coiled-instance@{P}.iam.gserviceaccount.com"
+
+
+def test_a_rerun_keeps_what_is_in_place_and_a_flag_changes_it_showing_old_and_new(make_sandbox, cli):
+    sb = make_sandbox()
+    cli(sb, *ARGS, "--firewall-cidr", NARROW, "--firewall-ports", "8786,8787", "--create-instance-service-account",
+        "--region", "us-central1", "--no-preemptible", check=0)
+
+    # Flags not given keep every setting in place: nothing to change, not one write.
+    mark = len(calls(sb))
+    again = cli(sb, *ARGS, check=0)
+    assert "Nothing to change" in again.stdout
+    assert writes(sb, mark) == []
+    ws = state(sb)["coiled"]["workspaces"]["demo"]
+    assert ws["settings"]["scheduler_firewall"] == {"ingress": [{"ports": [8786, 8787], "cidr": NARROW}]}
+    assert ws["instance_service_account"] == INSTANCE
+
+    # Flags given change the settings, and the plan says old → new for each.
+    out = cli(sb, *ARGS, "--firewall-cidr", "0.0.0.0/0", "--no-instance-service-account", check=0)
+    assert f"firewall {NARROW} → 0.0.0.0/0" in out.stdout
+    assert f"instance account {INSTANCE} → none" in out.stdout
+    ws = state(sb)["coiled"]["workspaces"]["demo"]
+    assert ws["settings"]["scheduler_firewall"] == {"ingress": [{"ports": [8786, 8787], "cidr": "0.0.0.0/0"}]}
+    assert ws["instance_service_account"] is None
+    assert [r["region"] for r in ws["regions"] if r["default"]] == ["us-central1"]
+    dask = yaml.safe_load((sb.state_dir / "dask" / "coiled.yaml").read_text())["coiled"]["backend-options"]
+    assert dask["zone"] == "us-central1-c" and dask["preemptible"] is False
+
+
+def test_the_instance_account_in_place_is_not_silently_made_the_coiled_account(make_sandbox, cli):
+    sb = make_sandbox()
+    cli(sb, *ARGS, "--create-instance-service-account", check=0)
+    mark = len(calls(sb))
+    out = cli(sb, *ARGS, "--service-account", "coiled-instance", check=2)
+    assert "--no-instance-service-account" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert writes(sb, mark) == []
+
+
+@pytest.mark.parametrize("args", [
+    ("--service-account", "coiled-instance", "--create-instance-service-account"),
+    ("--service-account", INSTANCE, "--create-instance-service-account"),
+    ("--instance-service-account", SA),
+    ("--service-account", "coiled-instance", "--instance-service-account", INSTANCE),
+])
+def test_the_separate_instance_account_cannot_be_the_coiled_account(make_sandbox, cli, args):
+    sb = make_sandbox()
+    out = cli(sb, *ARGS, *args, check=2)
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert writes(sb) == []
+
+
+def test_the_instance_account_is_compared_with_the_coiled_account_in_place_not_the_default(make_sandbox, cli):
+    sb = make_sandbox(scenario(service_accounts=[{"id": "coiled", "display_name": "Coiled"}]))
+    ops = f"ops-coiled@{P}.iam.gserviceaccount.com"
+    cli(sb, *ARGS, "--service-account", "ops-coiled", check=0)
+    # The account in place (ops-coiled) stays Coiled's; the default-named coiled@ may be the instance account.
+    cli(sb, *ARGS, "--instance-service-account", SA, check=0)
+    ws = state(sb)["coiled"]["workspaces"]["demo"]
+    assert ws["credentials"]["client_email"] == ops and ws["instance_service_account"] == SA
+    # Kept from Coiled and then deleted on Google: said as what Coiled holds, not as a flag never typed.
+    clients(sb).iam.delete_service_account(name=f"projects/-/serviceAccounts/{SA}")
+    mark = len(calls(sb))
+    out = cli(sb, *ARGS, check=2)
+    assert "Coiled's instance account" in out.stderr and "--no-instance-service-account" in out.stderr
+    assert writes(sb, mark) == []
+
+
+def test_a_setup_without_artifact_registry_stays_without_it_until_asked(make_sandbox, cli):
+    sb = make_sandbox()
+    cli(sb, *ARGS, "--no-gar", check=0)
+    mark = len(calls(sb))
+    out = cli(sb, *ARGS, check=0)
+    assert "Nothing to change" in out.stdout and writes(sb, mark) == []
+    assert not state(sb)["coiled"]["workspaces"]["demo"]["registry"]
+

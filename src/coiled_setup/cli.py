@@ -83,6 +83,7 @@ def _guard(fn, command: str, output: str):
 
 @app.command(epilog=EXIT_CODES, short_help="Set up a project for Coiled, then configure Coiled.")
 def gcp(
+    ctx: typer.Context,
     project: Optional[str] = typer.Option(None, metavar="PROJECT",
                                           help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
     workspace: Optional[str] = typer.Option(None, metavar="SLUG",
@@ -101,6 +102,8 @@ def gcp(
         None, metavar="EMAIL", help="Existing account for cluster instances [default: none]."),
     create_instance_service_account: bool = typer.Option(
         False, "--create-instance-service-account", help="Create a least-privilege account for instances."),
+    no_instance_service_account: bool = typer.Option(
+        False, "--no-instance-service-account", help="Instances use no separate account (removes one Coiled holds)."),
     preemptible: bool = typer.Option(True, "--preemptible/--no-preemptible", help="Use preemptible workers."),
     firewall_cidr: Optional[str] = typer.Option(
         None, metavar="CIDR", help="Network allowed to reach the schedulers; the default is anyone "
@@ -131,14 +134,21 @@ def gcp(
         refuse_empty({"--project": project, "--workspace": workspace, "--zone": zone,
                       "--service-account": service_account, "--instance-service-account": instance_service_account,
                       "--firewall-cidr": firewall_cidr, "--coiled-server": coiled_server})
-        given = {name for name, value in (("service_account", service_account), ("firewall_cidr", firewall_cidr),
-                                          ("instance", instance_service_account or create_instance_service_account))
-                 if value}
+        # A flag not given keeps what is in place; one given changes it.
+        given = {name for name in ("service_account", "firewall_cidr", "firewall_ports", "region", "zone",
+                                   "preemptible", "instance_service_account", "create_instance_service_account",
+                                   "no_instance_service_account")
+                 if ctx.get_parameter_source(name).name != "DEFAULT"}
+        if given & {"instance_service_account", "create_instance_service_account", "no_instance_service_account"}:
+            given.add("instance")
+        if ctx.get_parameter_source("no_gar").name != "DEFAULT":
+            given.add("gar")
         opts = Options(
             project=project or "", workspace=workspace, region=region, zone=zone,
             service_account=service_account or DEFAULT_ACCOUNT_ID, key_file=key_file, no_local_key=no_local_key,
             role_id=role_id, gar=not no_gar, instance_service_account=instance_service_account,
-            create_instance_service_account=create_instance_service_account, preemptible=preemptible,
+            create_instance_service_account=create_instance_service_account,
+            no_instance_service_account=no_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),
             upload=not no_upload, dry_run=dry_run, yes=yes,
             # A JSON consumer is a program: it cannot answer questions, and stdout is its document.

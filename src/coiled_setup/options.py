@@ -43,6 +43,10 @@ def role_name(project: str, role_id: str) -> str:
     return f"projects/{project}/roles/{role_id}"
 
 
+def default_instance_email(project: str) -> str:
+    return f"{INSTANCE_ACCOUNT_ID}@{project}.iam.gserviceaccount.com"
+
+
 def repository_name(project: str, region: str) -> str:
     """Coiled's Docker repository: it must be named coiled."""
     return f"projects/{project}/locations/{region}/repositories/coiled"
@@ -61,6 +65,7 @@ class Options:
     gar: bool = True
     instance_service_account: str | None = None
     create_instance_service_account: bool = False
+    no_instance_service_account: bool = False
     preemptible: bool = True
     firewall_cidr: str = OPEN_CIDR
     firewall_ports: tuple[int, ...] = DEFAULT_PORTS
@@ -85,6 +90,15 @@ class Options:
         return f"{self.service_account}@{self.project}.iam.gserviceaccount.com"
 
     @property
+    def instance_email(self) -> str | None:
+        """The instance account this run sets up, if any."""
+        if self.instance_service_account:
+            return self.instance_service_account
+        if self.create_instance_service_account:
+            return default_instance_email(self.project)
+        return None
+
+    @property
     def role_name(self) -> str:
         return role_name(self.project, self.role_id)
 
@@ -97,67 +111,119 @@ class Options:
         return ipaddress.ip_network(self.firewall_cidr, strict=False).prefixlen == 0
 
 
-def check_project(project: str) -> None:
+def _named(flag: str, value) -> str:
+    """How a message names the input: the flag and the value, or (at a prompt) the value alone."""
+    return f"{flag} {value!r}" if flag else repr(value)
+
+
+# Each rule answers one sentence saying what is wrong, or None: the flags (validate) and the interactive
+# prompts (their validate=) share them, so an answer a prompt accepts is never refused later.
+
+def project_error(project: str, flag: str = "--project") -> str | None:
     if not PROJECT_ID_RE.match(project or ""):
-        raise BadInput(
-            f"--project {project!r} is not a valid project id: use 6 to 30 lowercase letters, digits or "
-            "hyphens, starting with a letter and not ending with a hyphen."
-        )
+        return (f"{_named(flag, project)} is not a valid project id: use 6 to 30 lowercase letters, digits or "
+                "hyphens, starting with a letter and not ending with a hyphen.")
+    return None
 
 
-def check_account(value: str, project: str, flag: str = "--service-account") -> None:
+def account_error(value: str, project: str, flag: str = "--service-account") -> str | None:
     if "@" in value:
         m = SA_EMAIL_RE.match(value)
         if not m:
-            raise BadInput(f"{flag} {value!r} is not a service account email (NAME@PROJECT.iam.gserviceaccount.com).")
+            return f"{_named(flag, value)} is not a service account email (NAME@PROJECT.iam.gserviceaccount.com)."
         if m.group(3) != project:
-            raise BadInput(f"{flag} {value!r} belongs to project {m.group(3)}, not {project}: name an account of {project}.")
+            return (f"{_named(flag, value)} belongs to project {m.group(3)}, not {project}: name an account of "
+                    f"{project}.")
         value = m.group(1)
     if not (6 <= len(value) <= 30 and ACCOUNT_ID_RE.match(value)):
-        raise BadInput(
-            f"{flag} {value!r} is not a valid account id: use 6 to 30 lowercase letters, digits or hyphens, "
-            "starting with a letter and not ending with a hyphen."
-        )
+        return (f"{_named(flag, value)} is not a valid account id: use 6 to 30 lowercase letters, digits or "
+                "hyphens, starting with a letter and not ending with a hyphen.")
+    return None
 
 
-def validate(o: Options) -> None:
-    """Raises BadInput naming the first input that breaks a rule."""
-    check_project(o.project)
-    check_account(o.service_account, o.project)
-    if not ROLE_ID_RE.match(o.role_id):
-        raise BadInput(f"--role-id {o.role_id!r} is not valid: use 3 to 64 letters, digits, underscores or periods.")
-    if o.gar and o.region not in GAR_REGIONS:
-        raise BadInput(
-            f"--region {o.region!r} cannot hold Coiled's Artifact Registry repository: use us-east1 or "
-            "us-central1, or pass --no-gar to use another registry."
-        )
-    if o.region not in REGIONS:
-        raise BadInput(f"--region {o.region!r} is not a Google Cloud region (for example us-east1).")
+def role_id_error(role_id: str, flag: str = "--role-id") -> str | None:
+    if not ROLE_ID_RE.match(role_id):
+        return f"{_named(flag, role_id)} is not valid: use 3 to 64 letters, digits, underscores or periods."
+    return None
+
+
+def region_error(region: str, gar: bool, flag: str = "--region") -> str | None:
+    if gar and region not in GAR_REGIONS:
+        return (f"{_named(flag, region)} cannot hold Coiled's Artifact Registry repository: use us-east1 or "
+                "us-central1, or pass --no-gar to use another registry.")
+    if region not in REGIONS:
+        return f"{_named(flag, region)} is not a Google Cloud region (for example us-east1)."
+    return None
+
+
+def zone_error(zone: str, region: str, flag: str = "--zone") -> str | None:
+    if not re.match(rf"^{re.escape(region)}-[a-f]$", zone):
+        return f"{_named(flag, zone)} is not a zone of region {region} (for example {region}-c)."
+    return None
+
+
+def cidr_error(cidr: str, flag: str = "--firewall-cidr") -> str | None:
+    try:
+        net = ipaddress.ip_network(cidr, strict=True)
+    except ValueError:
+        return f"{_named(flag, cidr)} is not a network in CIDR notation (for example 203.0.113.0/24)."
+    if net.version != 4:
+        return f"{_named(flag, cidr)} must be an IPv4 network."
+    return None
+
+
+def ports_error(ports: tuple[int, ...]) -> str | None:
+    if not ports or any(not (1 <= p <= 65535) for p in ports):
+        return "--firewall-ports must list ports from 1 to 65535, for example 22,8786,8787."
+    return None
+
+
+def instance_account_error(email: str, account_email: str | None, flag: str = "--instance-service-account") -> str | None:
+    if not EMAIL_RE.match(email) or not email.endswith(".gserviceaccount.com"):
+        return f"{_named(flag, email)} is not a service account email."
+    if email == account_email:
+        return (f"{flag or 'The instance service account'} must differ from the Coiled service account: instances "
+                "should get least privilege.")
+    return None
+
+
+def _check(error: str | None) -> None:
+    if error:
+        raise BadInput(error)
+
+
+def check_project(project: str) -> None:
+    _check(project_error(project))
+
+
+def check_account(value: str, project: str, flag: str = "--service-account") -> None:
+    _check(account_error(value, project, flag))
+
+
+def validate(o: Options, *, accounts_known: bool = True) -> None:
+    """Raises BadInput naming the first input that breaks a rule.
+
+    accounts_known=False: Coiled's account may still change (to what is in place), so the instance account is
+    not compared with it yet."""
+    _check(project_error(o.project))
+    _check(account_error(o.service_account, o.project))
+    _check(role_id_error(o.role_id))
+    _check(region_error(o.region, o.gar))
     if o.zone is None:
         o.zone = f"{o.region}-{DEFAULT_ZONE_SUFFIX}"
-    if not re.match(rf"^{re.escape(o.region)}-[a-f]$", o.zone):
-        raise BadInput(f"--zone {o.zone!r} is not a zone of region {o.region} (for example {o.region}-c).")
-    try:
-        net = ipaddress.ip_network(o.firewall_cidr, strict=True)
-    except ValueError:
-        raise BadInput(
-            f"--firewall-cidr {o.firewall_cidr!r} is not a network in CIDR notation (for example 203.0.113.0/24)."
-        ) from None
-    if net.version != 4:
-        raise BadInput(f"--firewall-cidr {o.firewall_cidr!r} must be an IPv4 network.")
-    if not o.firewall_ports or any(not (1 <= p <= 65535) for p in o.firewall_ports):
-        raise BadInput("--firewall-ports must list ports from 1 to 65535, for example 22,8786,8787.")
+    _check(zone_error(o.zone, o.region))
+    _check(cidr_error(o.firewall_cidr))
+    _check(ports_error(o.firewall_ports))
     if o.instance_service_account and o.create_instance_service_account:
         raise BadInput("Use either --instance-service-account or --create-instance-service-account, not both.")
+    if o.no_instance_service_account and (o.instance_service_account or o.create_instance_service_account):
+        raise BadInput("Use --no-instance-service-account alone, without --instance-service-account or "
+                       "--create-instance-service-account.")
     if o.instance_service_account:
-        e = o.instance_service_account
-        if not EMAIL_RE.match(e) or not e.endswith(".gserviceaccount.com"):
-            raise BadInput(f"--instance-service-account {e!r} is not a service account email.")
-        if e == o.account_email:
-            raise BadInput(
-                "--instance-service-account must differ from the Coiled service account: instances should "
-                "get least privilege."
-            )
+        _check(instance_account_error(o.instance_service_account, o.account_email if accounts_known else None))
+    if accounts_known and o.create_instance_service_account and o.instance_email == o.account_email:
+        raise BadInput(f"The separate instance account would be {o.account_email}, the Coiled service account "
+                       "itself: choose another --service-account, or leave out --create-instance-service-account.")
     if o.key_file is not None:
         if o.no_local_key:
             raise BadInput("Use either --key-file or --no-local-key, not both.")

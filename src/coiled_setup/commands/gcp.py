@@ -11,10 +11,12 @@ from coiled_setup import context, keyfile, paths, report, role_templates, waitin
 from coiled_setup.cloud import CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
-from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
+from coiled_setup.errors import BAD_INPUT, INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
+from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
-from coiled_setup.options import DEFAULT_ACCOUNT_ID, INSTANCE_ROLE_ID, OPEN_CIDR, Options, network_of, validate
+from coiled_setup.options import (DEFAULT_ACCOUNT_ID, INSTANCE_ROLE_ID, OPEN_CIDR, Options, account_error, cidr_error,
+                                  default_instance_email, network_of, project_error, validate)
 from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
 from coiled_setup.steps.account import AccountStep
 from coiled_setup.steps.apis import ApisStep, wanted_services
@@ -63,16 +65,22 @@ def build_steps(o: Options) -> list[Step]:
     if o.instance_service_account or o.create_instance_service_account:
         steps.append(InstanceAccountStep())
         if o.create_instance_service_account:
+            # The role exists for the account alone: skipping the account skips it too.
             steps.append(RoleStep(INSTANCE_ROLE_ID, role_templates.INSTANCE, key="instance_role",
-                                  title="Instance role"))
+                                  title="Instance role", after=("instance",)))
             steps.append(BindingStep(
                 lambda run: f"serviceAccount:{instance_email(run.opts)}",
                 lambda run: f"projects/{run.opts.project}/roles/{INSTANCE_ROLE_ID}",
-                key="instance_binding", title="Instance IAM binding"))
+                key="instance_binding", title="Instance IAM binding", after=("instance", "instance_role")))
     steps.append(ConfirmStep())
     if o.upload:
         steps.append(UploadStep(account))
     return steps
+
+
+def _prompt_rule(rule):
+    """A shared validation rule as questionary's validate=: True, or the sentence shown under the prompt."""
+    return lambda text: rule(text.strip()) or True
 
 
 class Wizard:
@@ -90,11 +98,13 @@ class Wizard:
         if not o.project:
             o.project = context.project_from_environment() or ""
         if not o.project and o.interactive:
-            o.project = self.ui.text("Google Cloud project id:")
+            o.project = self.ui.text("Google Cloud project id:", validate=_prompt_rule(lambda t: project_error(t, "")))
+            o.project = o.project.strip()
         if not o.project:
             raise BadInput("No project given: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT.")
         self.network_only()
-        validate(o)
+        # Coiled's account is not known yet unless given: the instance account is compared with it later.
+        validate(o, accounts_known="service_account" in o.explicit)
         if o.key_file is not None and o.key_file.exists():
             data = keyfile.read(o.key_file)
             if data["project_id"] != o.project:
@@ -216,7 +226,8 @@ class Wizard:
         return enabled
 
     # -- interactive choices -------------------------------------------------------------------------
-    def choose(self, g: Google) -> None:
+    def choose(self, g: Google, cur: InPlace) -> None:
+        """The interactive questions, each defaulting to what is in place (Enter everywhere changes nothing)."""
         o, ui = self.opts, self.ui
         if not o.interactive:
             if o.open_firewall:
@@ -224,31 +235,54 @@ class Wizard:
                         f"from anywhere ({OPEN_CIDR}); pass --firewall-cidr with your network to narrow it.")
             return
         if "service_account" not in o.explicit:
-            accounts = [a.email for a in g.list_accounts(o.project) if not a.disabled and a.email != g.principal]
-            new = f"create or reuse {o.account_email}"
-            choice = ui.select("Service account for Coiled:", [new] + [a for a in accounts if a != o.account_email],
-                               default=new)
-            if choice != new:
-                o.service_account = choice
-        if "instance" not in o.explicit and not (o.instance_service_account or o.create_instance_service_account):
-            o.create_instance_service_account = ui.confirm(
-                "Create a separate least-privilege service account for cluster instances (recommended when they "
-                "read private data)?", default=False)
-        if o.open_firewall and "firewall_cidr" not in o.explicit:
-            ui.warn(f"By default Dask schedulers accept connections on ports "
-                    f"{','.join(map(str, o.firewall_ports))} from anywhere ({OPEN_CIDR}).")
+            self._choose_account(g, cur)
+        if "instance" not in o.explicit:
+            self._choose_instance()
+        if "firewall_cidr" not in o.explicit:
+            if o.open_firewall:
+                ui.warn(f"Dask schedulers accept connections on ports {','.join(map(str, o.firewall_ports))} "
+                        f"from anywhere ({OPEN_CIDR}) unless you name a network.")
+            o.firewall_cidr = ui.text("Network allowed to reach the schedulers (CIDR):", default=o.firewall_cidr,
+                                      validate=_prompt_rule(lambda t: cidr_error(t, ""))).strip()
 
-            def ok(text):
-                try:
-                    import ipaddress
+    def _choose_account(self, g: Google, cur: InPlace) -> None:
+        o, ui = self.opts, self.ui
+        # The instance account a flag names cannot also be Coiled's.
+        taken = o.instance_service_account if "instance" in o.explicit else None
+        accounts = [a.email for a in g.list_accounts(o.project)
+                    if not a.disabled and a.email not in (g.principal, taken)]
+        current = o.account_email
+        first = (f"keep {current} ({cur.account_source})" if cur.account == current
+                 else f"create or reuse {current}")
+        other = "another account: type its name (created if it does not exist)"
+        choice = ui.select("Service account for Coiled:", [first] + [a for a in accounts if a != current] + [other],
+                           default=first)
+        if choice == other:
+            def rule(text):
+                error = account_error(text, o.project, "")
+                if not error and taken and Options(project=o.project, service_account=text).account_email == taken:
+                    return f"{taken} is the instance service account: name another account for Coiled."
+                return error
 
-                    ipaddress.ip_network(text, strict=True)
-                    return True
-                except ValueError:
-                    return "Enter a network in CIDR notation, for example 203.0.113.0/24."
+            choice = ui.text("Account id or email for Coiled:", validate=_prompt_rule(rule)).strip()
+        if choice != first:
+            o.service_account = choice
 
-            o.firewall_cidr = ui.text("Network allowed to reach the schedulers (CIDR):", default=OPEN_CIDR,
-                                      validate=ok)
+    def _choose_instance(self) -> None:
+        o = self.opts
+        made = default_instance_email(o.project)
+        none = "none (no separate account for instances)"
+        create = f"create or reuse {made} with least privilege"
+        kept = o.instance_service_account
+        # The control-plane account is never offered as the "separate" one.
+        choices = ([none] + ([create] if made != o.account_email else [])
+                   + ([f"keep {kept}"] if kept and kept != o.account_email else []))
+        now = create if o.create_instance_service_account else f"keep {kept}" if kept else none
+        choice = self.ui.select("Service account for cluster instances (a separate least-privilege one is "
+                                "recommended when they read private data):", choices,
+                                default=now if now in choices else none)
+        o.create_instance_service_account = choice == create
+        o.instance_service_account = kept if choice.startswith("keep ") else None
 
     # -- 2. plan and 3. apply -----------------------------------------------------------------------
     def _retrying(self, step: Step, fn, *, reobserve: bool):
@@ -312,16 +346,20 @@ class Wizard:
         o, ui = self.opts, self.ui
         self.resolve()
         g, coiled = self.connect()
+        # What is in place decides what this run does (Artifact Registry or not), so it comes before preflight.
+        journal = Journal(o.project)
+        cur = read(o, coiled, journal)
+        keep(o, cur)
         services = self.preflight(g)
         ui.info(f"Project [bold]{o.project}[/] as {g.principal or 'your account'}"
                 + (f", Coiled workspace [bold]{o.workspace}[/]" if coiled else "")
                 + (" (a rehearsal against the local sandbox: nothing leaves this machine)"
                    if os.environ.get(SANDBOX_VAR) else ""))
-        self.choose(g)
+        self.choose(g, cur)
         self.network_only()
-        validate(o)  # the interactive answers too
+        check_instance_differs(o)
+        validate(o)  # the interactive answers and the kept settings too
         self.refuse_privileged_account(g)
-        journal = Journal(o.project)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
         why = paths.unwritable(journal.path)
         if why:
@@ -347,17 +385,39 @@ class Wizard:
             return OK
         if not writes:
             ui.info("Nothing to change: everything is already in place.")
-        elif o.interactive and not o.yes and not ui.confirm("Apply this plan?", default=True):
+        elif not o.interactive and not o.yes:
+            # Without a terminal nobody can confirm: only --yes is consent.
+            raise UserError("Nothing was changed: a run without a terminal (or with --non-interactive) applies its "
+                            "plan only with --yes, so pass --yes to apply it, or --dry-run to only see it.", BAD_INPUT)
+        elif not o.yes and not ui.confirm("Apply this plan?", default=True):
             raise UserError("Nothing was changed: the plan was not confirmed.", OK)
+        skipped: dict[str, str] = {}  # step key -> the title of the skipped step it was skipped with
         for s, res in zip(steps, self.results):
             self.current = s
+            blocked = next((skipped[k] for k in s.after if k in skipped), None)
+            if blocked:
+                # A step that needs a skipped one could only fail (or wait for something that never comes).
+                skipped[s.key] = blocked
+                s.on_skip(self.run)
+                res.update(result="skipped", outcome=f"skipped: depends on {blocked}")
+                ui.begin(s.title)
+                ui.end("skipped", res["outcome"])
+                continue
             if plans[s.key].action == NOTHING:
                 s.adopt(self.run)
                 res.update(result="ok", outcome="nothing to do")
                 continue
             ui.begin(s.title)
-            outcome = self.apply_step(s)
+            try:
+                outcome = self.apply_step(s)
+            except UserError as e:
+                res.update(result="failed", outcome=e.message)
+                if o.interactive:  # an Abort: what was done, what was not
+                    ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
+                raise
             if outcome is None:
+                skipped[s.key] = s.title
+                s.on_skip(self.run)
                 res.update(result="skipped", outcome="skipped after a failure")
                 ui.end("skipped", "skipped")
             else:

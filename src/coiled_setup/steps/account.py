@@ -31,6 +31,7 @@ def key_path(o, journal) -> Path:
 class AccountStep(Step):
     key = "account"
     title = "Service account and key"
+    after = ("apis",)
 
     def __init__(self):
         self.account = None

@@ -42,6 +42,8 @@ class Step:
     key = ""
     title = ""
     optional = False  # may be skipped after a failure
+    # Keys of the steps this one needs: when one of them is skipped, this one is skipped with it.
+    after: tuple[str, ...] = ()
 
     def observe(self, run: Run) -> None:
         """Reads what exists; changes nothing."""
@@ -55,3 +57,6 @@ class Step:
 
     def adopt(self, run: Run) -> None:
         """When nothing is to change: hands what exists to the later steps."""
+
+    def on_skip(self, run: Run) -> None:
+        """When skipped: takes back what the plan promised the later steps."""

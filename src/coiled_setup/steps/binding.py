@@ -13,9 +13,9 @@ class BindingStep(Step):
     title = "Project IAM binding"
 
     def __init__(self, member: Callable[[Run], str], role: Callable[[Run], str], key: str = "binding",
-                 title: str = "Project IAM binding"):
+                 title: str = "Project IAM binding", after: tuple[str, ...] = ("account", "role")):
         self.member, self.role = member, role
-        self.key, self.title = key, title
+        self.key, self.title, self.after = key, title, after
         self.present = False
 
     def observe(self, run: Run) -> None:

@@ -28,6 +28,7 @@ def missing_permissions(google, opts) -> list[str]:
 class ConfirmStep(Step):
     key = "confirm"
     title = "Permissions in effect"
+    after = ("account", "role", "binding", "registry")
 
     def plan(self, run: Run) -> Change:
         # Counted as verify counts them: the role's permissions on the project, the registry's on the repository.

@@ -31,11 +31,19 @@ class InstanceAccountStep(Step):
         if self.account is not None:
             return Change(NOTHING, f"use {email}")
         if run.opts.instance_service_account:
+            if "instance" not in run.opts.explicit:  # kept from what Coiled holds, not a flag
+                raise BadInput(
+                    f"Coiled's instance account {email} does not exist (or you cannot see it): create it, or pass "
+                    "--no-instance-service-account or --create-instance-service-account."
+                )
             raise BadInput(
                 f"--instance-service-account {email} does not exist (or you cannot see it): create it first, "
                 "or use --create-instance-service-account."
             )
         return Change(CREATE, f"create {email}")
+
+    def on_skip(self, run: Run) -> None:
+        run.instance_email = None
 
     def apply(self, run: Run) -> str:
         if self.account is not None:

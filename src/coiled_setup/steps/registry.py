@@ -20,6 +20,7 @@ def _settling(e: CloudError) -> bool:
 class RegistryStep(Step):
     key = "registry"
     title = "Artifact Registry"
+    after = ("apis", "account")
 
     def __init__(self):
         self.format: str | None = None

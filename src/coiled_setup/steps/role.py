@@ -14,10 +14,10 @@ class RoleStep(Step):
     title = "Custom role"
 
     def __init__(self, role_id: str, template: str = role_templates.CONTROL_PLANE, key: str = "role",
-                 title: str = "Custom role"):
+                 title: str = "Custom role", after: tuple[str, ...] = ()):
         self.role_id = role_id
         self.template = role_templates.load(template)
-        self.key, self.title = key, title
+        self.key, self.title, self.after = key, title, after
         self.role = None
 
     def name(self, run: Run) -> str:

@@ -25,6 +25,42 @@ def local_backend_options(opts) -> dict:
     }
 
 
+def _change(what: str, old, new) -> str:
+    return f"{what} {old if old not in (None, '') else 'none'} → {new if new not in (None, '') else 'none'}"
+
+
+def _key(kid) -> str | None:
+    return f"{kid[:12]}…" if kid else None
+
+
+def _setting(value) -> str | None:
+    if isinstance(value, dict) and "cidr" in value:
+        return f"{value.get('cidr')} on ports {','.join(map(str, value.get('ports') or []))}"
+    return None if value is None else str(value)
+
+
+def _firewall_change(old, new) -> str:
+    """The scheduler firewall, old → new, naming only what differs (network, ports) when both are simple."""
+    def rules(spec) -> list:
+        return (spec.get("ingress") or []) if isinstance(spec, dict) else []
+
+    was, now = rules(old), rules(new)
+    if len(was) == 1 and len(now) == 1 and isinstance(was[0], dict):
+        parts = []
+        if was[0].get("cidr") != now[0]["cidr"]:
+            parts.append(_change("firewall", was[0].get("cidr"), now[0]["cidr"]))
+        if was[0].get("ports") != now[0]["ports"]:
+            parts.append(_change("firewall ports", ",".join(map(str, was[0].get("ports") or [])),
+                                 ",".join(map(str, now[0]["ports"]))))
+        if parts:
+            return ", ".join(parts)
+
+    def text(rs):
+        return "; ".join(_setting(r) or "?" for r in rs) or None
+
+    return _change("firewall", text(was), text(now))
+
+
 def _state(component) -> str:
     return (component or {}).get("state") or "absent"
 
@@ -32,6 +68,8 @@ def _state(component) -> str:
 class UploadStep(Step):
     key = "upload"
     title = "Coiled backend"
+    # Without the instance account the user chose, Coiled would get another security setting than planned.
+    after = ("account", "confirm", "instance")
 
     def __init__(self, account_step):
         self.account_step = account_step
@@ -49,38 +87,57 @@ class UploadStep(Step):
             "global": _state(glob.get("component")),
             "region": next((_state(r.get("component")) for r in regions
                             if r.get("region") == run.opts.region and r.get("default")), "absent"),
+            "region_name": next((r.get("region") for r in regions if r.get("default")), None),
             "config": context.backend_options_in_config(),
         }
         run.coiled_view = self.view
 
-    def _pending(self, run: Run) -> list[str]:
+    def _changes(self, run: Run) -> list[tuple[str, str]]:
+        """What Coiled (and the dask config) will be sent: (part, old → new of each setting it changes)."""
         o, v = run.opts, self.view
         creds = v["credentials"]
         key_id = run.key_id if run.key_id else (None if self.account_step.needs_key(run) else
                                                 self.account_step._local_id() or self.account_step._coiled_key(run))
         todo = []
-        if (creds.get("client_email") != o.account_email or creds.get("private_key_id") != key_id
-                or v["instance"] != run.instance_email):
-            todo.append("credentials")
+        said = []
+        if creds.get("client_email") != o.account_email:
+            said.append(_change("account", creds.get("client_email"), o.account_email))
+        elif creds.get("private_key_id") != key_id:
+            said.append(_change("key", _key(creds.get("private_key_id")), _key(key_id) if key_id else "a new key"))
+        if v["instance"] != run.instance_email:
+            said.append(_change("instance account", v["instance"], run.instance_email))
+        if said:
+            todo.append(("credentials", ", ".join(said)))
         if v["firewall"] != firewall_spec(o):
-            todo.append("firewall")
+            todo.append(("firewall", _firewall_change(v["firewall"], firewall_spec(o))))
         if o.gar and v["registry"].get("type") != "gar":
-            todo.append("registry")
-        if v["global"] != "created" or "credentials" in todo:
-            todo.append("global infrastructure")
-        if v["region"] != "created" or "credentials" in todo:
-            todo.append(f"region {o.region}")
+            todo.append(("registry", _change("registry", v["registry"].get("type"), "Artifact Registry")))
+        if v["global"] != "created" or said:
+            todo.append(("global infrastructure", "global infrastructure"))
+        if v["region"] != "created" or said:
+            moved = v["region_name"] and v["region_name"] != o.region
+            todo.append((f"region {o.region}", _change("default region", v["region_name"], o.region) if moved
+                         else f"region {o.region}"))
         wanted = local_backend_options(o)
-        if {k: v["config"].get(k) for k in wanted} != wanted:
-            todo.append("dask config")
+        old = {k: v["config"].get(k) for k in wanted}
+        if old != wanted:
+            if all(x is None for x in old.values()):
+                said_config = "dask config (none yet) → " + ", ".join(f"{k} {_setting(x)}" for k, x in wanted.items())
+            else:
+                said_config = "dask config " + ", ".join(
+                    _change(k, _setting(old[k]), _setting(wanted[k])) for k in wanted if old[k] != wanted[k])
+            todo.append(("dask config", said_config))
         return todo
 
+    def _pending(self, run: Run) -> list[str]:
+        return [part for part, _ in self._changes(run)]
+
     def plan(self, run: Run) -> Change:
-        todo = self._pending(run)
+        todo = self._changes(run)
         if not todo:
             return Change(NOTHING, f"workspace {run.coiled.workspace} uses {run.opts.account_email}")
-        action = CREATE if "credentials" in todo and not self.view["credentials"] else UPDATE
-        return Change(action, f"workspace {run.coiled.workspace}: " + ", ".join(todo))
+        action = CREATE if todo[0][0] == "credentials" and not self.view["credentials"] else UPDATE
+        return Change(action, f"workspace {run.coiled.workspace}: " + "; ".join(detail for _, detail in todo))
 
     def apply(self, run: Run) -> str:
         c, o = run.coiled, run.opts
