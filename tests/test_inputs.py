@@ -18,7 +18,7 @@ from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
 from tests.helpers import calls, state
 
 P = "coiled-demo"
-ARGS = ("gcp", "--non-interactive")
+ARGS = ("gcp", "--non-interactive", "--yes")
 FAST = dict(propagation_delay_s=0, operation_s=0.05, infra_s=0.05)
 
 

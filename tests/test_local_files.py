@@ -29,7 +29,7 @@ from tests.test_inputs import one_sentence_error
 
 P = "coiled-demo"
 SA = f"coiled@{P}.iam.gserviceaccount.com"
-ARGS = ("gcp", "--non-interactive")
+ARGS = ("gcp", "--non-interactive", "--yes")
 FAST = dict(propagation_delay_s=0, operation_s=0.05, infra_s=0.05)
 
 
