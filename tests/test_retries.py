@@ -77,5 +77,6 @@ def test_policy_writes_are_retried_by_their_own_loop_under_faults_and_propagatio
         assert ok_reads.endswith(("S", "G")), f"{resource}: {t}"
     writes = project_trace.count("S") + project_trace.count("t") + project_trace.count("r")
     reads = project_trace.count("G")
-    # One read per write attempt, plus the step's observation, plus the closing read after a lost answer.
-    assert reads == writes + (1 if project_trace.endswith("S") else 2), project_trace
+    # One read per write attempt, plus the privilege check's read before planning (is Coiled's account an
+    # owner?), the step's observation, and the closing read after a lost answer.
+    assert reads == writes + (2 if project_trace.endswith("S") else 3), project_trace
