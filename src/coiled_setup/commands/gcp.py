@@ -222,8 +222,18 @@ class Wizard:
             if reobserve:
                 self._retrying(step, lambda: step.observe(run), reobserve=False)
 
+    def observe(self, step: Step) -> None:
+        """Reads what exists for one step; a refusal it cannot get past is one sentence, never a traceback."""
+        try:
+            self._retrying(step, lambda: step.observe(self.run), reobserve=False)
+        except CloudError as e:
+            message, code = explain(e, self.opts.project)
+            if e.code not in message:
+                message = f"{message.rstrip('.')} (Google answered {e.code})."
+            raise UserError(f"Could not read what exists for '{step.title}': {message}", code) from None
+
     def observe_all(self, steps: list[Step]) -> None:
-        run_all([lambda s=s: self._retrying(s, lambda: s.observe(self.run), reobserve=False) for s in steps])
+        run_all([lambda s=s: self.observe(s) for s in steps])
 
     def apply_step(self, step: Step) -> str:
         run = self.run
@@ -252,7 +262,7 @@ class Wizard:
                 if choice == "Skip":
                     return None
                 self.ui.begin(step.title)
-                self._retrying(step, lambda: step.observe(run), reobserve=False)
+                self.observe(step)
 
     def describe(self, e: Exception) -> tuple[str, int]:
         if isinstance(e, CloudError):
@@ -340,6 +350,9 @@ def run(opts: Options) -> int:
             ui.error(e.message)
         else:
             ui.info(e.message)
+    except CloudError as e:  # a refusal no step could place: still one sentence
+        error, code = explain(e, opts.project)
+        ui.error(error)
     except KeyboardInterrupt:
         code = INTERRUPTED
         done = [r["title"] for r in w.results if r["result"] == "ok" and r["action"] != NOTHING]
