@@ -6,8 +6,11 @@ import copy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
 from tests.helpers import calls, clients, wait_until
@@ -86,4 +89,80 @@ def test_an_unexpected_refusal_while_observing_is_one_sentence_with_its_code(mak
     assert "Artifact Registry" in line and "FAILED_PRECONDITION" in line
     doc = json.loads(proc.stdout)
     assert doc["exit_code"] == 1 and "FAILED_PRECONDITION" in doc["error"]
+    assert not [x for x in calls(sb) if x["write"]]
+
+
+# -- Google or Coiled not answering ------------------------------------------------------------------------
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_google_and_coiled_not_answering_are_told_early_and_given_up_on_in_30_s(make_sandbox, tmp_path):
+    sb = make_sandbox()
+    dead_google = f"127.0.0.1:{closed_port()}"
+    dead_coiled = f"http://127.0.0.1:{closed_port()}"
+    runs = {
+        "gcp-google": ({"COILED_SETUP_GOOGLE_ENDPOINT": dead_google}, ["gcp", "--non-interactive", "--output", "json"]),
+        "verify-google": ({"COILED_SETUP_GOOGLE_ENDPOINT": dead_google},
+                          ["verify", "--key-file", str(sb.operator_key_path)]),
+        "gcp-coiled": ({"DASK_COILED__SERVER": dead_coiled}, ["gcp", "--non-interactive"]),
+        "verify-coiled": ({"DASK_COILED__SERVER": dead_coiled},
+                          ["verify", "--key-file", str(sb.operator_key_path), "--output", "json"]),
+    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_", "CLOUDSDK_"))}
+    started, procs, lines = time.monotonic(), {}, {}
+    for name, (extra, args) in runs.items():
+        env = {**base, **sb.env, **extra, "HOME": str(tmp_path / name), "GRPC_VERBOSITY": "ERROR", "NO_COLOR": "1"}
+        procs[name] = subprocess.Popen([sys.executable, "-m", "coiled_setup", *args], env=env, text=True,
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lines[name] = []
+
+    def read(name):
+        for line in procs[name].stderr:
+            lines[name].append((time.monotonic() - started, line.rstrip()))
+
+    readers = [threading.Thread(target=read, args=(n,), daemon=True) for n in procs]
+    for r in readers:
+        r.start()
+    outs = {}
+    try:
+        for name, p in procs.items():
+            outs[name] = p.stdout.read()
+            p.wait(timeout=60)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    for r in readers:
+        r.join(timeout=5)
+    for name, p in procs.items():
+        who, where = ("Google", dead_google) if name.endswith("google") else ("Coiled", dead_coiled)
+        said = lines[name]
+        assert p.returncode == 1, (name, said, outs[name])
+        text = "\n".join(t for _, t in said)
+        assert "Traceback" not in text, text
+        # Told early: the first notice comes after about a second of silence.
+        notices = [(t, s) for t, s in said if s.startswith(f"{who} is not answering at {where} yet; retrying (")]
+        assert notices and "(1 s so far)" in notices[0][1], (name, said)
+        assert notices[0][0] < 6, (name, said)
+        assert len(notices) >= 4, (name, said)  # and kept telling
+        assert said[-1][0] < 40, (name, said)  # given up on in 30 s
+        if name == "verify-coiled":
+            # Verify checks everything else; what Coiled holds fails, naming the endpoint and what to check.
+            doc = json.loads(outs[name])
+            coiled = next(c for c in doc["checks"] if c["name"] == "coiled_credentials")
+            assert coiled["status"] == "failed" and where in coiled["detail"] and "proxy" in coiled["detail"]
+            assert next(c for c in doc["checks"] if c["name"] == "custom_role")["status"] != "skipped"
+            continue
+        # One sentence naming the endpoint and what to check.
+        errors = [s for _, s in said if s.startswith("Error:")]
+        assert len(errors) == 1 and where in errors[0] and "proxy" in errors[0], (name, said)
+        if "--output" in runs[name][1]:
+            doc = json.loads(outs[name])
+            assert doc["exit_code"] == 1 and where in doc["error"]
+    # Nothing was written to Google or Coiled.
     assert not [x for x in calls(sb) if x["write"]]

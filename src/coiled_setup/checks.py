@@ -233,8 +233,9 @@ def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: s
     """A check that could not be made: who lacks what, or what Google or Coiled said."""
     who = who or f.operator or "your account"
     if isinstance(e, CoiledError):
-        return Result(name, title, FAILED, f"Could not read Coiled: {e.message}",
-                      "Check your Coiled login (coiled login) and --coiled-server, then run again.")
+        remedy = ("Check your network connection, proxy settings and --coiled-server, then run again." if not e.status
+                  else "Check your Coiled login (coiled login) and --coiled-server, then run again.")
+        return Result(name, title, FAILED, f"Could not read Coiled: {e.message}", remedy)
     if e.code == "PERMISSION_DENIED" and e.permission:
         role = "roles/viewer" if e.permission in VIEWER_READS else granting_role(e.permission)
         return Result(name, title, FAILED,

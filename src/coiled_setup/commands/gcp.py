@@ -7,7 +7,7 @@ import os
 import time
 
 from coiled_setup import context, keyfile, role_templates, waiting
-from coiled_setup.cloud import CloudError, Google, run_all
+from coiled_setup.cloud import UNREACHABLE, CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
 from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, BadInput, UserError
@@ -142,7 +142,7 @@ class Wizard:
                           + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
         (project, perr), (held, terr) = results[0], results[1]
         if terr is not None and perr is not None:
-            if terr.transient:
+            if terr.transient or terr.reason == UNREACHABLE:
                 raise UserError(explain(terr, o.project)[0])
             if terr.code == "UNAUTHENTICATED":
                 raise BadInput(explain(terr, o.project)[0])
