@@ -130,11 +130,13 @@ def verify(
     project: Optional[str] = typer.Option(None, help="Project id (default: GOOGLE_CLOUD_PROJECT, then gcloud's)."),
     key_file: Optional[Path] = typer.Option(None, help="The Coiled account's key file [default: the one coiled-setup "
                                                        "gcp wrote for the project]."),
-    role_id: str = typer.Option("coiled", help="Id of the custom role."),
-    region: str = typer.Option("us-east1", help="Region of the clusters and the registry."),
-    no_gar: bool = typer.Option(False, "--no-gar", help="Skip the Artifact Registry checks."),
+    role_id: Optional[str] = typer.Option(None, help="Id of the custom role [default: as gcp recorded, else coiled]."),
+    region: Optional[str] = typer.Option(None, help="Region of the clusters and the registry [default: as gcp "
+                                                    "recorded, else Coiled's, else us-east1]."),
+    gar: Optional[bool] = typer.Option(None, "--gar/--no-gar", help="Check Artifact Registry [default: as gcp "
+                                                                    "recorded, else on]."),
     instance_service_account: Optional[str] = typer.Option(
-        None, help="Account for cluster instances [default: the one Coiled is configured with]."),
+        None, help="Account for cluster instances [default: as gcp recorded, else Coiled's]."),
     workspace: Optional[str] = typer.Option(None, help="Coiled workspace (default: your only or personal one)."),
     no_coiled: bool = typer.Option(False, "--no-coiled", help="Skip the checks of what Coiled holds."),
     coiled_server: Optional[str] = typer.Option(None, help="Coiled server (default: from your Coiled login)."),
@@ -154,7 +156,7 @@ def verify(
             sb = start_embedded_sandbox()
         try:
             return command.run(command.VerifyOptions(
-                project=project, key_file=key_file, role_id=role_id, region=region, gar=not no_gar,
+                project=project, key_file=key_file, role_id=role_id, region=region, gar=gar,
                 instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
                 coiled_server=coiled_server, strict=strict, output=output,
             ))
