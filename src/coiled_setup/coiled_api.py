@@ -75,7 +75,7 @@ class Coiled:
                 if e.code == 404 and ok_missing:
                     return None
                 raise CoiledError(_message(e.code, raw, method, path), e.code) from None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            except (urllib.error.URLError, OSError) as e:  # no answer (a dropped connection included)
                 so_far = self._reach.silent(started, self.server, self.notify)
                 if so_far < GIVE_UP_S:
                     time.sleep(min(delay, GIVE_UP_S - so_far))
@@ -85,6 +85,13 @@ class Coiled:
                 raise CoiledError(f"Coiled did not answer at {self.server} for {int(so_far)} s ({reason}): check your "
                                   "network connection, proxy settings (HTTPS_PROXY, NO_PROXY) and --coiled-server, "
                                   "then run again.") from None
+            except http.client.HTTPException as e:  # something answered, but not in HTTP/1.1
+                if attempt < MAX_ATTEMPTS:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise CoiledError(f"Could not reach Coiled at {self.server}: it answers, but not in HTTP/1.1 "
+                                  f"({type(e).__name__}): check --coiled-server.") from None
 
     # -- routes ----------------------------------------------------------------------------
     def me(self) -> dict:
