@@ -441,3 +441,17 @@ def test_no_local_key_verifies_everything_but_what_needs_the_key(make_sandbox, c
     r = check(doc, "coiled_credentials")
     assert r["status"] == "failed" and "no longer exists" in r["detail"]
     assert "--no-local-key" in r["remedy"]  # the fix keeps the key out of files, as chosen
+
+
+def test_verify_checks_the_workspace_the_wizard_set_up(make_sandbox, cli):
+    from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO, DEFAULT_TOKEN
+
+    scen = json.loads(json.dumps(DEFAULT_SCENARIO))
+    scen["coiled"]["users"] = [{"token": DEFAULT_TOKEN, "username": "demo", "workspaces": ["demo", "team"]}]
+    sb = make_sandbox(scen, **FAST)
+    cli(sb, "gcp", "--non-interactive", "--workspace", "team", "--firewall-cidr", NARROW, check=0)
+    _, doc, _ = run_verify(cli, sb, code=0)  # not the personal workspace demo, which holds nothing
+    assert doc["workspace"] == "team"
+    expect(doc, instance_account="skipped")
+    _, doc, _ = run_verify(cli, sb, "--workspace", "demo", code=1)  # the flag still wins
+    assert check(doc, "coiled_credentials")["status"] == "failed"

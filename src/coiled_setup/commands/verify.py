@@ -11,7 +11,7 @@ from coiled_setup import checks, context, keyfile
 from coiled_setup.checks import FAILED, OK, SKIPPED, STATUSES, WARNING, Result, Target
 from coiled_setup.cloud import Google, run_all
 from coiled_setup.coiled_api import CoiledError
-from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google
+from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
 from coiled_setup.errors import INTERRUPTED, STEP_FAILED, BadInput, UserError
 from coiled_setup.errors import OK as OK_CODE
 from coiled_setup.journal import Journal
@@ -65,7 +65,7 @@ def _recorded(settings: dict) -> dict:
         out["role_id"] = settings["role_id"]
     if isinstance(settings.get("gar"), bool):
         out["gar"] = settings["gar"]
-    for k in ("account", "instance_service_account", "key_file"):
+    for k in ("account", "instance_service_account", "key_file", "workspace"):
         if isinstance(settings.get(k), str) and settings[k]:
             out[k] = settings[k]
     if isinstance(settings.get("local_key"), bool):
@@ -171,9 +171,9 @@ def settle(t: Target, o: VerifyOptions, coiled: dict) -> None:
                        f"`coiled-setup gcp --project {t.project}` first.")
 
 
-def coiled_reader(o: VerifyOptions):
+def coiled_reader(o: VerifyOptions, recorded_workspace: str | None = None):
     """A job answering {workspace, backend_options}, made once however often it is asked; BadInput when the login
-    or the workspace is wrong."""
+    or the workspace is wrong. Without --workspace, the one gcp recorded is preferred while it is still yours."""
     c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-coiled")
     lock = threading.Lock()
     answer: list = []
@@ -182,7 +182,10 @@ def coiled_reader(o: VerifyOptions):
         with lock:
             if not answer:
                 try:
-                    ws = choose_workspace(c, wanted)
+                    reads = workspace_reads(c)
+                    slugs = [m.get("account", {}).get("slug") for m in reads[1]]
+                    pick = wanted or (recorded_workspace if recorded_workspace in slugs else None)
+                    ws = choose_workspace(c, pick, reads=reads)
                     answer.append((True, {"workspace": ws, "backend_options": c.backend_options()}))
                 except CoiledError as e:
                     answer.append((False, e))
@@ -219,7 +222,7 @@ def summary(results: list[Result]) -> dict:
 
 def verify(o: VerifyOptions, ui: Ui) -> tuple[Target, list[Result], str]:
     t = resolve(o)
-    reader = coiled_reader(o) if o.coiled else None
+    reader = coiled_reader(o, t.recorded.get("workspace")) if o.coiled else None
     if reader is not None and needs_coiled(t, o):
         # The journal cannot say what to check: Coiled's workspace is read first, while Google's libraries load
         # and the credentials are checked.
