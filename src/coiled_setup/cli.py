@@ -122,7 +122,7 @@ def gcp(
 
 
 VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "
-                     "2 bad input (for example no key file), 130 interrupted.")
+                     "2 bad input (for example an unknown project), 130 interrupted.")
 
 
 @app.command(epilog=VERIFY_EXIT_CODES)
@@ -130,13 +130,13 @@ def verify(
     project: Optional[str] = typer.Option(None, help="Project id (default: GOOGLE_CLOUD_PROJECT, then gcloud's)."),
     key_file: Optional[Path] = typer.Option(None, help="The Coiled account's key file [default: the one coiled-setup "
                                                        "gcp wrote for the project]."),
-    role_id: Optional[str] = typer.Option(None, help="Id of the custom role [default: as gcp recorded, else coiled]."),
-    region: Optional[str] = typer.Option(None, help="Region of the clusters and the registry [default: as gcp "
-                                                    "recorded, else Coiled's, else us-east1]."),
-    gar: Optional[bool] = typer.Option(None, "--gar/--no-gar", help="Check Artifact Registry [default: as gcp "
-                                                                    "recorded, else on]."),
+    role_id: Optional[str] = typer.Option(None, help="Id of the custom role (default: as gcp recorded, else coiled)."),
+    region: Optional[str] = typer.Option(None, help="Region of the clusters and the registry (default: as gcp "
+                                                    "recorded, else Coiled's, else us-east1)."),
+    gar: Optional[bool] = typer.Option(None, "--gar/--no-gar", help="Check Artifact Registry (default: as gcp "
+                                                                    "recorded, else on)."),
     instance_service_account: Optional[str] = typer.Option(
-        None, help="Account for cluster instances [default: as gcp recorded, else Coiled's]."),
+        None, help="Account for cluster instances (default: as gcp recorded, else Coiled's)."),
     workspace: Optional[str] = typer.Option(None, help="Coiled workspace (default: your only or personal one)."),
     no_coiled: bool = typer.Option(False, "--no-coiled", help="Skip the checks of what Coiled holds."),
     coiled_server: Optional[str] = typer.Option(None, help="Coiled server (default: from your Coiled login)."),
