@@ -322,10 +322,14 @@ class Wizard:
     def finish(self) -> None:
         o, run, ui = self.opts, self.run, self.ui
         # What this setup is, so that `verify` checks it rather than the defaults.
-        run.journal.record_settings(
-            region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, account=o.account_email,
-            instance_service_account=run.instance_email, key_file=run.key_path, local_key=not o.no_local_key,
-            upload=o.upload, workspace=o.workspace if o.upload else None)
+        try:
+            run.journal.record_settings(
+                region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, account=o.account_email,
+                instance_service_account=run.instance_email, key_file=run.key_path, local_key=not o.no_local_key,
+                upload=o.upload, workspace=o.workspace if o.upload else None)
+        except OSError as e:  # the setup itself is done; only verify's defaults are lost
+            ui.warn(f"Could not record this run's settings ({e.strerror or e}): pass the same --region, --role-id "
+                    "and --no-gar to verify.")
         ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
         if run.key_path:
             ui.info(f"The key of {o.account_email} is in {run.key_path} (mode 0600). Keep it private.")
