@@ -236,6 +236,8 @@ def verify(o: VerifyOptions, ui: Ui) -> tuple[Target, list[Result], str]:
         settle(t, o, {})
         operator = connect_google()
     as_key = Google.from_key(t.key) if t.key is not None and t.key["project_id"] == t.project else None
+    if as_key is not None:
+        as_key.notify = operator.notify
     try:
         from rich.markup import escape
 
