@@ -131,10 +131,11 @@ def test_all_checks_pass_after_the_wizard(ready, cli):
     assert doc["project"] == sb.project and doc["service_account"] == account(sb) and doc["workspace"] == WS
     assert doc["summary"]["passed"] is True
 
-    # Without Coiled and Artifact Registry: those checks are skipped, the firewall comes from the dask config.
+    # Without Coiled and Artifact Registry: those checks are skipped, the firewall comes from the dask config;
+    # the instance account is the one the wizard recorded.
     _, doc, made = run_verify(cli, sb, "--no-coiled", "--no-gar", code=0)
     expect(doc, registry_api="skipped", registry_repository="skipped", registry_access="skipped",
-           instance_account="skipped", coiled_credentials="skipped", coiled_backend="skipped")
+           coiled_credentials="skipped", coiled_backend="skipped")
     assert "dask config" in check(doc, "firewall")["detail"]
     assert not [c for c in made if c["service"] in ("coiled", "artifactregistry")]
 
@@ -253,20 +254,25 @@ def test_registry_api_disabled(ready, cli):
 
 def test_coiled_credentials_removed(ready, cli):
     sb = ready
+    journal_key = journal(sb)["key_file"]
     status, _ = http("DELETE", f"{sb.coiled_url}/api/v2/cloud-credentials/{WS}/gcp", token=sb.coiled_token)
     assert status == 204
     _, doc, _ = run_verify(cli, sb, code=1)
-    # Without credentials Coiled names no instance account; the firewall is read from the dask config instead.
-    expect(doc, coiled_credentials="failed", coiled_backend="skipped", instance_account="skipped")
+    # Without credentials Coiled names no instance account (the recorded one is checked); the firewall is read
+    # from the dask config instead.
+    expect(doc, coiled_credentials="failed", coiled_backend="skipped")
     r = check(doc, "coiled_credentials")
     assert "has no Google Cloud credentials" in r["detail"]
     assert r["remedy"].startswith(f"{converge(sb)} --workspace {WS}")
     assert "dask config" in check(doc, "firewall")["detail"]
 
-    # Told which instance account to expect, verify checks it without Coiled.
-    _, doc, _ = run_verify(cli, sb, "--instance-service-account",
+    # Told which instance account to expect, verify checks it without Coiled or the journal.
+    (sb.state_dir / "home" / "state" / f"journal-{sb.project}.json").unlink()
+    _, doc, _ = run_verify(cli, sb, "--key-file", journal_key, "--instance-service-account",
                            f"coiled-instance@{sb.project}.iam.gserviceaccount.com", code=1)
     expect(doc, coiled_credentials="failed", coiled_backend="skipped")
+    _, doc, _ = run_verify(cli, sb, "--key-file", journal_key, code=1)
+    expect(doc, coiled_credentials="failed", coiled_backend="skipped", instance_account="skipped")
 
 
 # -- warnings, bad input, and what the operator cannot read -------------------------------------------------------
@@ -295,6 +301,13 @@ def test_no_key_file_is_bad_input(sandbox, cli):
     proc = cli(sb, "verify", "--output", "json", check=2)
     doc = json.loads(proc.stdout)
     assert doc["exit_code"] == 2 and "pass --key-file" in doc["error"] and doc["checks"] == []
+    # Nothing recorded: Coiled's workspace was asked which account it holds (none), and nothing was written.
+    made = calls(sb, since=before)
+    assert not [c for c in made if c["write"] or c["mutating"]]
+    assert {c["service"] for c in made} <= {"coiled"}
+    # With --no-coiled nothing but the local files can tell: no call at all.
+    before = len(calls(sb))
+    cli(sb, "verify", "--no-coiled", check=2)
     assert calls(sb, since=before) == []
 
 
@@ -359,3 +372,90 @@ def test_transient_faults_are_retried(ready, cli):
     print(f"\nfaults met and retried: {len(failed)}")
     assert failed, "no fault was injected into verify's calls: the test tested nothing"
     assert {c["code"] for c in failed} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", 429, 502, 503}
+
+
+# -- verify checks the setup that was made, not the defaults -----------------------------------------------------
+
+def test_verify_checks_the_region_and_settings_the_wizard_recorded(make_sandbox, cli):
+    sb = make_sandbox(**FAST)
+    cli(sb, "gcp", "--non-interactive", "--yes", "--region", "us-central1", "--role-id", "coiled_ops",
+        "--firewall-cidr", NARROW, check=0)
+    assert journal(sb)["settings"]["region"] == "us-central1"
+    assert "private_key" not in json.dumps(journal(sb))
+    _, doc, _ = run_verify(cli, sb, code=0)
+    expect(doc, instance_account="skipped")
+    assert "locations/us-central1/repositories/coiled" in check(doc, "registry_repository")["detail"]
+    assert "projects/coiled-demo/roles/coiled_ops" in check(doc, "custom_role")["detail"]
+    assert "region us-central1" in check(doc, "coiled_backend")["detail"]
+    proc = cli(sb, "verify", check=0)
+    assert "region us-central1 (as coiled-setup gcp recorded)" in proc.stdout
+
+    # A remedy names the region (and role) actually used, so following it never moves the setup.
+    c = clients(sb)
+    c.registry.delete_repository(name=f"projects/{sb.project}/locations/us-central1/repositories/coiled").result()
+    _, doc, _ = run_verify(cli, sb, code=1)
+    remedy = check(doc, "registry_repository")["remedy"]
+    assert "--region us-central1" in remedy and "--role-id coiled_ops" in remedy
+
+    # Flags still override what was recorded.
+    _, doc, _ = run_verify(cli, sb, "--region", "us-east1", code=1)
+    assert "locations/us-east1/" in check(doc, "registry_repository")["detail"]
+
+
+def test_without_a_journal_verify_reads_the_region_from_coiled(make_sandbox, cli):
+    sb = make_sandbox(**FAST)
+    cli(sb, "gcp", "--non-interactive", "--yes", "--region", "us-central1", "--firewall-cidr", NARROW, check=0)
+    key = journal(sb)["key_file"]
+    (sb.state_dir / "home" / "state" / f"journal-{sb.project}.json").unlink()
+    _, doc, _ = run_verify(cli, sb, "--key-file", key, code=0)
+    expect(doc, instance_account="skipped")
+    assert "locations/us-central1/" in check(doc, "registry_repository")["detail"]
+
+
+def test_without_artifact_registry_recorded_its_checks_are_skipped(make_sandbox, cli):
+    sb = make_sandbox(**FAST)
+    cli(sb, "gcp", "--non-interactive", "--yes", "--no-gar", "--firewall-cidr", NARROW, check=0)
+    _, doc, _ = run_verify(cli, sb, code=0)
+    expect(doc, registry_api="skipped", registry_repository="skipped", registry_access="skipped",
+           instance_account="skipped")
+
+
+def test_no_local_key_verifies_everything_but_what_needs_the_key(make_sandbox, cli):
+    sb = make_sandbox(**FAST)
+    cli(sb, "gcp", "--non-interactive", "--yes", "--no-local-key", "--firewall-cidr", NARROW, check=0)
+    for args in ((), ("--strict",)):
+        _, doc, made = run_verify(cli, sb, *args, code=0)
+        expect(doc, key_file="skipped", effective_permissions="skipped", instance_account="skipped")
+        assert "--no-local-key" in check(doc, "key_file")["detail"]
+        assert "needs the key file; pass --key-file" in check(doc, "effective_permissions")["detail"]
+        assert "needs the key file" in check(doc, "registry_access")["detail"]
+        assert "enabled on Google" in check(doc, "coiled_credentials")["detail"]
+        assert doc["key_file"] is None and doc["service_account"] == account(sb)
+        # Only the operator called Google: there is no key to call it as the account.
+        assert {c["caller"] for c in made if c["service"] != "coiled"} == {f"operator@{sb.project}.iam.gserviceaccount.com"}
+    proc = cli(sb, "verify", check=0)
+    assert "no key file" in proc.stdout
+    assert "All 9 checks passed (3 skipped, 2 of them needing the key file: pass --key-file)." in proc.stdout
+
+    # The key Coiled holds is deleted on Google: that is found without the key file too.
+    held = http("GET", f"{sb.coiled_url}/_sandbox/state")[1]["coiled"]["workspaces"][WS]["credentials"]
+    clients(sb).iam.delete_service_account_key(
+        name=f"projects/-/serviceAccounts/{account(sb)}/keys/{held['private_key_id']}")
+    _, doc, _ = run_verify(cli, sb, code=1)
+    r = check(doc, "coiled_credentials")
+    assert r["status"] == "failed" and "no longer exists" in r["detail"]
+    assert "--no-local-key" in r["remedy"]  # the fix keeps the key out of files, as chosen
+
+
+def test_verify_checks_the_workspace_the_wizard_set_up(make_sandbox, cli):
+    from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO, DEFAULT_TOKEN
+
+    scen = json.loads(json.dumps(DEFAULT_SCENARIO))
+    scen["coiled"]["users"] = [{"token": DEFAULT_TOKEN, "username": "demo", "workspaces": ["demo", "team"]}]
+    sb = make_sandbox(scen, **FAST)
+    cli(sb, "gcp", "--non-interactive", "--yes", "--workspace", "team", "--firewall-cidr", NARROW, check=0)
+    _, doc, _ = run_verify(cli, sb, code=0)  # not the personal workspace demo, which holds nothing
+    assert doc["workspace"] == "team"
+    expect(doc, instance_account="skipped")
+    _, doc, _ = run_verify(cli, sb, "--workspace", "demo", code=1)  # the flag still wins
+    assert check(doc, "coiled_credentials")["status"] == "failed"

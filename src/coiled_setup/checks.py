@@ -75,6 +75,9 @@ class Target:
     instance_flag: str | None = None
     coiled: bool = True
     workspace: str | None = None
+    local_key: bool = True  # False: gcp kept the key in memory only (--no-local-key)
+    recorded: dict = field(default_factory=dict)  # the settings `coiled-setup gcp` recorded
+    sources: dict = field(default_factory=dict)  # where region, role_id and gar came from
 
     @property
     def role_name(self) -> str:
@@ -105,6 +108,8 @@ class Target:
             parts.append("--no-gar")
         if key and self.key_given and self.key_path is not None:
             parts.append(f"--key-file {self.key_path}")
+        elif not self.local_key and not self.key_given:
+            parts.append("--no-local-key")
         if not self.coiled:
             parts.append("--no-upload")
         elif self.workspace:
@@ -235,8 +240,9 @@ def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: s
     """A check that could not be made: who lacks what, or what Google or Coiled said."""
     who = who or f.operator or "your account"
     if isinstance(e, CoiledError):
-        return Result(name, title, FAILED, f"Could not read Coiled: {e.message}",
-                      "Check your Coiled login (coiled login) and --coiled-server, then run again.")
+        remedy = ("Check your network connection, proxy settings and --coiled-server, then run again." if not e.status
+                  else "Check your Coiled login (coiled login) and --coiled-server, then run again.")
+        return Result(name, title, FAILED, f"Could not read Coiled: {e.message}", remedy)
     if e.code == "PERMISSION_DENIED" and e.permission:
         role = "roles/viewer" if e.permission in VIEWER_READS else granting_role(e.permission)
         return Result(name, title, FAILED,
@@ -257,9 +263,17 @@ def _not_found(e: Exception | None) -> bool:
 
 # -- the checks ----------------------------------------------------------------------------------------
 
+NEEDS_KEY = "needs the key file; pass --key-file"
+
+
 def check_key_file(t: Target, f: Facts) -> Result:
     name, title = "key_file", "Key file"
     where = str(t.key_path)
+    if t.key_path is None:
+        why = ("coiled-setup gcp kept the key in memory only (--no-local-key)" if not t.local_key
+               else "coiled-setup gcp recorded none for this project")
+        return Result(name, title, SKIPPED, f"No key file: {why}; the checks that need it are skipped (pass "
+                      "--key-file to run them).", data={"needs_key": True})
     if t.key is None:
         remedy = t.key_remedy or (f"Pass a valid key file with --key-file, or run {t.gcp(key=False)} to make a new "
                                   "one" if t.key_given else f"{t.gcp()} (writes a fresh key file)")
@@ -376,6 +390,8 @@ def check_binding(t: Target, f: Facts) -> Result:
 def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "effective_permissions", "Permissions in effect"
     want = template_permissions()
+    if t.key_path is None:
+        return Result(name, title, SKIPPED, f"Not tested as the account: {NEEDS_KEY}.", data={"needs_key": True})
     if before["key_file"].status != OK:
         return Result(name, title, SKIPPED, "Needs a usable key to test as the account (see Key file).")
     if before["service_account"].status != OK:
@@ -464,7 +480,8 @@ def check_repo_grant(t: Target, f: Facts, before: dict[str, Result]) -> Result:
                           "Google may still be propagating the grant (up to 7 minutes): run verify again later.",
                           {"not_held": missing})
         return Result(name, title, OK, f"{t.account} holds {REPO_ROLE}; push and pull tested as the account.")
-    return Result(name, title, OK, f"{t.account} holds {REPO_ROLE} on the repository.")
+    untested = f" (push and pull not tested as the account: {NEEDS_KEY})" if t.key is None else ""
+    return Result(name, title, OK, f"{t.account} holds {REPO_ROLE} on the repository{untested}.")
 
 
 def check_instance(t: Target, f: Facts) -> Result:
@@ -543,7 +560,8 @@ def check_coiled_credentials(t: Target, f: Facts) -> Result:
                       f"Workspace {ws} holds another key of {email} ({_short(kid)}), not the key file's "
                       f"({_short(t.key_id)}).",
                       f"Nothing, if that key is meant for Coiled; otherwise {upload} (gives Coiled this key)")
-    return Result(name, title, OK, f"Workspace {ws} holds key {_short(kid)} of {email}.")
+    live_note = ", enabled on Google" if f.has("keys") else ""
+    return Result(name, title, OK, f"Workspace {ws} holds key {_short(kid)} of {email}{live_note}.")
 
 
 def check_coiled_backend(t: Target, f: Facts, before: dict[str, Result]) -> Result:

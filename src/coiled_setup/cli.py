@@ -167,7 +167,7 @@ def gcp(
 
 
 VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "
-                     "2 bad input (for example no key file), 130 interrupted.")
+                     "2 bad input (for example an unknown project), 130 interrupted.")
 
 
 @app.command(epilog=VERIFY_EXIT_CODES, short_help="Check, read-only, that Coiled can work in a project.")
@@ -176,11 +176,15 @@ def verify(
                                           help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
     key_file: Optional[Path] = typer.Option(None, metavar="PATH", help="The Coiled account's key file [default: the "
                                                                        "one coiled-setup gcp wrote for the project]."),
-    role_id: str = typer.Option("coiled", metavar="ROLE_ID", help="Id of the custom role."),
-    region: str = typer.Option("us-east1", metavar="REGION", help="Region of the clusters and the registry."),
-    no_gar: bool = typer.Option(False, "--no-gar", help="Skip the Artifact Registry checks."),
+    role_id: Optional[str] = typer.Option(None, metavar="ROLE_ID",
+                                          help="Id of the custom role [default: as gcp recorded, else coiled]."),
+    region: Optional[str] = typer.Option(None, metavar="REGION", help="Region of the clusters and the registry "
+                                                                      "[default: as gcp recorded, else Coiled's, else "
+                                                                      "us-east1]."),
+    gar: Optional[bool] = typer.Option(None, "--gar/--no-gar", help="Check Artifact Registry [default: as gcp "
+                                                                    "recorded, else on]."),
     instance_service_account: Optional[str] = typer.Option(
-        None, metavar="EMAIL", help="Account for cluster instances [default: the one Coiled is configured with]."),
+        None, metavar="EMAIL", help="Account for cluster instances [default: as gcp recorded, else Coiled's]."),
     workspace: Optional[str] = typer.Option(None, metavar="SLUG",
                                             help="Coiled workspace [default: your only or personal one]."),
     no_coiled: bool = typer.Option(False, "--no-coiled", help="Skip the checks of what Coiled holds."),
@@ -205,7 +209,7 @@ def verify(
             sb = start_embedded_sandbox()
         try:
             return command.run(command.VerifyOptions(
-                project=project, key_file=key_file, role_id=role_id, region=region, gar=not no_gar,
+                project=project, key_file=key_file, role_id=role_id, region=region, gar=gar,
                 instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
                 coiled_server=coiled_server, strict=strict, output=output,
             ))

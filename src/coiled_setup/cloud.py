@@ -17,7 +17,18 @@ ENDPOINT_VAR = "COILED_SETUP_GOOGLE_ENDPOINT"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 MAX_TEST_PERMISSIONS = 100
 TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN"}
-READ_ATTEMPTS = 6
+READ_ATTEMPTS = 8  # for errors Google answered; a Google that does not answer has GIVE_UP_S instead
+READ_TIMEOUT_S = 20.0  # one attempt of a read (the client libraries' own retries are off: ours tell the user)
+TOKEN_TIMEOUT_S = 10.0
+# While Google does not answer at all: the first notice, the next ones, and when to give up.
+NOTICE_AFTER_S = 1.0
+NOTICE_EVERY_S = 5.0
+GIVE_UP_S = 30.0
+UNREACHABLE = "UNREACHABLE"  # CloudError.reason of a Google that stopped answering for GIVE_UP_S
+# What the transport says when nothing answered (as opposed to an error Google answered).
+_NO_ANSWER = ("failed to connect", "connection refused", "failed to establish", "dns resolution failed",
+              "name resolution", "name or service not known", "socket closed", "connection reset",
+              "network is unreachable", "no route to host", "deadline exceeded", "timed out")
 
 
 class CloudError(Exception):
@@ -34,7 +45,16 @@ class CloudError(Exception):
 
     @property
     def transient(self) -> bool:
-        return self.code in TRANSIENT
+        # An unreachable Google was already waited for: retrying it again would only be silent.
+        return self.code in TRANSIENT and self.reason != UNREACHABLE
+
+    @property
+    def no_answer(self) -> bool:
+        """Nothing answered (refused or timed-out connection, unknown host), rather than Google refusing."""
+        if self.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or self.reason == UNREACHABLE:
+            return False
+        text = self.message.lower()
+        return any(h in text for h in _NO_ANSWER)
 
     @property
     def permission(self) -> str:
@@ -101,6 +121,10 @@ def _convert(exc: BaseException) -> CloudError:
 
     if isinstance(exc, gexc.GoogleAPICallError):
         code = exc.grpc_status_code.name if exc.grpc_status_code is not None else str(exc.code)
+        text = str(exc.message or "")
+        if code == "UNAVAILABLE" and "metadata from plugin" in text and not any(h in text.lower() for h in _NO_ANSWER):
+            # The credentials were refused while a call was being made.
+            return CloudError("UNAUTHENTICATED", "Google refused the credentials.")
         violations = []
         for d in exc.details or []:
             for v in getattr(d, "violations", []) or []:
@@ -138,23 +162,45 @@ def _google_errors():
         raise _convert(e) from None
 
 
-def _read(call):
-    """An idempotent read, retried with capped backoff while Google answers a transient error.
+# Per call: no silent retries inside the client library (a closed port would be retried for a minute
+# per call without a word); `Google._read` retries instead, and says so.
+_CALL = {"retry": None, "timeout": READ_TIMEOUT_S}
 
-    Reads are retried here, where it is always safe, so that a step's own retries (which start the
-    step over) are spent on its writes rather than on every read around them.
-    """
-    from coiled_setup import waiting
 
-    delays = waiting.delays(first=0.2, cap=3.0)
-    for attempt in range(1, READ_ATTEMPTS + 1):
-        try:
-            with _google_errors():
-                return call()
-        except CloudError as e:
-            if not e.transient or attempt == READ_ATTEMPTS:
-                raise
-        time.sleep(next(delays))
+class Reachability:
+    """Since when a service has not answered at all (shared by concurrent calls), and telling the user so."""
+
+    def __init__(self, who: str = "Google"):
+        self.who = who
+        self._lock = threading.Lock()
+        self.since: float | None = None
+        self._told = 0.0
+
+    def answered(self) -> None:
+        self.since = None
+
+    def silent(self, started: float, where: str, notify) -> float:
+        """Records a call that got no answer; answers how long Google has been silent."""
+        now = time.monotonic()
+        with self._lock:
+            if self.since is None or started < self.since:
+                self.since = started
+            so_far = now - self.since
+            tell = notify is not None and so_far >= NOTICE_AFTER_S and now - self._told >= NOTICE_EVERY_S
+            if tell:
+                self._told = now
+        if tell:
+            notify(f"{self.who} is not answering at {where} yet; retrying ({int(so_far)} s so far)…")
+        return so_far
+
+
+def unreachable(where: str, so_far: float, proxy: bool = True) -> CloudError:
+    """The error of a Google that did not answer for GIVE_UP_S."""
+    hint = ("check your network connection and proxy settings (HTTPS_PROXY, NO_PROXY)" if proxy
+            else "check your network connection")
+    override = f" and {ENDPOINT_VAR}" if os.environ.get(ENDPOINT_VAR) else ""
+    return CloudError("UNAVAILABLE", f"Google did not answer at {where} for {int(so_far)} s: {hint}{override}, "
+                      "then run again.", reason=UNREACHABLE, metadata={"endpoint": where})
 
 
 def _policy_from_pb(pb) -> Policy:
@@ -206,6 +252,55 @@ class Google:
         self._clients: dict[str, object] = {}
         self._lock = threading.Lock()
         self._channel = None
+        # Hears one line now and then while Google does not answer (None: silent).
+        self.notify = None
+        self._reach = Reachability()
+
+    @property
+    def where(self) -> str:
+        """Where the calls go, for messages."""
+        if self.endpoint:
+            return self.endpoint
+        from google.cloud import resourcemanager_v3
+
+        return getattr(resourcemanager_v3.ProjectsClient, "DEFAULT_ENDPOINT", None) or "googleapis.com"
+
+    @contextlib.contextmanager
+    def _calling(self):
+        """One call: Google's errors as CloudError; a Google that does not answer is tracked, told and,
+        after GIVE_UP_S, given up on."""
+        started = time.monotonic()
+        try:
+            with _google_errors():
+                yield
+        except CloudError as e:
+            if e.no_answer:
+                so_far = self._reach.silent(started, self.where, self.notify)
+                if so_far >= GIVE_UP_S:
+                    raise unreachable(self.where, so_far) from None
+            raise
+        self._reach.answered()
+
+    def _read(self, call):
+        """An idempotent read, retried with capped backoff while Google answers a transient error, or while
+        it does not answer at all (up to GIVE_UP_S, saying so).
+
+        Reads are retried here, where it is always safe, so that a step's own retries (which start the
+        step over) are spent on its writes rather than on every read around them.
+        """
+        from coiled_setup import waiting
+
+        delays = waiting.delays(first=0.2, cap=3.0)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._calling():
+                    return call()
+            except CloudError as e:
+                if not e.transient or (attempt >= READ_ATTEMPTS and not e.no_answer):
+                    raise
+            time.sleep(next(delays))
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -292,7 +387,7 @@ class Google:
 
     # -- projects and permissions --------------------------------------------------------------
     def get_project(self, project: str) -> Project:
-        p = _read(lambda: self.projects.get_project(name=f"projects/{project}"))
+        p = self._read(lambda: self.projects.get_project(name=f"projects/{project}", **_CALL))
         return Project(p.project_id, p.name.split("/", 1)[1], type(p).State(p.state).name)
 
     def test_permissions(self, resource: str, permissions: list[str], *, repository: bool = False) -> set[str]:
@@ -302,8 +397,8 @@ class Google:
         name = resource if repository else f"projects/{resource}"
 
         def one(batch):
-            return _read(lambda: client.test_iam_permissions(request={"resource": name, "permissions": batch})
-                         ).permissions
+            return self._read(lambda: client.test_iam_permissions(
+                request={"resource": name, "permissions": batch}, **_CALL)).permissions
 
         held: set[str] = set()
         for result in run_all([lambda b=b: one(b) for b in batches]):
@@ -311,13 +406,13 @@ class Google:
         return held
 
     def get_policy(self, project: str) -> Policy:
-        pb = _read(lambda: self.projects.get_iam_policy(
-            request={"resource": f"projects/{project}", "options": {"requested_policy_version": 3}}
+        pb = self._read(lambda: self.projects.get_iam_policy(
+            request={"resource": f"projects/{project}", "options": {"requested_policy_version": 3}}, **_CALL
         ))
         return _policy_from_pb(pb)
 
     def set_policy(self, project: str, policy: Policy) -> Policy:
-        with _google_errors():
+        with self._calling():
             pb = self.projects.set_iam_policy(
                 request={"resource": f"projects/{project}", "policy": _policy_to_pb(policy)}
             )
@@ -325,14 +420,15 @@ class Google:
 
     # -- service usage ------------------------------------------------------------------------------
     def service_enabled(self, project: str, service: str) -> bool:
-        s = _read(lambda: self.usage.get_service(request={"name": f"projects/{project}/services/{service}"}))
+        s = self._read(lambda: self.usage.get_service(
+            request={"name": f"projects/{project}/services/{service}"}, **_CALL))
         from google.cloud.service_usage_v1 import State
 
         return s.state == State.ENABLED
 
     def start_enable(self, project: str, services: list[str]) -> str:
         """Starts enabling; answers the operation name (done already when nothing was to do)."""
-        with _google_errors():
+        with self._calling():
             op = self.usage.batch_enable_services(
                 request={"parent": f"projects/{project}", "service_ids": services}
             )
@@ -342,7 +438,7 @@ class Google:
     def operation_done(self, client: str, name: str) -> bool:
         """Polls an operation once; raises its error when it failed."""
         transport = (self.registry if client == "registry" else self.usage).transport
-        op = _read(lambda: transport.operations_client.get_operation(name))
+        op = self._read(lambda: transport.operations_client.get_operation(name, **_CALL))
         if op.done and op.HasField("error"):
             raise CloudError(_code_name(op.error.code), op.error.message)
         return bool(op.done)
@@ -350,7 +446,8 @@ class Google:
     # -- service accounts and keys ----------------------------------------------------------------
     def get_account(self, email: str) -> Account | None:
         try:
-            a = _read(lambda: self.iam.get_service_account(name=f"projects/-/serviceAccounts/{email}"))
+            a = self._read(lambda: self.iam.get_service_account(
+                name=f"projects/-/serviceAccounts/{email}", **_CALL))
         except CloudError as e:
             if e.code == "NOT_FOUND":
                 return None
@@ -359,12 +456,12 @@ class Google:
 
     def list_accounts(self, project: str) -> list[Account]:
         # The largest page Google serves: one round trip for most projects instead of one per 20 accounts.
-        return _read(lambda: [Account(a.email, a.unique_id, a.disabled, a.display_name)
-                              for a in self.iam.list_service_accounts(
-                                  request={"name": f"projects/{project}", "page_size": 100})])
+        return self._read(lambda: [Account(a.email, a.unique_id, a.disabled, a.display_name)
+                                   for a in self.iam.list_service_accounts(
+                                       request={"name": f"projects/{project}", "page_size": 100}, **_CALL)])
 
     def create_account(self, project: str, account_id: str, display_name: str, description: str = "") -> Account:
-        with _google_errors():
+        with self._calling():
             a = self.iam.create_service_account(
                 name=f"projects/{project}",
                 account_id=account_id,
@@ -373,8 +470,8 @@ class Google:
         return Account(a.email, a.unique_id, a.disabled, a.display_name)
 
     def list_user_keys(self, email: str) -> list[Key]:
-        resp = _read(lambda: self.iam.list_service_account_keys(
-            request={"name": f"projects/-/serviceAccounts/{email}", "key_types": [1]}  # USER_MANAGED
+        resp = self._read(lambda: self.iam.list_service_account_keys(
+            request={"name": f"projects/-/serviceAccounts/{email}", "key_types": [1]}, **_CALL  # USER_MANAGED
         ))
         return [Key(k.name.rsplit("/", 1)[1], k.valid_after_time.timestamp(), k.disabled) for k in resp.keys]
 
@@ -382,18 +479,18 @@ class Google:
         """A new key; answers the key file (the only copy of its private half)."""
         import json
 
-        with _google_errors():
+        with self._calling():
             k = self.iam.create_service_account_key(name=f"projects/-/serviceAccounts/{email}")
         return json.loads(k.private_key_data)
 
     def delete_key(self, email: str, key_id: str) -> None:
-        with _google_errors():
+        with self._calling():
             self.iam.delete_service_account_key(name=f"projects/-/serviceAccounts/{email}/keys/{key_id}")
 
     # -- roles -------------------------------------------------------------------------------------
     def get_role(self, name: str) -> Role | None:
         try:
-            return _role(_read(lambda: self.iam.get_role(request={"name": name})))
+            return _role(self._read(lambda: self.iam.get_role(request={"name": name}, **_CALL)))
         except CloudError as e:
             if e.code == "NOT_FOUND":
                 return None
@@ -401,7 +498,7 @@ class Google:
 
     def create_role(self, project: str, role_id: str, title: str, description: str, permissions: list[str],
                     stage: str) -> Role:
-        with _google_errors():
+        with self._calling():
             r = self.iam.create_role(request={
                 "parent": f"projects/{project}",
                 "role_id": role_id,
@@ -412,7 +509,7 @@ class Google:
 
     def update_role(self, name: str, etag: bytes, title: str, description: str, permissions: list[str],
                     stage: str) -> Role:
-        with _google_errors():
+        with self._calling():
             r = self.iam.update_role(request={
                 "name": name,
                 "role": {"title": title, "description": description, "included_permissions": permissions,
@@ -422,14 +519,14 @@ class Google:
         return _role(r)
 
     def undelete_role(self, name: str, etag: bytes) -> Role:
-        with _google_errors():
+        with self._calling():
             return _role(self.iam.undelete_role(request={"name": name, "etag": etag}))
 
     # -- artifact registry ---------------------------------------------------------------------------
     def get_repository(self, name: str) -> str | None:
         """The repository's format, or None when there is none."""
         try:
-            r = _read(lambda: self.registry.get_repository(name=name))
+            r = self._read(lambda: self.registry.get_repository(name=name, **_CALL))
         except CloudError as e:
             if e.code == "NOT_FOUND":
                 return None
@@ -439,7 +536,7 @@ class Google:
     def start_create_repository(self, project: str, location: str, repo_id: str, description: str) -> str:
         from google.cloud.artifactregistry_v1 import Repository
 
-        with _google_errors():
+        with self._calling():
             op = self.registry.create_repository(
                 parent=f"projects/{project}/locations/{location}",
                 repository_id=repo_id,
@@ -448,26 +545,76 @@ class Google:
         return op.operation.name
 
     def get_repo_policy(self, name: str) -> Policy:
-        pb = _read(lambda: self.registry.get_iam_policy(
-            request={"resource": name, "options": {"requested_policy_version": 3}}
+        pb = self._read(lambda: self.registry.get_iam_policy(
+            request={"resource": name, "options": {"requested_policy_version": 3}}, **_CALL
         ))
         return _policy_from_pb(pb)
 
     def set_repo_policy(self, name: str, policy: Policy) -> Policy:
-        with _google_errors():
+        with self._calling():
             pb = self.registry.set_iam_policy(request={"resource": name, "policy": _policy_to_pb(policy)})
         return _policy_from_pb(pb)
 
-    # -- credentials ---------------------------------------------------------------------------------
+    # -- credentials and connection ---------------------------------------------------------------------
+    def wait_reachable(self) -> None:
+        """Waits until Google's endpoint takes a connection, saying so while it does not, for up to GIVE_UP_S.
+
+        One connection up front: a Google that does not answer is told within a second or two, not after
+        every call of a run has been retried in vain."""
+        import grpc
+
+        channel = self._local_channel() if self.endpoint else self.projects.transport.grpc_channel
+        ready = grpc.channel_ready_future(channel)
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    ready.result(timeout=NOTICE_AFTER_S)
+                    self._reach.answered()
+                    return
+                except grpc.FutureTimeoutError:
+                    so_far = self._reach.silent(started, self.where, self.notify)
+                    if so_far >= GIVE_UP_S:
+                        raise unreachable(self.where, so_far) from None
+        finally:
+            ready.cancel()
+
     def authenticate(self) -> None:
         """Fetches a token now, so refused credentials surface once, as CloudError UNAUTHENTICATED.
 
-        (Refused inside a call, they arrive as UNAVAILABLE, which the client libraries retry for a minute.)
+        While the token service does not answer, retries (saying so) for up to GIVE_UP_S.
         """
+        from google.auth import exceptions as aexc
         from google.auth.transport.requests import Request
 
-        with _google_errors():
-            self.credentials.refresh(Request())
+        from coiled_setup import waiting
+
+        class Bounded(Request):  # google-auth waits 120 s for a token by default
+            def __call__(self, *args, **kwargs):
+                kwargs["timeout"] = TOKEN_TIMEOUT_S
+                return super().__call__(*args, **kwargs)
+
+        where = _host(getattr(self.credentials, "_token_uri", "") or "") or "Google's token service"
+        reach = Reachability()
+        delays = waiting.delays(first=0.2, cap=2.0)
+        while True:
+            started = time.monotonic()
+            try:
+                self.credentials.refresh(Bounded())
+                return
+            except aexc.TransportError:
+                so_far = reach.silent(started, where, self.notify)
+                if so_far >= GIVE_UP_S:
+                    raise unreachable(where, so_far) from None
+            except aexc.RefreshError as e:
+                raise _convert(e) from None
+            time.sleep(next(delays))
+
+
+def _host(url: str) -> str:
+    import urllib.parse
+
+    return urllib.parse.urlsplit(url).netloc if "//" in url else url
 
 
 def _code_name(code: int) -> str:

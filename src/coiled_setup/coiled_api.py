@@ -10,10 +10,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from coiled_setup.cloud import GIVE_UP_S, Reachability
 from coiled_setup.errors import BadInput, UserError
 
 RETRY_STATUSES = {429, 502, 503, 504}
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 8  # for errors Coiled answered; a Coiled that does not answer has GIVE_UP_S instead
+REQUEST_TIMEOUT_S = 30.0
 
 
 class CoiledError(UserError):
@@ -31,6 +33,9 @@ class Coiled:
         self.server = server.rstrip("/")
         self._token = token
         self.workspace = workspace
+        # Hears one line now and then while Coiled does not answer (None: silent).
+        self.notify = None
+        self._reach = Reachability("Coiled")
 
     def __repr__(self) -> str:  # never show the token
         return f"Coiled(server={self.server!r}, workspace={self.workspace!r})"
@@ -42,21 +47,26 @@ class Coiled:
         url = self.server + path
         data = None if body is None else json.dumps(body).encode()
         delay = 0.2
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
             req = urllib.request.Request(url, data=data, method=method)
             req.add_header("Authorization", self._auth())
             req.add_header("Accept", "application/json")
             if data is not None:
                 req.add_header("Content-Type", "application/json")
             try:
-                with urllib.request.urlopen(req, timeout=30) as r:
+                with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
                     raw = r.read()
+                self._reach.answered()
                 try:
                     return json.loads(raw) if raw else None
                 except ValueError:
                     raise CoiledError(f"{self.server} answered {method} {path} with something other than JSON: "
                                       "check that --coiled-server points to Coiled.") from None
             except urllib.error.HTTPError as e:
+                self._reach.answered()
                 raw = e.read()
                 if e.code in RETRY_STATUSES and attempt < MAX_ATTEMPTS:
                     time.sleep(delay * random.uniform(0.8, 1.2))
@@ -65,14 +75,23 @@ class Coiled:
                 if e.code == 404 and ok_missing:
                     return None
                 raise CoiledError(_message(e.code, raw, method, path), e.code) from None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-                if attempt < MAX_ATTEMPTS:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            except (urllib.error.URLError, OSError) as e:  # no answer (a dropped connection included)
+                so_far = self._reach.silent(started, self.server, self.notify)
+                if so_far < GIVE_UP_S:
+                    time.sleep(min(delay, GIVE_UP_S - so_far))
+                    delay = min(delay * 2, 2.0)  # short, so that it answers soon after it is back
                     continue
                 reason = getattr(e, "reason", e)
-                raise CoiledError(f"Could not reach Coiled at {self.server} ({reason}): check your network and --coiled-server.") from None
-        raise AssertionError("unreachable")
+                raise CoiledError(f"Coiled did not answer at {self.server} for {int(so_far)} s ({reason}): check your "
+                                  "network connection, proxy settings (HTTPS_PROXY, NO_PROXY) and --coiled-server, "
+                                  "then run again.") from None
+            except http.client.HTTPException as e:  # something answered, but not in HTTP/1.1
+                if attempt < MAX_ATTEMPTS:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise CoiledError(f"Could not reach Coiled at {self.server}: it answers, but not in HTTP/1.1 "
+                                  f"({type(e).__name__}): check --coiled-server.") from None
 
     # -- routes ----------------------------------------------------------------------------
     def me(self) -> dict:

@@ -58,3 +58,11 @@ class Journal:
 
     def drop_key(self, key_id: str) -> None:
         self.set(keys=[k for k in self.our_keys() if k != key_id])
+
+    # -- what the last finished run set up, for `verify` (settings only, never a secret) --------------------
+    def record_settings(self, **settings) -> None:
+        self.set(settings={**settings, "recorded": time.time()})
+
+    def settings(self) -> dict:
+        s = self.data.get("settings")
+        return s if isinstance(s, dict) else {}

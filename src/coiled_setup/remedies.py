@@ -48,6 +48,8 @@ def missing_permissions_sentence(principal: str, project: str, missing: list[str
 
 def explain(e: CloudError, project: str) -> tuple[str, int]:
     """(sentence, exit code) for a Google error a step could not get past."""
+    if e.reason == "UNREACHABLE":  # already one sentence: where, for how long, what to check
+        return e.message, STEP_FAILED
     if e.reason == "SERVICE_DISABLED":
         svc = e.metadata.get("service", "an API")
         return (f"The API {svc} is disabled in project {project}: enable it (gcloud services enable {svc} "

@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from coiled_setup import context
-from coiled_setup.cloud import CloudError, Google, NoCredentials, run_all
+from coiled_setup.cloud import UNREACHABLE, CloudError, Google, NoCredentials, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.errors import BadInput, UserError
 from coiled_setup.remedies import explain
 
 
-def connect_google() -> Google:
-    """The operator's Google, its credentials already accepted (refused ones are bad input, told at once)."""
+def notice(text: str) -> None:
+    """A line on stderr while waiting (stdout may carry a JSON document)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def connect_google(notify=notice) -> Google:
+    """The operator's Google, its credentials accepted and its endpoint answering (refused credentials are bad
+    input, told at once; a Google that does not answer is told within seconds, and given up on in 30)."""
     try:
         g = Google.from_environment()
     except NoCredentials as e:
         raise BadInput(no_credentials_sentence(str(e))) from None
+    g.notify = notify
     try:
         g.authenticate()
+        g.wait_reachable()
     except CloudError as e:
-        if e.transient:
+        g.close()
+        if e.transient or e.reason == UNREACHABLE:
             raise UserError(explain(e, "")[0]) from None
         raise BadInput(explain(e, "")[0]) from None
     return g
@@ -47,7 +57,9 @@ def coiled_client(server_flag: str | None, workspace_flag: str | None, skip_flag
     token, server, workspace = context.coiled_login(server_flag, workspace_flag)
     if not token:
         raise BadInput(f"No Coiled login found: run `coiled login`, set DASK_COILED__TOKEN, or pass {skip_flag}.")
-    return Coiled(server, token), workspace
+    c = Coiled(server, token)
+    c.notify = notice
+    return c, workspace
 
 
 def workspace_reads(c: Coiled) -> tuple[dict, list]:

@@ -8,7 +8,7 @@ import time
 from rich.markup import escape
 
 from coiled_setup import context, keyfile, paths, report, role_templates, waiting
-from coiled_setup.cloud import CloudError, Google, run_all
+from coiled_setup.cloud import UNREACHABLE, CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
 from coiled_setup.errors import BAD_INPUT, INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
@@ -198,7 +198,7 @@ class Wizard:
                           + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
         (project, perr), (held, terr) = results[0], results[1]
         if terr is not None and perr is not None:
-            if terr.transient:
+            if terr.transient or terr.reason == UNREACHABLE:
                 raise UserError(explain(terr, o.project)[0])
             if terr.code == "UNAUTHENTICATED":
                 raise BadInput(explain(terr, o.project)[0])
@@ -302,8 +302,18 @@ class Wizard:
             if reobserve:
                 self._retrying(step, lambda: step.observe(run), reobserve=False)
 
+    def observe(self, step: Step) -> None:
+        """Reads what exists for one step; a refusal it cannot get past is one sentence, never a traceback."""
+        try:
+            self._retrying(step, lambda: step.observe(self.run), reobserve=False)
+        except CloudError as e:
+            message, code = explain(e, self.opts.project)
+            if e.code not in message:
+                message = f"{message.rstrip('.')} (Google answered {e.code})."
+            raise UserError(f"Could not read what exists for '{step.title}': {message}", code) from None
+
     def observe_all(self, steps: list[Step]) -> None:
-        run_all([lambda s=s: self._retrying(s, lambda: s.observe(self.run), reobserve=False) for s in steps])
+        run_all([lambda s=s: self.observe(s) for s in steps])
 
     def apply_step(self, step: Step) -> str:
         run = self.run
@@ -332,7 +342,7 @@ class Wizard:
                 if choice == "Skip":
                     return None
                 self.ui.begin(step.title)
-                self._retrying(step, lambda: step.observe(run), reobserve=False)
+                self.observe(step)
 
     def describe(self, e: Exception) -> tuple[str, int]:
         if isinstance(e, CloudError):
@@ -429,6 +439,15 @@ class Wizard:
 
     def finish(self) -> None:
         o, run, ui = self.opts, self.run, self.ui
+        # What this setup is, so that `verify` checks it rather than the defaults.
+        try:
+            run.journal.record_settings(
+                region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, account=o.account_email,
+                instance_service_account=run.instance_email, key_file=run.key_path, local_key=not o.no_local_key,
+                upload=o.upload, workspace=o.workspace if o.upload else None)
+        except OSError as e:  # the setup itself is done; only verify's defaults are lost
+            ui.warn(f"Could not record this run's settings ({e.strerror or e}): pass the same --region, --role-id "
+                    "and --no-gar to verify.")
         ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
         if run.key_path:
             ui.info(f"The key of {o.account_email} is in {run.key_path} (mode 0600). Keep it private.")
@@ -458,6 +477,9 @@ def run(opts: Options) -> int:
             ui.error(e.message)
         else:
             ui.info(e.message)
+    except CloudError as e:  # a refusal no step could place: still one sentence
+        error, code = explain(e, opts.project)
+        ui.error(error)
     except KeyboardInterrupt:
         code = INTERRUPTED
         done = [r["title"] for r in w.results if r["result"] == "ok" and r["action"] != NOTHING]

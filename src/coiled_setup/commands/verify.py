@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from coiled_setup import checks, context, keyfile, report
 from coiled_setup.checks import FAILED, OK, SKIPPED, STATUSES, WARNING, Result, Target
-from coiled_setup.cloud import Google
-from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google
+from coiled_setup.cloud import Google, run_all
+from coiled_setup.coiled_api import CoiledError
+from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
 from coiled_setup.errors import INTERRUPTED, STEP_FAILED, BadInput, UserError
 from coiled_setup.errors import OK as OK_CODE
 from coiled_setup.journal import Journal
@@ -26,9 +28,10 @@ STATUS_MARK = {OK: "✓", FAILED: "✗", WARNING: "!", SKIPPED: "-"}
 class VerifyOptions:
     project: str | None = None
     key_file: Path | None = None
-    role_id: str = DEFAULT_ROLE_ID
-    region: str = DEFAULT_REGION
-    gar: bool = True
+    # None: what `coiled-setup gcp` recorded for the project, else what Coiled's workspace holds, else the default.
+    role_id: str | None = None
+    region: str | None = None
+    gar: bool | None = None
     instance_service_account: str | None = None
     coiled: bool = True
     workspace: str | None = None
@@ -42,11 +45,11 @@ class VerifyOptions:
 def _validate(o: VerifyOptions) -> None:
     if o.output not in ("text", "json"):
         raise BadInput(f"--output {o.output!r} is not known: use text or json.")
-    if not ROLE_ID_RE.match(o.role_id):
+    if o.role_id is not None and not ROLE_ID_RE.match(o.role_id):
         raise BadInput(f"--role-id {o.role_id!r} is not valid: use 3 to 64 letters, digits, underscores or periods.")
-    if o.region not in REGIONS:
+    if o.region is not None and o.region not in REGIONS:
         raise BadInput(f"--region {o.region!r} is not a Google Cloud region (for example us-east1).")
-    if o.gar and o.region not in GAR_REGIONS:
+    if o.region is not None and o.gar and o.region not in GAR_REGIONS:
         raise BadInput(f"--region {o.region!r} cannot hold Coiled's Artifact Registry repository: use us-east1 or "
                        "us-central1, or pass --no-gar.")
     e = o.instance_service_account
@@ -54,8 +57,41 @@ def _validate(o: VerifyOptions) -> None:
         raise BadInput(f"--instance-service-account {e!r} is not a service account email.")
 
 
+def _recorded(settings: dict) -> dict:
+    """The journal's settings that are well formed (a hand-edited journal must not crash verify)."""
+    out = {}
+    if settings.get("region") in REGIONS:
+        out["region"] = settings["region"]
+    if isinstance(settings.get("role_id"), str) and ROLE_ID_RE.match(settings["role_id"]):
+        out["role_id"] = settings["role_id"]
+    if isinstance(settings.get("gar"), bool):
+        out["gar"] = settings["gar"]
+    for k in ("account", "instance_service_account", "key_file", "workspace"):
+        if isinstance(settings.get(k), str) and settings[k]:
+            out[k] = settings[k]
+    if isinstance(settings.get("local_key"), bool):
+        out["local_key"] = settings["local_key"]
+    return out
+
+
+def from_coiled(view: dict | None) -> dict:
+    """The settings Coiled's workspace holds: region, registry on/off and the account of its key."""
+    o = ((view or {}).get("backend_options") or {}).get("options") or {}
+    out = {}
+    if o.get("gcp_region_name") in REGIONS:
+        out["region"] = o["gcp_region_name"]
+    registry = (o.get("registry") or {}).get("type")
+    if registry:
+        out["gar"] = registry == "gar"
+    email = (o.get("gcp_service_creds_dict") or {}).get("client_email")
+    if isinstance(email, str) and email:
+        out["account"] = email
+    return out
+
+
 def resolve(o: VerifyOptions) -> Target:
-    """The target: project, key file (flag, then the journal) and account; BadInput when there is nothing to verify."""
+    """What can be known locally: project, key file (flag, then the journal), account, and what `coiled-setup gcp`
+    recorded. BadInput for bad flags."""
     _validate(o)
     project = o.project or context.project_from_environment() or ""
     if not project and o.key_file is not None and o.key_file.is_file():
@@ -66,46 +102,110 @@ def resolve(o: VerifyOptions) -> Target:
     if not project:
         raise BadInput("No project given: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT.")
     check_project(project)
-    t = Target(project=project, region=o.region, role_id=o.role_id, gar=o.gar,
-               instance_flag=o.instance_service_account, coiled=o.coiled, workspace=o.workspace)
     journal = Journal(project)
+    recorded = _recorded(journal.settings())
+    t = Target(project=project, instance_flag=o.instance_service_account, coiled=o.coiled, workspace=o.workspace)
+    t.recorded = recorded
     if o.key_file is not None:
         path, t.key_given = o.key_file, True
         if not path.exists():
             raise BadInput(f"--key-file {str(path)!r} does not exist: pass the path of the Coiled account's JSON key "
                            f"file, or run `{command('gcp')} --project {project}` to make one.")
-    else:
-        recorded = journal.get("key_file")
-        if not recorded:
-            raise BadInput(f"No key file found for project {project}: pass --key-file, or run `{command('gcp')} "
-                           f"--project {project}` first.")
-        path = Path(recorded)
-        if not path.exists():
-            raise BadInput(f"The key file coiled-setup wrote for project {project} ({path}) is gone: pass --key-file, "
-                           f"or run `{command('gcp')} --project {project}` to make a new one.")
+    elif journal.settings():
+        path = Path(recorded["key_file"]) if "key_file" in recorded else None
+        t.local_key = recorded.get("local_key", True)
+    else:  # a journal from before settings were recorded
+        path = Path(journal.get("key_file")) if journal.get("key_file") else None
     t.key_path = path
-    try:
-        t.key = keyfile.read(path)
-    except UserError as e:
-        t.key_problem = e.message
-        if "chmod" in e.message:
-            t.key_remedy = f"chmod 600 {path}"
+    if path is not None and not path.exists():
+        t.key_problem = (f"The key file coiled-setup wrote for project {project} ({path}) is gone; the checks that "
+                         "need it are skipped.")
+    elif path is not None:
+        try:
+            t.key = keyfile.read(path)
+        except UserError as e:
+            t.key_problem = e.message
+            if "chmod" in e.message:
+                t.key_remedy = f"chmod 600 {path}"
     if t.key is not None and t.key["project_id"] == project:
         t.account = t.key["client_email"]
     else:
-        t.account = journal.get("account") or ""
+        t.account = recorded.get("account") or journal.get("account") or ""
     return t
 
 
-def coiled_reader(o: VerifyOptions):
-    """A job answering {workspace, backend_options}; BadInput when the login or the workspace is wrong."""
+SETTINGS = (("region", DEFAULT_REGION), ("role_id", DEFAULT_ROLE_ID), ("gar", True))
+
+
+def needs_coiled(t: Target, o: VerifyOptions) -> bool:
+    """Whether Coiled's workspace must be read before the checks: to learn the account or a setting."""
+    if not o.coiled:
+        return False
+    return not t.account or any(getattr(o, name) is None and name not in t.recorded
+                                for name in ("region", "gar"))
+
+
+def settle(t: Target, o: VerifyOptions, coiled: dict) -> None:
+    """Each setting from the flag, else what gcp recorded, else what Coiled holds, else the default."""
+    t.account = t.account or coiled.get("account", "")
+    t.sources = {}
+    for name, default in SETTINGS:
+        flag = getattr(o, name)
+        if flag is not None:
+            value, t.sources[name] = flag, "flag"
+        elif name in t.recorded:
+            value, t.sources[name] = t.recorded[name], "recorded"
+        elif name in coiled:
+            value, t.sources[name] = coiled[name], "coiled"
+        else:
+            value, t.sources[name] = default, "default"
+        setattr(t, name, value)
+    if t.instance_flag is None and t.recorded.get("instance_service_account"):
+        t.instance_flag = t.recorded["instance_service_account"]
+    if t.gar and t.region not in GAR_REGIONS:
+        if t.sources["region"] == "flag" or t.sources["gar"] == "flag":
+            raise BadInput(f"--region {t.region!r} cannot hold Coiled's Artifact Registry repository: use us-east1 "
+                           "or us-central1, or pass --no-gar.")
+        t.gar = False  # a region without Coiled's repository: another registry is in use
+    if not t.account and t.key_path is None:
+        raise BadInput(f"No key file or account found for project {t.project}: pass --key-file, or run "
+                       f"`coiled-setup gcp --project {t.project}` first.")
+
+
+def coiled_reader(o: VerifyOptions, recorded_workspace: str | None = None):
+    """A job answering {workspace, backend_options}, made once however often it is asked; BadInput when the login
+    or the workspace is wrong. Without --workspace, the one gcp recorded is preferred while it is still yours."""
     c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-coiled")
+    lock = threading.Lock()
+    answer: list = []
 
     def read() -> dict:
-        ws = choose_workspace(c, wanted)
-        return {"workspace": ws, "backend_options": c.backend_options()}
+        with lock:
+            if not answer:
+                try:
+                    reads = workspace_reads(c)
+                    slugs = [m.get("account", {}).get("slug") for m in reads[1]]
+                    pick = wanted or (recorded_workspace if recorded_workspace in slugs else None)
+                    ws = choose_workspace(c, pick, reads=reads)
+                    answer.append((True, {"workspace": ws, "backend_options": c.backend_options()}))
+                except CoiledError as e:
+                    answer.append((False, e))
+            ok, value = answer[0]
+            if not ok:
+                raise value
+            return value
 
     return read
+
+
+def _quiet(read):
+    """Coiled's view for choosing settings: None when Coiled cannot be read (the checks report that)."""
+    def run():
+        try:
+            return read()
+        except CoiledError:
+            return None
+    return run
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -123,14 +223,32 @@ def summary(results: list[Result]) -> dict:
 
 def verify(o: VerifyOptions, ui: Ui) -> tuple[Target, list[Result], str]:
     t = resolve(o)
-    reader = coiled_reader(o) if o.coiled else None
-    operator = connect_google()
+    reader = coiled_reader(o, t.recorded.get("workspace")) if o.coiled else None
+    if reader is not None and needs_coiled(t, o):
+        # The journal cannot say what to check: Coiled's workspace is read first, while Google's libraries load
+        # and the credentials are checked.
+        view, operator = run_all([_quiet(reader), connect_google])
+        try:
+            settle(t, o, from_coiled(view))
+        except UserError:
+            operator.close()
+            raise
+    else:
+        settle(t, o, {})
+        operator = connect_google()
     as_key = Google.from_key(t.key) if t.key is not None and t.key["project_id"] == t.project else None
+    if as_key is not None:
+        as_key.notify = operator.notify
     try:
         from rich.markup import escape
 
-        ui.info(f"Verifying project [bold]{t.project}[/] as {operator.principal or 'your account'}; key file "
-                + escape(str(t.key_path)) + (f" ({t.account})" if t.account else ""))
+        key = ("key file " + escape(str(t.key_path)) if t.key_path is not None
+               else "no key file (the checks that need it are skipped)")
+        where = {"recorded": "as coiled-setup gcp recorded", "coiled": "as Coiled's workspace holds"}
+        how = sorted({where[s] for s in t.sources.values() if s in where})
+        ui.info(f"Verifying project [bold]{t.project}[/] as {operator.principal or 'your account'}; {key}"
+                + (f" ({t.account})" if t.account else "") + f"; region {t.region}"
+                + (f" ({' and '.join(how)})" if how else "") + ".")
         facts = checks.gather(t, operator, as_key, reader)
     finally:
         operator.close()
@@ -159,8 +277,11 @@ def render(ui: Ui, results: list[Result]) -> None:
 
 def verdict(results: list[Result], code: int) -> str:
     n = summary(results)
+    keyless = sum(1 for r in results if r.status == SKIPPED and r.data.get("needs_key"))
     if code == OK_CODE and not n[WARNING]:
-        return f"All {count(n[OK], 'check')} passed" + (f" ({n[SKIPPED]} skipped)." if n[SKIPPED] else ".")
+        skipped = f"{n[SKIPPED]} skipped" + (f", {keyless} of them needing the key file: pass --key-file" if keyless
+                                             else "")
+        return f"All {count(n[OK], 'check')} passed" + (f" ({skipped})." if n[SKIPPED] else ".")
     parts = [count(n[s], s) if s == WARNING else f"{n[s]} {s}" for s in (FAILED, WARNING, OK, SKIPPED) if n[s]]
     tail = "see the remedies above." if n[FAILED] or n[WARNING] else ""
     return f"{', '.join(parts)}: {tail}".rstrip(": ")

@@ -71,13 +71,142 @@ DEFAULT_SCENARIO: dict = {
 
 
 def load(path: str | Path | None) -> dict:
+    """The scenario in a file (the default one for None); ValueError saying where it is malformed."""
     if path is None:
         return json.loads(json.dumps(DEFAULT_SCENARIO))
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) if not text.lstrip().startswith("{") else json.loads(text)
-    if not isinstance(data, dict) or not data.get("projects"):
-        raise ValueError(f"{path}: a scenario needs a 'projects' list.")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 text") from None
+    except IsADirectoryError:
+        raise ValueError("it is a directory, not a file") from None
+    except OSError as e:
+        raise ValueError(f"it cannot be read ({e.strerror or e})") from None
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"it is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1}: {getattr(e, 'problem', '')})" if mark else ""
+        raise ValueError(f"it is not valid YAML{where}") from None
+    validate(data)
     return data
+
+
+# -- validation: every field apply() reads, with its type, so that a typo is one sentence --------------------
+
+_STATES = ("ACTIVE", "DELETE_REQUESTED")
+
+
+def _fail(where: str, what: str):
+    raise ValueError(f"{where or 'the scenario'} {what}")
+
+
+def _at(where: str, key) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _mapping(value, where: str, fields: dict, required: tuple[str, ...] = ()) -> None:
+    if not isinstance(value, dict):
+        _fail(where, "must be a mapping")
+    for k in value:
+        if k not in fields:
+            _fail(where, f"has an unknown field {k!r} (known: {', '.join(fields)})")
+    for k in required:
+        if k not in value:
+            _fail(where, f"needs the field {k!r}")
+    for k, check in fields.items():
+        if k in value:
+            check(value[k], _at(where, k))
+
+
+def _text(value, where: str) -> None:
+    if not isinstance(value, str) or not value:
+        _fail(where, "must be non-empty text")
+
+
+def _bool(value, where: str) -> None:
+    if not isinstance(value, bool):
+        _fail(where, "must be true or false")
+
+
+def _count(value, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail(where, "must be a whole number, 0 or more")
+
+
+def _number(value, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        _fail(where, "must be digits")
+
+
+def _list_of(check):
+    def run(value, where: str) -> None:
+        if not isinstance(value, list):
+            _fail(where, "must be a list")
+        for i, item in enumerate(value):
+            check(item, f"{where}[{i}]")
+    return run
+
+
+def _one_of(*choices):
+    def run(value, where: str) -> None:
+        if value not in choices:
+            _fail(where, f"must be one of {', '.join(choices)}")
+    return run
+
+
+def _condition(value, where: str) -> None:
+    _mapping(value, where, {"title": _text, "description": _text, "expression": _text}, ("expression",))
+
+
+def _binding(value, where: str) -> None:
+    _mapping(value, where, {"role": _text, "members": _list_of(_text), "condition": _condition}, ("role", "members"))
+
+
+def _account(value, where: str) -> None:
+    _mapping(value, where, {"id": _text, "display_name": _text, "disabled": _bool, "keys": _count}, ("id",))
+
+
+def _role(value, where: str) -> None:
+    _mapping(value, where, {"id": _text, "title": _text, "description": _text, "permissions": _list_of(_text),
+                            "stage": _text, "deleted": _bool}, ("id",))
+
+
+def _repository(value, where: str) -> None:
+    _mapping(value, where, {"location": _text, "id": _text, "format": _text, "bindings": _list_of(_binding)},
+             ("location", "id"))
+
+
+def _project(value, where: str) -> None:
+    _mapping(value, where, {
+        "id": _text, "number": _number, "billing": _bool, "state": _one_of(*_STATES),
+        "disable_key_creation": _bool, "services": _list_of(_text), "service_accounts": _list_of(_account),
+        "roles": _list_of(_role), "bindings": _list_of(_binding), "repositories": _list_of(_repository),
+    }, ("id",))
+
+
+def _user(value, where: str) -> None:
+    _mapping(value, where, {"token": _text, "username": _text, "workspaces": _list_of(_text), "admin": _bool},
+             ("token", "username", "workspaces"))
+
+
+def validate(data) -> None:
+    """Raises ValueError naming the first malformed field (for example projects[0].service_accounts[1].keys)."""
+    if not isinstance(data, dict):
+        _fail("", "must be a mapping with a 'projects' list")
+
+    def projects(value, where):
+        _list_of(_project)(value, where)
+        if not value:
+            _fail(where, "must name at least one project")
+
+    _mapping(data, "", {
+        "projects": projects,
+        "operator": lambda v, w: _mapping(v, w, {"id": _text, "roles": _list_of(_text)}),
+        "coiled": lambda v, w: _mapping(v, w, {"users": _list_of(_user)}),
+    }, ("projects",))
 
 
 def _bindings(items: list[dict]) -> list[Binding]:

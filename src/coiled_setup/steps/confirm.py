@@ -43,6 +43,7 @@ class ConfirmStep(Step):
         from coiled_setup.cloud import Google
 
         as_account = Google.from_key(run.keyfile)
+        as_account.notify = run.google.notify  # told like the operator's calls while Google does not answer
         last: list[str] = []
 
         def check():

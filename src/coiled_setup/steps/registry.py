@@ -25,20 +25,28 @@ class RegistryStep(Step):
     def __init__(self):
         self.format: str | None = None
         self.granted = False
+        self.settling = False  # enabled, but Google does not serve it yet
 
     def member(self, run: Run) -> str:
         return f"serviceAccount:{run.opts.account_email}"
 
     def observe(self, run: Run) -> None:
-        self.format, self.granted = None, False
+        self.format, self.granted, self.settling = None, False, False
         if ARTIFACT_REGISTRY not in run.services:
             run.services[ARTIFACT_REGISTRY] = run.google.service_enabled(run.opts.project, ARTIFACT_REGISTRY)
         if not run.services[ARTIFACT_REGISTRY]:
             return
         name = run.opts.repository
-        self.format = run.google.get_repository(name)
-        if self.format is not None:
-            self.granted = policies.holds(run.google.get_repo_policy(name), REPO_ROLE, self.member(run))
+        try:
+            self.format = run.google.get_repository(name)
+            if self.format is not None:
+                self.granted = policies.holds(run.google.get_repo_policy(name), REPO_ROLE, self.member(run))
+        except CloudError as e:
+            if not _settling(e):
+                raise
+            # Enabled by an earlier (interrupted or failed) run and still propagating: nothing there yet,
+            # and apply waits until the API answers.
+            self.format, self.granted, self.settling = None, False, True
 
     def plan(self, run: Run) -> Change:
         repo = run.opts.repository
@@ -48,7 +56,8 @@ class RegistryStep(Step):
                 "coiled: delete or rename it, or pass --no-gar."
             )
         if self.format is None:
-            return Change(CREATE, f"create DOCKER repository {repo}; grant {REPO_ROLE}")
+            note = " (once the just-enabled Artifact Registry API takes effect)" if self.settling else ""
+            return Change(CREATE, f"create DOCKER repository {repo}; grant {REPO_ROLE}{note}")
         if not self.granted:
             return Change(UPDATE, f"grant {REPO_ROLE} on {repo}")
         return Change(NOTHING, f"{repo} with {REPO_ROLE}")
@@ -69,6 +78,9 @@ class RegistryStep(Step):
         name = o.repository
         done = []
         fmt = self._until_ready(run, lambda: g.get_repository(name), "waiting for Artifact Registry to be enabled")
+        if fmt is not None and fmt != "DOCKER":  # seen only now when the API was still settling at observe
+            self.format = fmt
+            self.plan(run)
         if fmt is None:
             try:
                 op = g.start_create_repository(o.project, o.region, "coiled", "Software environments for Coiled")
