@@ -388,7 +388,7 @@ def test_verify_checks_the_region_and_settings_the_wizard_recorded(make_sandbox,
     assert "projects/coiled-demo/roles/coiled_ops" in check(doc, "custom_role")["detail"]
     assert "region us-central1" in check(doc, "coiled_backend")["detail"]
     proc = cli(sb, "verify", check=0)
-    assert "region us-central1 (as coiled-setup gcp recorded)" in proc.stdout
+    assert "region us-central1 (as the setup recorded)" in proc.stdout
 
     # A remedy names the region (and role) actually used, so following it never moves the setup.
     c = clients(sb)

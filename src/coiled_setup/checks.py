@@ -76,7 +76,7 @@ class Target:
     coiled: bool = True
     workspace: str | None = None
     local_key: bool = True  # False: gcp kept the key in memory only (--no-local-key)
-    recorded: dict = field(default_factory=dict)  # the settings `coiled-setup gcp` recorded
+    recorded: dict = field(default_factory=dict)  # the settings the wizard recorded
     sources: dict = field(default_factory=dict)  # where region, role_id and gar came from
 
     @property
@@ -270,8 +270,8 @@ def check_key_file(t: Target, f: Facts) -> Result:
     name, title = "key_file", "Key file"
     where = str(t.key_path)
     if t.key_path is None:
-        why = ("coiled-setup gcp kept the key in memory only (--no-local-key)" if not t.local_key
-               else "coiled-setup gcp recorded none for this project")
+        why = ("the setup kept the key in memory only (--no-local-key)" if not t.local_key
+               else "the setup recorded none for this project")
         return Result(name, title, SKIPPED, f"No key file: {why}; the checks that need it are skipped (pass "
                       "--key-file to run them).", data={"needs_key": True})
     if t.key is None:

@@ -169,7 +169,7 @@ def settle(t: Target, o: VerifyOptions, coiled: dict) -> None:
         t.gar = False  # a region without Coiled's repository: another registry is in use
     if not t.account and t.key_path is None:
         raise BadInput(f"No key file or account found for project {t.project}: pass --key-file, or run "
-                       f"`coiled-setup gcp --project {t.project}` first.")
+                       f"`{command('gcp')} --project {t.project}` first.")
 
 
 def coiled_reader(o: VerifyOptions, recorded_workspace: str | None = None):
@@ -244,7 +244,7 @@ def verify(o: VerifyOptions, ui: Ui) -> tuple[Target, list[Result], str]:
 
         key = ("key file " + escape(str(t.key_path)) if t.key_path is not None
                else "no key file (the checks that need it are skipped)")
-        where = {"recorded": "as coiled-setup gcp recorded", "coiled": "as Coiled's workspace holds"}
+        where = {"recorded": "as the setup recorded", "coiled": "as Coiled's workspace holds"}
         how = sorted({where[s] for s in t.sources.values() if s in where})
         ui.info(f"Verifying project [bold]{t.project}[/] as {operator.principal or 'your account'}; {key}"
                 + (f" ({t.account})" if t.account else "") + f"; region {t.region}"

@@ -97,6 +97,8 @@ def load(path: str | Path | None) -> dict:
 # -- validation: every field apply() reads, with its type, so that a typo is one sentence --------------------
 
 _STATES = ("ACTIVE", "DELETE_REQUESTED")
+_CODES = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "INTERNAL",
+          "UNAVAILABLE", "ABORTED", "ALREADY_EXISTS", "NOT_FOUND")
 
 
 def _fail(where: str, what: str):
@@ -136,6 +138,11 @@ def _count(value, where: str) -> None:
         _fail(where, "must be a whole number, 0 or more")
 
 
+def _integer(value, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        _fail(where, "must be a whole number (-1 for always)")
+
+
 def _number(value, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
         _fail(where, "must be digits")
@@ -171,7 +178,7 @@ def _account(value, where: str) -> None:
 
 def _role(value, where: str) -> None:
     _mapping(value, where, {"id": _text, "title": _text, "description": _text, "permissions": _list_of(_text),
-                            "stage": _text, "deleted": _bool}, ("id",))
+                            "stage": _text, "deleted": _bool, "purged": _bool}, ("id",))
 
 
 def _repository(value, where: str) -> None:
@@ -179,11 +186,25 @@ def _repository(value, where: str) -> None:
              ("location", "id"))
 
 
+def _audit_config(value, where: str) -> None:
+    def log_config(v, w):
+        _mapping(v, w, {"log_type": _one_of("ADMIN_READ", "DATA_WRITE", "DATA_READ"),
+                        "exempted_members": _list_of(_text)}, ("log_type",))
+    _mapping(value, where, {"service": _text, "audit_log_configs": _list_of(log_config)}, ("service",))
+
+
+def _operation_error(value, where: str) -> None:
+    _mapping(value, where, {"method": _one_of("EnableService", "BatchEnableServices", "CreateRepository"),
+                            "code": _one_of(*_CODES), "message": _text, "times": _integer},
+             ("method", "code", "message"))
+
+
 def _project(value, where: str) -> None:
     _mapping(value, where, {
         "id": _text, "number": _number, "billing": _bool, "state": _one_of(*_STATES),
         "disable_key_creation": _bool, "services": _list_of(_text), "service_accounts": _list_of(_account),
         "roles": _list_of(_role), "bindings": _list_of(_binding), "repositories": _list_of(_repository),
+        "audit_configs": _list_of(_audit_config),
     }, ("id",))
 
 
@@ -206,6 +227,7 @@ def validate(data) -> None:
         "projects": projects,
         "operator": lambda v, w: _mapping(v, w, {"id": _text, "roles": _list_of(_text)}),
         "coiled": lambda v, w: _mapping(v, w, {"users": _list_of(_user)}),
+        "operation_errors": _list_of(_operation_error),
     }, ("projects",))
 
 
