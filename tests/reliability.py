@@ -681,7 +681,7 @@ def run_concurrent(lab: Lab, runs: int = 8, seed: int = 2000) -> Figures:
             fig.problems.append(f"run {i}: exit {out.code}: {out.stderr.strip()[:300]}{out.crash[-600:]}")
         else:
             ok += 1
-        for (t, ours), w in zip(targets.items(), writers):
+        for (t, ours), w in zip(targets.items(), writers, strict=True):
             final = _tuples(read[t].get_iam_policy(request={"resource": t, "options": v3}))
             expected = (before[t] - w.removed[t]) | w.present[t]
             missing = expected - final
@@ -837,7 +837,7 @@ def run_crashes(lab: Lab, points: int = 34, memory_only: int = 8, workers: int =
         fig.problems += r
     orphan_keys = sum(1 for r in kills for p in r if "orphan" in p)
     fig.values = {"kill points": len(kills),
-                  "of which with --no-local-key": sum(1 for (_, extra), (killed, _) in zip(chosen, results)
+                  "of which with --no-local-key": sum(1 for (_, extra), (killed, _) in zip(chosen, results, strict=True)
                                                       if extra and killed),
                   "calls in a run": total,
                   "converged": Ratio(sum(1 for r in kills if not r), len(kills)),
@@ -1251,7 +1251,7 @@ def run_verify(lab: Lab, runs: int = 8, rate: float = 0.2, seed: int = 3000) -> 
             if got == want:
                 same += 1
             else:
-                changed = [f"{a[0]} {b[1]}→{a[1]}" for a, b in zip(got[1], want[1]) if a != b]
+                changed = [f"{a[0]} {b[1]}→{a[1]}" for a, b in zip(got[1], want[1], strict=False) if a != b]
                 fig.problems.append(f"verify ({setup}), seed {seed + i}: exit {got[0]} (without faults {want[0]}); "
                                     f"{', '.join(changed) or out.stderr.strip()[:300]}")
             if any(x["write"] or x["mutating"] for x in record):

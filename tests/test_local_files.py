@@ -203,7 +203,7 @@ def test_two_concurrent_runs_make_one_key(make_sandbox, tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 4], outs
-    refused = next(err for p, (_, err) in zip(procs, outs) if p.returncode == 4)
+    refused = next(err for p, (_, err) in zip(procs, outs, strict=True) if p.returncode == 4)
     assert "Another coiled-setup run" in one_sentence_error(refused)
     (kid,) = user_keys(sb)
     assert state(sb)["coiled"]["workspaces"]["demo"]["credentials"]["private_key_id"] == kid

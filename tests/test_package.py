@@ -48,7 +48,8 @@ def test_templates_dir_is_the_packaged_one():
 
 
 def test_wheel_contains_both_templates(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path),
+                           str(ROOT)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("*.whl")
@@ -56,7 +57,8 @@ def test_wheel_contains_both_templates(tmp_path):
     assert "coiled_setup/templates/coiled-role.yaml" in names
     assert "coiled_setup/templates/coiled-instance-role.yaml" in names
     # The sandbox's permission catalogue ships; no saved sandbox state does.
-    assert [n for n in names if "/sandbox/" in n and n.endswith(".json")] == ["coiled_setup/sandbox/data/permissions.json"]
+    shipped = [n for n in names if "/sandbox/" in n and n.endswith(".json")]
+    assert shipped == ["coiled_setup/sandbox/data/permissions.json"]
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     for version in ("3.10", "3.11", "3.12", "3.13"):

@@ -106,7 +106,8 @@ def test_google_and_coiled_not_answering_are_told_early_and_given_up_on_in_30_s(
     dead_google = f"127.0.0.1:{closed_port()}"
     dead_coiled = f"http://127.0.0.1:{closed_port()}"
     runs = {
-        "gcp-google": ({"COILED_SETUP_GOOGLE_ENDPOINT": dead_google}, ["gcp", "--non-interactive", "--yes", "--output", "json"]),
+        "gcp-google": ({"COILED_SETUP_GOOGLE_ENDPOINT": dead_google},
+                       ["gcp", "--non-interactive", "--yes", "--output", "json"]),
         "verify-google": ({"COILED_SETUP_GOOGLE_ENDPOINT": dead_google},
                           ["verify", "--key-file", str(sb.operator_key_path)]),
         "gcp-coiled": ({"DASK_COILED__SERVER": dead_coiled}, ["gcp", "--non-interactive", "--yes"]),

@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from google.auth import crypt
 from google.api_core.future import polling
+from google.auth import crypt
 from google.auth import jwt as google_jwt
 from google.cloud import artifactregistry_v1
 from google.iam.v1 import iam_policy_pb2, policy_pb2
@@ -377,7 +377,8 @@ def test_token_endpoint_rejects_unknown_signer(sandbox):
     status, body = post_form(url, {"grant_type": "client_credentials", "assertion": good})
     assert status == 400 and body["error"] == "unsupported_grant_type"
     # A JWT that names another account than its key's is refused too.
-    other = signed_jwt(sandbox, key["private_key"], key["private_key_id"], "someone@coiled-demo.iam.gserviceaccount.com")
+    other = signed_jwt(sandbox, key["private_key"], key["private_key_id"],
+                       "someone@coiled-demo.iam.gserviceaccount.com")
     assert post_form(url, {"grant_type": JWT_GRANT, "assertion": other})[0] == 400
 
 

@@ -287,11 +287,13 @@ def test_a_billing_refusal_carries_googles_error_info_and_precondition_failure(m
     with pytest.raises(gx.FailedPrecondition) as e:
         c.usage.enable_service(request={"name": f"projects/{c.project}/services/artifactregistry.googleapis.com"})
     info = next(d for d in e.value.details if isinstance(d, error_details_pb2.ErrorInfo))
-    assert (info.reason, info.domain) == ("UREQ_PROJECT_BILLING_NOT_FOUND", "serviceusage.googleapis.com/billing-enabled")
+    assert (info.reason, info.domain) == ("UREQ_PROJECT_BILLING_NOT_FOUND",
+                                          "serviceusage.googleapis.com/billing-enabled")
     assert dict(info.metadata) == {"project": number, "services": "artifactregistry.googleapis.com"}
     pf = next(d for d in e.value.details if isinstance(d, error_details_pb2.PreconditionFailure))
     assert [(v.type, v.subject) for v in pf.violations] == [
-        ("googleapis.com/billing-enabled", f"?error_code=390001&project={number}&services=artifactregistry.googleapis.com")]
+        ("googleapis.com/billing-enabled",
+         f"?error_code=390001&project={number}&services=artifactregistry.googleapis.com")]
 
 
 def test_the_key_org_policy_names_the_account_as_its_subject(make_sandbox):
@@ -362,7 +364,8 @@ def test_an_operation_can_end_in_error_and_changes_nothing(make_sandbox, method)
     assert st["repositories"] == {}
 
 
-@pytest.mark.parametrize("method,step", [("BatchEnableServices", "Google APIs"), ("CreateRepository", "Artifact Registry")])
+@pytest.mark.parametrize("method,step", [("BatchEnableServices", "Google APIs"),
+                                         ("CreateRepository", "Artifact Registry")])
 def test_the_wizard_reports_a_failed_operation_in_one_sentence_and_a_rerun_converges(make_sandbox, cli, method, step):
     s = _scenario()
     if method == "BatchEnableServices":

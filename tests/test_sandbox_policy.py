@@ -41,7 +41,8 @@ def add_binding(c, role: str, member: str) -> policy_pb2.Policy:
 
 
 def granted(c, permissions) -> list[str]:
-    return sorted(c.projects.test_iam_permissions(resource=f"projects/{c.project}", permissions=permissions).permissions)
+    held = c.projects.test_iam_permissions(resource=f"projects/{c.project}", permissions=permissions)
+    return sorted(held.permissions)
 
 
 def key_of(c, email: str) -> dict:
@@ -268,7 +269,8 @@ def test_new_binding_grants_after_delay(make_sandbox):
 def test_removed_binding_stops_granting(make_sandbox):
     s = scenario(service_accounts=[{"id": "settled-account"}])
     s["projects"][0]["bindings"].append(
-        {"role": "roles/iam.roleViewer", "members": [f"serviceAccount:settled-account@{s['projects'][0]['id']}.iam.gserviceaccount.com"]})
+        {"role": "roles/iam.roleViewer",
+         "members": [f"serviceAccount:settled-account@{s['projects'][0]['id']}.iam.gserviceaccount.com"]})
     sb = make_sandbox(s)
     c = clients(sb)
     as_sa = clients(sb, key_of(c, f"settled-account@{c.project}.iam.gserviceaccount.com"))

@@ -84,7 +84,8 @@ def expect(doc, **special):
 def ready(make_sandbox, cli):
     """A sandbox after a full wizard run: instance account, narrow firewall, everything in place."""
     sb = make_sandbox(**FAST)
-    cli(sb, "gcp", "--non-interactive", "--yes", "--create-instance-service-account", "--firewall-cidr", NARROW, check=0)
+    cli(sb, "gcp", "--non-interactive", "--yes", "--create-instance-service-account", "--firewall-cidr", NARROW,
+        check=0)
     return sb
 
 
@@ -432,7 +433,8 @@ def test_no_local_key_verifies_everything_but_what_needs_the_key(make_sandbox, c
         assert "enabled on Google" in check(doc, "coiled_credentials")["detail"]
         assert doc["key_file"] is None and doc["service_account"] == account(sb)
         # Only the operator called Google: there is no key to call it as the account.
-        assert {c["caller"] for c in made if c["service"] != "coiled"} == {f"operator@{sb.project}.iam.gserviceaccount.com"}
+        callers = {c["caller"] for c in made if c["service"] != "coiled"}
+        assert callers == {f"operator@{sb.project}.iam.gserviceaccount.com"}
     proc = cli(sb, "verify", check=0)
     assert "no key file" in proc.stdout
     assert "All 9 checks passed (3 skipped, 2 of them needing the key file: pass --key-file)." in proc.stdout

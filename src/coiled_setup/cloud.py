@@ -304,7 +304,7 @@ class Google:
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def from_environment(cls) -> "Google":
+    def from_environment(cls) -> Google:
         """Application Default Credentials, and the endpoint override if set."""
         import google.auth
         from google.auth import exceptions as aexc
@@ -317,7 +317,7 @@ class Google:
         return cls(creds, os.environ.get(ENDPOINT_VAR) or None, principal)
 
     @classmethod
-    def from_key(cls, keyfile: dict, endpoint: str | None = None) -> "Google":
+    def from_key(cls, keyfile: dict, endpoint: str | None = None) -> Google:
         from google.oauth2 import service_account
 
         creds = service_account.Credentials.from_service_account_info(keyfile, scopes=SCOPES)

@@ -9,8 +9,16 @@ from dataclasses import dataclass
 
 from coiled_setup import context
 from coiled_setup.errors import BadInput
-from coiled_setup.options import (DEFAULT_ZONE_SUFFIX, SA_EMAIL_RE, Options, cidr_error, default_instance_email,
-                                  ports_error, region_error, zone_error)
+from coiled_setup.options import (
+    DEFAULT_ZONE_SUFFIX,
+    SA_EMAIL_RE,
+    Options,
+    cidr_error,
+    default_instance_email,
+    ports_error,
+    region_error,
+    zone_error,
+)
 
 
 @dataclass

@@ -35,7 +35,8 @@ def read(path: Path, *, flag: str = "--key-file") -> dict:
     # the secret is exposed whatever else is wrong with the file.
     if "PRIVATE KEY" in str(data.get("private_key")) and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise BadInput(
-            f"{flag} {str(path)!r} is readable by other users: run `chmod 600 {path}` first, since it holds a private key."
+            f"{flag} {str(path)!r} is readable by other users: run `chmod 600 {path}` first, since it holds a "
+            "private key."
         )
     missing = [f for f in REQUIRED_FIELDS if not data.get(f)]
     if missing:

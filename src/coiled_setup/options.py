@@ -178,7 +178,8 @@ def ports_error(ports: tuple[int, ...]) -> str | None:
     return None
 
 
-def instance_account_error(email: str, account_email: str | None, flag: str = "--instance-service-account") -> str | None:
+def instance_account_error(email: str, account_email: str | None,
+                           flag: str = "--instance-service-account") -> str | None:
     if not EMAIL_RE.match(email) or not email.endswith(".gserviceaccount.com"):
         return f"{_named(flag, email)} is not a service account email."
     if email == account_email:
@@ -277,5 +278,6 @@ def parse_ports(text: str) -> tuple[int, ...]:
     try:
         ports = tuple(int(p) for p in text.replace(" ", "").split(",") if p)
     except ValueError:
-        raise BadInput(f"--firewall-ports {text!r} must be comma-separated port numbers, for example 22,8786,8787.") from None
+        raise BadInput(f"--firewall-ports {text!r} must be comma-separated port numbers, for example "
+                       "22,8786,8787.") from None
     return tuple(dict.fromkeys(ports))  # each port once, in the order given

@@ -21,7 +21,8 @@ def config_dir() -> Path:
 
 
 def state_dir() -> Path:
-    """The journal lives here: $COILED_SETUP_HOME/state, else $XDG_STATE_HOME/coiled-setup, else ~/.local/state/coiled-setup."""
+    """The journal lives here: $COILED_SETUP_HOME/state, else $XDG_STATE_HOME/coiled-setup, else
+    ~/.local/state/coiled-setup."""
     if os.environ.get(HOME_VAR):
         return Path(os.environ[HOME_VAR]) / "state"
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 CONTROL_PLANE = "coiled-role.yaml"
@@ -18,7 +18,7 @@ class RoleTemplate:
     permissions: tuple[str, ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str = CONTROL_PLANE) -> RoleTemplate:
     import yaml
 

@@ -15,8 +15,18 @@ from coiled_setup.errors import BAD_INPUT, INTERRUPTED, MISSING_PERMISSION, OK, 
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
-from coiled_setup.options import (DEFAULT_ACCOUNT_ID, INSTANCE_ROLE_ID, OPEN_CIDR, Options, account_error, cidr_error,
-                                  default_instance_email, network_of, project_error, validate)
+from coiled_setup.options import (
+    DEFAULT_ACCOUNT_ID,
+    INSTANCE_ROLE_ID,
+    OPEN_CIDR,
+    Options,
+    account_error,
+    cidr_error,
+    default_instance_email,
+    network_of,
+    project_error,
+    validate,
+)
 from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
 from coiled_setup.steps.account import AccountStep
 from coiled_setup.steps.apis import ApisStep, wanted_services
@@ -156,8 +166,8 @@ class Wizard:
                 raise BadInput(f"{what} {path} cannot be written, {why}: {fix}, then run again.")
         key = account.local_path
         if key is not None and account.needs_key(run) and key.parent.is_dir() and paths.readable_by_others(key.parent):
-            self.ui.warn(f"The key file's directory {escape(str(key.parent))} is readable by other users (the key file itself "
-                         "will be 0600).")
+            self.ui.warn(f"The key file's directory {escape(str(key.parent))} is readable by other users (the key "
+                         "file itself will be 0600).")
 
     def connect(self) -> tuple[Google, Coiled | None]:
         """Google and Coiled, independent: Coiled's reads run while Google's libraries load and the
@@ -216,7 +226,7 @@ class Wizard:
         if perr is not None:
             raise UserError(*explain(perr, o.project))
         enabled = {}
-        for s, (on, err) in zip(services, results[2:]):
+        for s, (on, err) in zip(services, results[2:], strict=True):
             if err is not None:
                 raise UserError(*explain(err, o.project))
             if not on and s in CORE_SERVICES:
@@ -402,7 +412,7 @@ class Wizard:
         elif not o.yes and not ui.confirm("Apply this plan?", default=True):
             raise UserError("Nothing was changed: the plan was not confirmed.", OK)
         skipped: dict[str, str] = {}  # step key -> the title of the skipped step it was skipped with
-        for s, res in zip(steps, self.results):
+        for s, res in zip(steps, self.results, strict=True):
             self.current = s
             blocked = next((skipped[k] for k in s.after if k in skipped), None)
             if blocked:

@@ -14,11 +14,18 @@ from coiled_setup.commands.common import choose_workspace, coiled_client, connec
 from coiled_setup.errors import INTERRUPTED, STEP_FAILED, BadInput, UserError
 from coiled_setup.errors import OK as OK_CODE
 from coiled_setup.journal import Journal
-from coiled_setup.options import DEFAULT_REGION, DEFAULT_ROLE_ID, EMAIL_RE, GAR_REGIONS, REGIONS, ROLE_ID_RE
-from coiled_setup.options import check_project
+from coiled_setup.options import (
+    DEFAULT_REGION,
+    DEFAULT_ROLE_ID,
+    EMAIL_RE,
+    GAR_REGIONS,
+    REGIONS,
+    ROLE_ID_RE,
+    check_project,
+)
+from coiled_setup.remedies import command
 from coiled_setup.ui import Ui
 from coiled_setup.wording import count
-from coiled_setup.remedies import command
 
 STATUS_STYLE = {OK: "green", FAILED: "red", WARNING: "yellow", SKIPPED: "dim"}
 STATUS_MARK = {OK: "✓", FAILED: "✗", WARNING: "!", SKIPPED: "-"}

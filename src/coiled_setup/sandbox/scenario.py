@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from coiled_setup.sandbox.world import DEFAULT_SERVICES, Binding, Policy, Repository, Role, Workspace, World, CoiledUser
+from coiled_setup.sandbox.world import DEFAULT_SERVICES, Binding, CoiledUser, Policy, Repository, Role, Workspace, World
 
 DEFAULT_PROJECT = "coiled-demo"
 DEFAULT_TOKEN = "sandbox-1f3c9a7e-token"

@@ -42,7 +42,7 @@ class Sandbox:
         self._http_thread: threading.Thread | None = None
         self.project = self._scenario["projects"][0]["id"]
 
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         """Starts serving; with `persist`, resumes the world saved in the state directory when there is one."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.operator_key_path = self.state_dir / "operator-key.json"
@@ -129,7 +129,7 @@ class Sandbox:
             self._http.server_close()
             self._http = None
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from coiled_setup import role_templates, waiting
 from coiled_setup.cloud import CloudError, run_all
 from coiled_setup.errors import UserError
+from coiled_setup.remedies import command
 from coiled_setup.steps.base import CHECK, Change, Run, Step
 from coiled_setup.wording import count
-from coiled_setup.remedies import command
 
 REPO_PERMISSIONS = ["artifactregistry.repositories.uploadArtifacts", "artifactregistry.repositories.downloadArtifacts"]
 

@@ -7,9 +7,9 @@ from rich.markup import escape
 from coiled_setup import context, waiting
 from coiled_setup.cloud import CloudError, run_all
 from coiled_setup.errors import UserError
+from coiled_setup.remedies import command
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
 from coiled_setup.wording import count
-from coiled_setup.remedies import command
 
 
 def firewall_spec(opts) -> dict:
