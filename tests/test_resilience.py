@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -179,4 +180,6 @@ def test_google_and_coiled_not_answering_are_told_early_and_given_up_on_in_30_s(
             assert doc["exit_code"] == 1 and where in doc["error"]
     # Nothing was written to Google or Coiled.
     assert not [x for x in calls(sb) if x["write"]]
-    assert "Step 'Service account and key' failed" in json.loads(outs["gcp-mid-run"])["error"]
+    # The step that was running when Google went away (which one depends on the machine's speed) is named.
+    assert re.match(r"Step '(Service account and key|Custom role|Project IAM binding|Artifact Registry)' failed",
+                    json.loads(outs["gcp-mid-run"])["error"])
