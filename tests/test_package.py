@@ -176,3 +176,36 @@ def test_ci_runs_the_readme_test_command():
     assert "coiled-setup gcp --sandbox" in main_command
     assert "pytest" in test_command
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_wheel_in_a_fresh_venv_runs_the_readmes_first_command(tmp_path):
+    """Installed as users install it (a wheel, not editable, in a new venv), README's first command rehearses
+    a setup in a terminal, answering Enter at every question, and verify then passes."""
+    import pexpect
+
+    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path),
+                           str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True, text=True,
+                         timeout=600)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    first = re.findall(r"```\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)[0]
+    command = first.split("&&")[-1].split()
+    assert command[0] == ".venv/bin/coiled-setup", first
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_", "CLOUDSDK_"))}
+    env.update(HOME=str(tmp_path / "home"), TERM="dumb", GRPC_VERBOSITY="ERROR", COLUMNS="120")
+    exe = str(venv / "bin" / "coiled-setup")
+    child = pexpect.spawn(exe, command[1:], env=env, cwd=str(tmp_path), encoding="utf-8", timeout=120)
+    asked = 0
+    while child.expect([r"\]: ", pexpect.EOF]) == 0:
+        asked += 1
+        assert asked < 20, child.before
+        child.sendline("")
+    child.close()
+    assert child.exitstatus == 0 and asked >= 3, child.before
+    done = subprocess.run([exe, "verify", "--sandbox"], env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -471,3 +471,27 @@ def test_a_setup_without_artifact_registry_stays_without_it_until_asked(make_san
     assert "Nothing to change" in out.stdout and writes(sb, mark) == []
     assert not state(sb)["coiled"]["workspaces"]["demo"]["registry"]
 
+
+
+def test_the_printed_operator_roles_are_enough_and_the_printout_changes_nothing(make_sandbox, cli):
+    """`--print-operator-roles` names roles that let an operator holding only them run the wizard to the end."""
+    import copy
+    import re
+
+    from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
+
+    printed = cli(None, "gcp", "--print-operator-roles", "--project", "coiled-demo", check=0).stdout
+    roles = sorted(set(re.findall(r"--role=(roles/[\w.]+)", printed)))
+    assert roles and "roles/owner" not in roles, printed
+    s = copy.deepcopy(DEFAULT_SCENARIO)
+    s["operator"]["roles"] = roles
+    sb = make_sandbox(s, operation_s=0.05, infra_s=0.05)
+    before = len(calls(sb))
+    cli(sb, "gcp", "--print-operator-roles", check=0)
+    assert calls(sb)[before:] == []  # printing asks nobody
+    cli(sb, "gcp", "--non-interactive", "--yes", check=0)
+    # One role fewer is not enough: the run stops before changing anything, naming what is missing.
+    s["operator"]["roles"] = [r for r in roles if r != "roles/iam.roleAdmin"]
+    short = make_sandbox(s, operation_s=0.05, infra_s=0.05)
+    proc = cli(short, "gcp", "--non-interactive", "--yes", check=3)
+    assert "roles/iam.roleAdmin" in proc.stderr

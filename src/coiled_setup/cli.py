@@ -124,12 +124,18 @@ def gcp(
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rehearse against a local sandbox, not Google."),
     sandbox_reset: bool = typer.Option(False, "--sandbox-reset", help="With --sandbox: start from a fresh project."),
+    print_operator_roles: bool = typer.Option(
+        False, "--print-operator-roles",
+        help="Print the roles your own account needs for this run (with its other flags), and change nothing."),
 ) -> None:
     """Create the service account, key, role, binding and registry Coiled needs, then configure Coiled."""
 
     def go() -> int:
         from coiled_setup.commands import gcp as command
         from coiled_setup.options import DEFAULT_ACCOUNT_ID, OPEN_CIDR, Options, parse_ports, refuse_empty
+
+        if print_operator_roles:
+            return command.print_operator_roles(project, gar=not no_gar, listing=not service_account)
 
         refuse_empty({"--project": project, "--workspace": workspace, "--zone": zone,
                       "--service-account": service_account, "--instance-service-account": instance_service_account,

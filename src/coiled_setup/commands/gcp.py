@@ -38,6 +38,7 @@ from coiled_setup.steps.registry import RegistryStep
 from coiled_setup.steps.role import RoleStep
 from coiled_setup.steps.upload import UploadStep
 from coiled_setup.ui import Ui
+from coiled_setup.wording import count
 
 MAX_ATTEMPTS = 10  # a step is tried this often on transient errors (about 30 s of backoff in all)
 CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
@@ -59,6 +60,24 @@ def operator_permissions(o: Options) -> list[str]:
     if o.interactive and "service_account" not in o.explicit:
         perms.append("iam.serviceAccounts.list")
     return perms
+
+
+def print_operator_roles(project: str | None, *, gar: bool, listing: bool) -> int:
+    """The predefined roles that grant the operator what a run needs, and the commands that grant them."""
+    from coiled_setup.remedies import granting_role
+
+    o = Options(project=project or "PROJECT_ID", gar=gar, interactive=listing)
+    by_role: dict[str, list[str]] = {}
+    for p in operator_permissions(o):
+        by_role.setdefault(granting_role(p), []).append(p)
+    print(f"Your account needs these roles in project {o.project} (or roles/owner), for "
+          f"{count(len(operator_permissions(o)), 'permission')}:")
+    for role, perms in by_role.items():
+        print(f"  {role}: {', '.join(perms)}")
+    print("A project owner grants them with:")
+    for role in by_role:
+        print(f"  gcloud projects add-iam-policy-binding {o.project} --member=user:YOU@EXAMPLE.COM --role={role}")
+    return OK
 
 
 def build_steps(o: Options) -> list[Step]:
