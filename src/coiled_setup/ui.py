@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 ICONS = {"nothing": "✓", "create": "+", "update": "~", "check": "?", "skip": "-"}
 RESULT_STYLE = {"ok": "green", "failed": "red", "skipped": "yellow", "not run": "dim"}
+HEARTBEAT_S = 10.0  # without a spinner, a wait says so at least this often (CI logs never fall silent)
 
 
 def plain_terminal() -> bool:
@@ -30,6 +33,8 @@ class Ui:
         # With --output json, stdout carries the JSON document alone.
         self.console = console(stderr=self.json)
         self._status = None
+        self._title = ""
+        self._beat = time.monotonic()
         self.conflicts = 0
 
     # -- messages -------------------------------------------------------------------------------
@@ -49,6 +54,7 @@ class Ui:
             self._status = self.console.status(f"{title}…")
             self._status.start()
         self._title = title
+        self._beat = time.monotonic()
 
     def stop(self) -> None:
         """Clears the spinner, if one is turning."""
@@ -59,6 +65,10 @@ class Ui:
     def tick(self, text: str) -> None:
         if self._status is not None:
             self._status.update(f"{self._title}: {text}")
+        elif time.monotonic() - self._beat >= HEARTBEAT_S:
+            # No spinner (a log, a pipe, a dumb terminal): a line now and then, so the output never falls silent.
+            self._beat = time.monotonic()
+            self.console.print(f"… {self._title}: {escape(text)}")
 
     def conflict(self) -> None:
         self.conflicts += 1

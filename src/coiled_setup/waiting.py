@@ -22,6 +22,10 @@ def delays(first: float = FIRST_DELAY_S, cap: float = MAX_DELAY_S, factor: float
         d = min(cap, d * factor)
 
 
+def progress(what: str, elapsed: float, timeout: float) -> str:
+    return f"{what}: {int(elapsed)} s so far, up to {int(timeout)} s"
+
+
 class TimedOut(Exception):
     pass
 
@@ -29,7 +33,8 @@ class TimedOut(Exception):
 def poll(check: Callable[[], object], *, timeout: float, what: str,
          tick: Callable[[str], None] | None = None, cap: float = MAX_DELAY_S):
     """Calls `check` until it answers something truthy; `tick` hears a countdown line between tries."""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     for d in delays(cap=cap):
         result = check()
         if result:
@@ -38,5 +43,5 @@ def poll(check: Callable[[], object], *, timeout: float, what: str,
         if left <= 0:
             raise TimedOut(what)
         if tick:
-            tick(f"{what} ({int(left + 0.999)} s left)")
+            tick(progress(what, time.monotonic() - start, timeout))
         time.sleep(min(d, left))

@@ -38,7 +38,8 @@ def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], ro
     Answers True when it wrote, False when the member was already there. While a just-created
     account is unknown to IAM ("does not exist"), waits with backoff up to `timeout`.
     """
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     conflicts = transient = 0
     waits = waiting.delays()
     while True:
@@ -72,7 +73,8 @@ def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], ro
                 if left <= 0:
                     raise
                 if tick:
-                    tick(f"waiting for Google to know {member.split(':', 1)[1]} ({int(left + 0.999)} s left)")
+                    tick(waiting.progress(f"waiting for Google to know {member.split(':', 1)[1]}",
+                                          time.monotonic() - start, timeout))
                 time.sleep(min(next(waits), left))
                 continue
             raise
