@@ -426,8 +426,9 @@ class Wizard:
             ui.info("Nothing to change: everything is already in place.")
         elif not o.interactive and not o.yes:
             # Without a terminal nobody can confirm: only --yes is consent.
-            raise UserError("Nothing was changed: a run without a terminal (or with --non-interactive) applies its "
-                            "plan only with --yes, so pass --yes to apply it, or --dry-run to only see it.", BAD_INPUT)
+            raise UserError("Nothing was changed: a run that cannot ask (no terminal, --non-interactive or --output "
+                            "json) applies its plan only with --yes, so pass --yes to apply it, or --dry-run to only "
+                            "see it.", BAD_INPUT)
         elif not o.yes and not ui.confirm("Apply this plan?", default=True):
             raise UserError("Nothing was changed: the plan was not confirmed.", OK)
         skipped: dict[str, str] = {}  # step key -> the title of the skipped step it was skipped with
