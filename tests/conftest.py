@@ -37,6 +37,8 @@ def cli(tmp_path):
     import subprocess
     import sys
 
+    from tests import json_contract
+
     home = tmp_path / "user-home"
     home.mkdir(exist_ok=True)
 
@@ -52,6 +54,7 @@ def cli(tmp_path):
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if check is not None:
             assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        json_contract.check_output(proc.stdout)
         return proc
 
     return run

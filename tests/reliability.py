@@ -35,6 +35,7 @@ import yaml
 
 from coiled_setup.sandbox import Config, Sandbox
 from coiled_setup.sandbox.scenario import DEFAULT_PROJECT, DEFAULT_SCENARIO, DEFAULT_TOKEN
+from tests import json_contract
 from tests.helpers import calls, http, state
 
 P = DEFAULT_PROJECT
@@ -332,6 +333,7 @@ class Lab:
         if r.exception is not None and not isinstance(r.exception, SystemExit):
             crash = "".join(traceback.format_exception(*r.exc_info))
         out = Outcome(r.exit_code, r.stdout, r.stderr, seen, crash)
+        json_contract.check_output(out.stdout)
         for name, text in (("stdout", out.stdout), ("stderr", out.stderr), ("a traceback", crash)):
             self.ledger.scan(f"{name} of {what}", text)
         for m in seen:
@@ -358,6 +360,7 @@ class Lab:
         stderr = (self.base / f"{tag}.err").read_text()
         self.ledger.scan(f"stdout of {tag}", stdout)
         self.ledger.scan(f"stderr of {tag}", stderr)
+        json_contract.check_output(stdout)
         return code, stdout, stderr
 
 

@@ -9,6 +9,7 @@ import pexpect
 import pytest
 
 from coiled_setup import __version__
+from tests import json_contract
 
 P = "coiled-demo"
 ENTER = "\r"
@@ -79,7 +80,7 @@ def test_an_unexpected_failure_still_gives_one_json_document(monkeypatch, capsys
     with pytest.raises(SystemExit) as exit:
         cli.main()
     out, err = capsys.readouterr()
-    doc = json.loads(out)
+    doc = json_contract.check(json.loads(out))
     assert exit.value.code == 1 and doc["exit_code"] == 1
     assert "planted" in doc["error"] and "RuntimeError" in err
 
@@ -102,7 +103,7 @@ def test_json_in_a_terminal_never_prompts_and_keeps_stdout_clean(sandbox, tmp_pa
         os.close(controller)
         os.close(terminal)
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(out.read_text())
+    doc = json_contract.check(json.loads(out.read_text()))
     assert doc["schema_version"] == 1 and doc["exit_code"] == 0 and doc["steps"]
 
 
@@ -319,4 +320,4 @@ def test_each_run_in_one_process_prints_its_document(sandbox):
         args = ["gcp", "--non-interactive", "--yes", "--no-upload", "--output", "json"]
         r = CliRunner().invoke(app, args + (["--region", "mars"] if expected else []), env=env)
         assert r.exit_code == expected
-        assert json.loads(r.stdout)["exit_code"] == expected
+        assert json_contract.check(json.loads(r.stdout))["exit_code"] == expected

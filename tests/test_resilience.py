@@ -14,6 +14,7 @@ import threading
 import time
 
 from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
+from tests import json_contract
 from tests.helpers import calls, clients, wait_until
 
 P = "coiled-demo"
@@ -157,6 +158,7 @@ def test_google_and_coiled_not_answering_are_told_early_and_given_up_on_in_30_s(
             who, where = "Google", mid.google_endpoint
         said = lines[name]
         assert p.returncode == 1, (name, said, outs[name])
+        json_contract.check_output(outs[name])
         text = "\n".join(t for _, t in said)
         assert "Traceback" not in text, text
         # Told early: the first notice comes after about a second of silence.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,7 +18,7 @@ app = typer.Typer(
     name="coiled-setup",
     help="Set up a Google Cloud project for Coiled in one safe, repeatable command.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=False,  # our own flags below: typer's default to None, which imports pydantic on every run
     pretty_exceptions_enable=False,
     # Plain help: Rich markup would eat "[default: …]" and cut option names at 80 columns.
     rich_markup_mode=None,
@@ -36,6 +37,25 @@ def _help(ctx: typer.Context, value: bool) -> None:
         raise typer.Exit()
 
 
+COMPLETION_SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+def _completion(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> None:
+    """--show-completion and --install-completion, for the shell running us (else the login shell, $SHELL)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from typer import completion
+    from typer._completion_shared import _get_shell_name
+
+    shell = _get_shell_name() or os.path.basename(os.environ.get("SHELL", ""))
+    if shell not in COMPLETION_SHELLS:
+        typer.echo(f"Completion is available for bash, zsh, fish and PowerShell, not for {shell or 'this shell'}: "
+                   "run the command from one of those (or set SHELL to one).", err=True)
+        raise typer.Exit(2)
+    show = param.name == "show_completion"
+    (completion.show_callback if show else completion.install_callback)(ctx, param, shell)
+
+
 @app.callback()
 def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
@@ -43,6 +63,10 @@ def main_options(
     # validator, importing pydantic (80 ms, 14 MiB) before every command, `coiled-setup gcp --help` included.
     show_help: bool = typer.Option(False, "--help", callback=_help, is_eager=True, expose_value=False,
                                    help="Show this message and exit."),
+    install_completion: bool = typer.Option(False, "--install-completion", callback=_completion, is_eager=True,
+                                            expose_value=False, help="Install completion for the current shell."),
+    show_completion: bool = typer.Option(False, "--show-completion", callback=_completion, is_eager=True,
+                                         expose_value=False, help="Show the completion script for the current shell."),
 ) -> None:
     """Set up a Google Cloud project for Coiled in one safe, repeatable command."""
 
@@ -257,6 +281,11 @@ def main() -> None:
 
     argv = sys.argv[1:]
     report.reset()
+    if "_COILED_SETUP_COMPLETE" in os.environ:
+        # The shell asks for completions: typer's own protocol, which its completion scripts speak.
+        from typer._completion_classes import completion_init
+
+        completion_init()
     if not report.wants_json(argv):
         app(prog_name="coiled-setup")
         return
