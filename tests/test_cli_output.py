@@ -321,3 +321,28 @@ def test_each_run_in_one_process_prints_its_document(sandbox):
         r = CliRunner().invoke(app, args + (["--region", "mars"] if expected else []), env=env)
         assert r.exit_code == expected
         assert json_contract.check(json.loads(r.stdout))["exit_code"] == expected
+
+
+def test_the_questions_accept_what_the_flags_accept_and_offer_no_instance_account_for_coiled(terminal, tmp_path):
+    """The network question takes 10.1.2.3/24 as the flag does (its network, said); the Coiled account question
+    does not offer the least-privilege account cluster instances use."""
+    setup = terminal("gcp", "--non-interactive", "--yes", "--create-instance-service-account",
+                     "--firewall-cidr", "203.0.113.0/24")
+    setup.expect(pexpect.EOF)
+    setup.close()
+    assert setup.exitstatus == 0, (tmp_path / "screen.log").read_text()[-2000:]
+    child = terminal("gcp", "--dry-run", env={"TERM": "dumb"})
+    child.expect("Service account for Coiled")
+    child.expect(r"\]: ")
+    offered = child.before
+    assert "coiled@" in offered and "coiled-instance@" not in offered, offered
+    child.sendline("")
+    child.expect(r"\]: ")  # the instance account: kept
+    child.sendline("")
+    child.expect(r"CIDR.*\]: ")
+    child.sendline("10.1.2.3/24")
+    i = child.expect([r"not a network", pexpect.EOF])
+    child.close()
+    screen = (tmp_path / "screen.log").read_text()
+    assert i == 1 and child.exitstatus == 0, screen[-2000:]
+    assert "10.1.2.0/24" in screen.split("Service account for Coiled")[-1]

@@ -55,6 +55,10 @@ def refused(cli, sb, *args, needle: str, code: int = 2, env=None) -> str:
     (("--service-account", ""), "--service-account is empty"),
     (("--workspace", " "), "--workspace is empty"),
     (("--key-file", "/etc/passwd"), "not valid JSON"),
+    (("--key-file", ""), "--key-file is empty"),
+    (("--region", ""), "--region is empty"),
+    (("--role-id", ""), "--role-id is empty"),
+    (("--firewall-ports", ""), "--firewall-ports is empty"),
 ])
 def test_bad_flag_is_refused_before_any_write(sandbox, cli, args, needle):
     line = refused(cli, sandbox, *ARGS, *args, needle=needle)
@@ -117,3 +121,15 @@ def test_allow_privileged_key_lets_it_through_and_verify_fails_its_key_check(mak
     check = next(c for c in doc["checks"] if c["name"] == "key_file")
     assert check["status"] == "failed" and "the account running verify" in check["detail"]
     assert "coiled-setup gcp --project coiled-demo" in check["remedy"] and "--key-file" not in check["remedy"]
+
+
+def test_a_bare_address_is_one_host_said_and_port_order_is_no_change(make_sandbox, cli):
+    sb = make_sandbox(**FAST)
+    out = cli(sb, *ARGS, "--firewall-cidr", "10.0.0.7", check=0)
+    assert "10.0.0.7/32" in out.stdout and "that one address only" in out.stdout
+    ws = state(sb)["coiled"]["workspaces"]["demo"]
+    assert ws["settings"]["scheduler_firewall"] == {"ingress": [{"ports": [22, 8786, 8787], "cidr": "10.0.0.7/32"}]}
+    mark = len(writes(sb))
+    again = cli(sb, *ARGS, "--firewall-cidr", "10.0.0.7/32", "--firewall-ports", "8787,22,8786", check=0)
+    assert "Nothing to change" in again.stdout, again.stdout
+    assert writes(sb)[mark:] == []

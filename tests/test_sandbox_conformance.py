@@ -380,3 +380,17 @@ def test_the_wizard_reports_a_failed_operation_in_one_sentence_and_a_rerun_conve
     again = cli(sb, "gcp", "--non-interactive", "--yes")  # the scenario fails the operation once
     assert again.returncode == 0, again.stderr
     assert f"projects/{sb.project}/locations/us-east1/repositories/coiled" in state(sb)["repositories"]
+
+
+def test_another_refusal_of_a_role_create_is_not_called_a_reserved_id(make_sandbox, cli):
+    """Only Google's "marked for deletion" answer means a reserved id; any other refusal is told as it is."""
+    from tests.helpers import http
+
+    sb = make_sandbox(operation_s=0.05, infra_s=0.05)
+    status, _ = http("POST", f"{sb.coiled_url}/_sandbox/config",
+                     {"fail_method": "CreateRole", "fail_code": "FAILED_PRECONDITION", "fail_times": 20})
+    assert status == 200
+    proc = cli(sb, "gcp", "--non-interactive", "--yes", "--no-upload")
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and "FAILED_PRECONDITION" in errors[0] and "reserved" not in errors[0], proc.stderr

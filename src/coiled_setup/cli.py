@@ -161,9 +161,12 @@ def gcp(
         if print_operator_roles:
             return command.print_operator_roles(project, gar=not no_gar, listing=not service_account)
 
-        refuse_empty({"--project": project, "--workspace": workspace, "--zone": zone,
+        refuse_empty({"--project": project, "--workspace": workspace, "--zone": zone, "--region": region,
                       "--service-account": service_account, "--instance-service-account": instance_service_account,
-                      "--firewall-cidr": firewall_cidr, "--coiled-server": coiled_server})
+                      "--firewall-cidr": firewall_cidr, "--coiled-server": coiled_server, "--role-id": role_id,
+                      "--firewall-ports": firewall_ports,
+                      # typer reads --key-file "" as the current directory
+                      "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
         # A flag not given keeps what is in place; one given changes it.
         given = {name for name in ("service_account", "firewall_cidr", "firewall_ports", "region", "zone",
                                    "preemptible", "instance_service_account", "create_instance_service_account",
@@ -231,7 +234,9 @@ def verify(
         from coiled_setup.options import refuse_empty
 
         refuse_empty({"--project": project, "--instance-service-account": instance_service_account,
-                      "--workspace": workspace, "--coiled-server": coiled_server})
+                      "--workspace": workspace, "--coiled-server": coiled_server, "--region": region,
+                      "--role-id": role_id,
+                      "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
         sb = None
         if sandbox:
             from coiled_setup.commands.gcp import start_embedded_sandbox

@@ -280,4 +280,4 @@ def parse_ports(text: str) -> tuple[int, ...]:
     except ValueError:
         raise BadInput(f"--firewall-ports {text!r} must be comma-separated port numbers, for example "
                        "22,8786,8787.") from None
-    return tuple(dict.fromkeys(ports))  # each port once, in the order given
+    return tuple(sorted(set(ports)))  # each port once; a firewall's ports have no order

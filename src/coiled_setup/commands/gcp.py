@@ -147,7 +147,12 @@ class Wizard:
 
     def network_only(self) -> None:
         """10.1.2.3/24 means the network 10.1.2.0/24 (as Google's firewall reads it): said, then used."""
-        net = network_of(self.opts.firewall_cidr)
+        cidr = self.opts.firewall_cidr
+        if "/" not in cidr and cidr_error(f"{cidr}/32", "") is None:
+            self.ui.warn(f"Firewall network {cidr} has no prefix length: using {cidr}/32, that one address only.")
+            self.opts.firewall_cidr = f"{cidr}/32"
+            return
+        net = network_of(cidr)
         if net is not None:
             self.ui.warn(f"Firewall network {self.opts.firewall_cidr} has host bits set: using its network {net}.")
             self.opts.firewall_cidr = net
@@ -271,15 +276,20 @@ class Wizard:
             if o.open_firewall:
                 ui.warn(f"Dask schedulers accept connections on ports {','.join(map(str, o.firewall_ports))} "
                         f"from anywhere ({OPEN_CIDR}) unless you name a network.")
+            def cidr_rule(text):
+                text = text.strip()
+                return cidr_error(network_of(text) or (f"{text}/32" if "/" not in text else text), "")
+
             o.firewall_cidr = ui.text("Network allowed to reach the schedulers (CIDR):", default=o.firewall_cidr,
-                                      validate=_prompt_rule(lambda t: cidr_error(t, ""))).strip()
+                                      validate=_prompt_rule(cidr_rule)).strip()
 
     def _choose_account(self, g: Google, cur: InPlace) -> None:
         o, ui = self.opts, self.ui
         # The instance account a flag names cannot also be Coiled's.
         taken = o.instance_service_account if "instance" in o.explicit else None
+        # Nor is the least-privilege account cluster instances use now offered as Coiled's own.
         accounts = [a.email for a in g.list_accounts(o.project)
-                    if not a.disabled and a.email not in (g.principal, taken)]
+                    if not a.disabled and a.email not in (g.principal, taken, cur.instance)]
         current = o.account_email
         first = (f"keep {current} ({cur.account_source})" if cur.account == current
                  else f"create or reuse {current}")

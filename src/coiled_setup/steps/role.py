@@ -72,7 +72,9 @@ class RoleStep(Step):
                     raise
                 self.observe(run)  # someone else made it, or it is soft-deleted: converge below
                 if self.role is None:
-                    raise self._reserved(run) from None
+                    if "marked for deletion" in e.message:
+                        raise self._reserved(run) from None
+                    raise
         verbs = []
         etag = self.role.etag
         if self.role.deleted:

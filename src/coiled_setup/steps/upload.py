@@ -36,6 +36,8 @@ def _key(kid) -> str | None:
 def _setting(value) -> str | None:
     if isinstance(value, dict) and "cidr" in value:
         return f"{value.get('cidr')} on ports {','.join(map(str, value.get('ports') or []))}"
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as the YAML file spells it, not as Python does
     return None if value is None else str(value)
 
 
