@@ -36,6 +36,9 @@ class Coiled:
         # Hears one line now and then while Coiled does not answer (None: silent).
         self.notify = None
         self._reach = Reachability("Coiled")
+        # Backend options kept for one more read: what is in place and the Coiled step's first observation
+        # share one answer (the project lock keeps other runs of this tool out meanwhile).
+        self._options: dict | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"Coiled(server={self.server!r}, workspace={self.workspace!r})"
@@ -44,6 +47,8 @@ class Coiled:
         return f"ApiToken {self._token}" if "-" in self._token else f"Token {self._token}"
 
     def call(self, method: str, path: str, body=None, *, ok_missing: bool = False):
+        if method != "GET":
+            self._options = None  # before sending: a write whose answer is lost may still have been made
         url = self.server + path
         data = None if body is None else json.dumps(body).encode()
         delay = 0.2
@@ -100,8 +105,16 @@ class Coiled:
     def memberships(self) -> list[dict]:
         return self.call("GET", "/api/v2/user/me/memberships") or []
 
-    def backend_options(self) -> dict:
-        return self.call("GET", f"/api/v1/{self.workspace}/backend_options/") or {}
+    def backend_options(self, keep: bool = False) -> dict:
+        """The workspace's backend options; `keep`: the next read answers the same without asking again
+        (once, and only while nothing is written)."""
+        if self._options is not None:
+            options, self._options = self._options, None
+            return options
+        options = self.call("GET", f"/api/v1/{self.workspace}/backend_options/") or {}
+        if keep:
+            self._options = options
+        return options
 
     def store_credentials(self, keyfile: dict, instance_account: str | None) -> None:
         self.call("POST", f"/api/v2/cloud-credentials/{self.workspace}/gcp",

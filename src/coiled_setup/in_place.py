@@ -55,7 +55,7 @@ def read(o: Options, coiled, journal) -> InPlace:
     """What Coiled's workspace holds (when uploading), else what this tool recorded locally."""
     cur = InPlace()
     config = context.backend_options_in_config()
-    options = ((coiled.backend_options() or {}).get("options") or {}) if coiled is not None else {}
+    options = ((coiled.backend_options(keep=True) or {}).get("options") or {}) if coiled is not None else {}
     creds = options.get("gcp_service_creds_dict") or {}
     # The accounts only count for the project they belong to; the firewall and region are the workspace's.
     if _project_of(creds.get("client_email")) == o.project:
