@@ -23,9 +23,24 @@ def key_path(o, journal) -> Path:
     if o.key_file is not None:
         return o.key_file
     recorded = journal.get("key_file")
-    if recorded and journal.get("account") == o.account_email:
+    if recorded and journal.get("account") == o.account_email and not _anothers(Path(recorded), o.account_email):
         return Path(recorded)
     return paths.default_key_path(o.project, o.account_id)
+
+
+def _anothers(path: Path, email: str) -> bool:
+    """Whether the file holds another account's key (a journal from an older run may pair it with this one)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("client_email") not in (None, email)
+
+
+def record_account(journal, email: str) -> None:
+    """The journal's account; another account's key file and key id do not carry over to it."""
+    if journal.get("account") != email:
+        journal.set(account=email, key_file=None, key_id=None)
 
 
 class AccountStep(Step):
@@ -121,9 +136,7 @@ class AccountStep(Step):
                 # Unseen a moment ago, yet there: most likely our own earlier create whose answer was lost,
                 # so Google may not show it everywhere yet either.
                 run.fresh_account = True
-            run.journal.set(account=o.account_email)
-        elif run.journal.get("account") != o.account_email:
-            run.journal.set(account=o.account_email)
+        record_account(run.journal, o.account_email)
         if self.orphans:
             for kid in self.orphans:
                 self._delete_key(run, kid)
