@@ -6,7 +6,7 @@ changed (a traceback, an orphan key); a key whose private half could not be stor
 directory (the working directory, /tmp) chmodded to 0700; two concurrent runs each making a key; the user's
 coiled.yaml overwritten instead of merged (login, other sections, other backend options, comments lost), its
 symlink replaced by a plain file, or its mode changed; a resumed run for another account writing its key into the
-first account's key file.
+first account's key file; a --key-file replaced without the plan saying so.
 """
 
 from __future__ import annotations
@@ -361,3 +361,17 @@ def test_a_recorded_key_file_holding_another_accounts_key_is_not_this_accounts_f
     cli(sb, *ARGS, "--service-account", "coiled-kill2", check=0)
     assert (keys / "coiled-clean2.json").read_bytes() == before
     assert json.loads((keys / "coiled-kill2.json").read_text())["client_email"] == journal["account"]
+
+
+def test_a_key_file_whose_key_is_gone_is_named_as_replaced_in_the_plan(make_sandbox, cli, tmp_path):
+    sb = make_sandbox(**FAST)
+    path = tmp_path / "mine" / "key.json"
+    cli(sb, *ARGS, "--key-file", str(path), check=0)
+    old = json.loads(path.read_text())["private_key_id"]
+    clients(sb).iam.delete_service_account_key(request={"name": f"projects/{P}/serviceAccounts/{SA}/keys/{old}"})
+
+    out = cli(sb, *ARGS, "--key-file", str(path), "--dry-run", "--output", "json", check=0)
+    (detail,) = [s["detail"] for s in json.loads(out.stdout)["steps"] if s["step"] == "account"]
+    assert detail == f"create a key for {SA}, replacing {path} (its key no longer exists on Google)"
+    cli(sb, *ARGS, "--key-file", str(path), check=0)
+    assert json.loads(path.read_text())["private_key_id"] == user_keys(sb)[0] != old
