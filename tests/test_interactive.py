@@ -245,3 +245,22 @@ def test_enter_everywhere_keeps_every_setting_in_place(make_sandbox, terminal, f
     after = state(sb)["coiled"]["workspaces"]["demo"]
     assert (after["credentials"], after["instance_service_account"], after["settings"], after["regions"]) == (
         before["credentials"], before["instance_service_account"], before["settings"], before["regions"])
+
+
+def test_a_run_waiting_at_its_first_question_already_holds_the_project(make_sandbox, terminal, cli):
+    """It has observed the project: a second run meanwhile is refused before it writes anything."""
+    sb = make_sandbox()
+    child = terminal(sb)
+    child.expect("Service account for Coiled")
+    mark = len(calls(sb))
+    out = cli(sb, "gcp", "--non-interactive", "--yes", check=4)
+    assert "Another coiled-setup run" in out.stderr
+    assert [c["method"] for c in calls(sb, mark) if c["write"] or c["mutating"]] == []
+    child.send(ENTER)
+    child.expect("least-privilege")
+    child.send(ENTER)
+    child.expect(r"CIDR")
+    child.send(ENTER)
+    child.expect("Apply this plan")
+    child.send(ENTER)
+    assert finish(child) == 0

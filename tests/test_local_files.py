@@ -5,7 +5,8 @@ Regressions these tests guard: a file that cannot be written found out only afte
 changed (a traceback, an orphan key); a key whose private half could not be stored left on Google; an existing
 directory (the working directory, /tmp) chmodded to 0700; two concurrent runs each making a key; the user's
 coiled.yaml overwritten instead of merged (login, other sections, other backend options, comments lost), its
-symlink replaced by a plain file, or its mode changed.
+symlink replaced by a plain file, or its mode changed; a resumed run for another account writing its key into the
+first account's key file; a --key-file replaced without the plan saying so.
 """
 
 from __future__ import annotations
@@ -296,3 +297,81 @@ def test_a_coiled_yaml_without_comments_in_flow_style_is_rewritten_whole(make_sa
     assert data["other"] == [1, 2] and data["coiled"]["user"] == "ann"
     assert data["coiled"]["backend-options"]["zone"] == "us-east1-c"
     assert json.dumps(data)  # plain data, nothing YAML-specific
+
+
+# -- a resumed run never touches another account's key file -------------------------------------------------------
+
+def _account_keys(sb, email: str) -> list[str]:
+    c = clients(sb)
+    resp = c.iam.list_service_account_keys(request={"name": f"projects/-/serviceAccounts/{email}", "key_types": [1]})
+    return [k.name.rsplit("/", 1)[1] for k in resp.keys]
+
+
+def test_resuming_a_run_killed_at_the_key_keeps_the_other_accounts_key_file(make_sandbox, cli, tmp_path):
+    """A run for a second account killed while Google makes its key, then run again: the first account's key file
+    is left byte for byte, the second account's key goes to its own file, and no key is stranded."""
+    sb = make_sandbox(**FAST)
+    cli(sb, *ARGS, "--service-account", "coiled-clean2", check=0)
+    keys = sb.state_dir / "home" / "keys" / P
+    clean = keys / "coiled-clean2.json"
+    before = clean.read_bytes()
+
+    sb.world.config.hold_method, sb.world.config.hold_s = "CreateServiceAccountKey", 15
+    mark = len(calls(sb))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_", "CLOUDSDK_"))}
+    env.update(sb.env, HOME=str(tmp_path / "user-home"), GRPC_VERBOSITY="ERROR", NO_COLOR="1")
+    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *ARGS, "--service-account", "coiled-kill2"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(x["method"] == "CreateServiceAccountKey" and x["code"] == "OK" for x in calls(sb, mark)):
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never created a key"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(timeout=30)
+    sb.world.config.hold_method, sb.world.config.hold_s = "", 0
+    sb.world.stopping.set()
+    time.sleep(0.05)
+    sb.world.stopping.clear()
+    journal_file = sb.state_dir / "home" / "state" / f"journal-{P}.json"
+    journal = json.loads(journal_file.read_text())
+    # The killed run recorded its account: the first account's key file no longer goes with it.
+    assert journal["account"].startswith("coiled-kill2@") and journal.get("key_file") is None
+
+    cli(sb, *ARGS, "--service-account", "coiled-kill2", check=0)
+    assert clean.read_bytes() == before
+    kill = json.loads((keys / "coiled-kill2.json").read_text())
+    assert kill["client_email"] == f"coiled-kill2@{P}.iam.gserviceaccount.com"
+    assert _account_keys(sb, kill["client_email"]) == [kill["private_key_id"]]  # the killed run's key was deleted
+    journal = json.loads(journal_file.read_text())
+    assert journal["key_file"] == str(keys / "coiled-kill2.json") and journal["key_id"] == kill["private_key_id"]
+
+
+def test_a_recorded_key_file_holding_another_accounts_key_is_not_this_accounts_file(make_sandbox, cli):
+    """A journal (from an older version) that pairs another account's key file with this account: that file is left
+    alone and this account's key goes to its own."""
+    sb = make_sandbox(**FAST)
+    cli(sb, *ARGS, "--service-account", "coiled-clean2", check=0)
+    keys = sb.state_dir / "home" / "keys" / P
+    before = (keys / "coiled-clean2.json").read_bytes()
+    journal_file = sb.state_dir / "home" / "state" / f"journal-{P}.json"
+    journal = json.loads(journal_file.read_text())
+    journal["account"] = f"coiled-kill2@{P}.iam.gserviceaccount.com"
+    journal_file.write_text(json.dumps(journal))
+
+    cli(sb, *ARGS, "--service-account", "coiled-kill2", check=0)
+    assert (keys / "coiled-clean2.json").read_bytes() == before
+    assert json.loads((keys / "coiled-kill2.json").read_text())["client_email"] == journal["account"]
+
+
+def test_a_key_file_whose_key_is_gone_is_named_as_replaced_in_the_plan(make_sandbox, cli, tmp_path):
+    sb = make_sandbox(**FAST)
+    path = tmp_path / "mine" / "key.json"
+    cli(sb, *ARGS, "--key-file", str(path), check=0)
+    old = json.loads(path.read_text())["private_key_id"]
+    clients(sb).iam.delete_service_account_key(request={"name": f"projects/{P}/serviceAccounts/{SA}/keys/{old}"})
+
+    out = cli(sb, *ARGS, "--key-file", str(path), "--dry-run", "--output", "json", check=0)
+    (detail,) = [s["detail"] for s in json.loads(out.stdout)["steps"] if s["step"] == "account"]
+    assert detail == f"create a key for {SA}, replacing {path} (its key no longer exists on Google)"
+    cli(sb, *ARGS, "--key-file", str(path), check=0)
+    assert json.loads(path.read_text())["private_key_id"] == user_keys(sb)[0] != old

@@ -395,8 +395,17 @@ class Wizard:
         o, ui = self.opts, self.ui
         self.resolve()
         g, coiled = self.connect()
-        # What is in place decides what this run does (Artifact Registry or not), so it comes before preflight.
         journal = Journal(o.project)
+        why = paths.unwritable(journal.path)
+        if why:
+            raise BadInput(f"The journal {journal.path} cannot be written, {why}: set COILED_SETUP_HOME (or "
+                           "XDG_STATE_HOME) to a writable directory, then run again.")
+        if not o.dry_run:
+            # Held from the first observation to the end: a second run would plan from the same state and make a
+            # second key.
+            self.lock = ProjectLock(o.project)
+            self.lock.acquire()
+        # What is in place decides what this run does (Artifact Registry or not), so it comes before preflight.
         cur = read(o, coiled, journal)
         keep(o, cur)
         services = self.preflight(g)
@@ -410,14 +419,6 @@ class Wizard:
         validate(o)  # the interactive answers and the kept settings too
         self.refuse_privileged_account(g)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
-        why = paths.unwritable(journal.path)
-        if why:
-            raise BadInput(f"The journal {journal.path} cannot be written, {why}: set COILED_SETUP_HOME (or "
-                           "XDG_STATE_HOME) to a writable directory, then run again.")
-        if not o.dry_run:
-            # Held from observing to the end: a second run would plan from the same state and make a second key.
-            self.lock = ProjectLock(o.project)
-            self.lock.acquire()
         steps = build_steps(o)
         self.observe_all(steps)
         plans = {}

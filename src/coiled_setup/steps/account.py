@@ -23,9 +23,24 @@ def key_path(o, journal) -> Path:
     if o.key_file is not None:
         return o.key_file
     recorded = journal.get("key_file")
-    if recorded and journal.get("account") == o.account_email:
+    if recorded and journal.get("account") == o.account_email and not _anothers(Path(recorded), o.account_email):
         return Path(recorded)
     return paths.default_key_path(o.project, o.account_id)
+
+
+def _anothers(path: Path, email: str) -> bool:
+    """Whether the file holds another account's key (a journal from an older run may pair it with this one)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("client_email") not in (None, email)
+
+
+def record_account(journal, email: str) -> None:
+    """The journal's account; another account's key file and key id do not carry over to it."""
+    if journal.get("account") != email:
+        journal.set(account=email, key_file=None, key_id=None)
 
 
 class AccountStep(Step):
@@ -39,6 +54,7 @@ class AccountStep(Step):
         self.local: dict | None = None  # a usable key file's content
         self.local_path: Path | None = None
         self.orphans: list[str] = []
+        self.replaced: str | None = None  # why the file at local_path, there but unusable, gets a new key
 
     # -- observe --------------------------------------------------------------------------------
     def key_path(self, run: Run) -> Path:
@@ -48,7 +64,7 @@ class AccountStep(Step):
         o = run.opts
         self.account = run.google.get_account(o.account_email)
         self.keys = run.google.list_user_keys(o.account_email) if self.account else []
-        self.local, self.local_path = None, None
+        self.local, self.local_path, self.replaced = None, None, None
         if not o.no_local_key:
             path = self.key_path(run)
             self.local_path = path
@@ -61,11 +77,22 @@ class AccountStep(Step):
                     data = None  # a damaged default file is replaced, not trusted
                 if data and data["client_email"] == o.account_email and self._live(data["private_key_id"]):
                     self.local = data
+                else:
+                    self.replaced = self._why_replaced(data, o.account_email)
         pending = run.journal.get("key_pending")
         self.orphans = []
         if pending and pending.get("email") == o.account_email:
             keep = set(pending.get("known", [])) | {self._local_id()}
             self.orphans = [k.key_id for k in self.keys if k.key_id not in keep]
+
+    def _why_replaced(self, data: dict | None, email: str) -> str:
+        if data is None:
+            return "it is not a usable key file"
+        if data["client_email"] != email:
+            return f"it holds a key of {data['client_email']}"
+        if any(k.key_id == data["private_key_id"] for k in self.keys):
+            return "its key is disabled on Google"
+        return "its key no longer exists on Google"
 
     def _live(self, key_id: str) -> bool:
         return any(k.key_id == key_id and not k.disabled for k in self.keys)
@@ -92,7 +119,7 @@ class AccountStep(Step):
     def plan(self, run: Run) -> Change:
         o = run.opts
         if self.account is None:
-            return Change(CREATE, f"create {o.account_email} and a key")
+            return Change(CREATE, f"create {o.account_email} and a key{self._replacing()}")
         if self.account.disabled:
             raise UserError(
                 f"Service account {o.account_email} is disabled: enable it (gcloud iam service-accounts "
@@ -100,10 +127,14 @@ class AccountStep(Step):
             )
         extra = f"; delete {count(len(self.orphans), 'key')} an interrupted run left behind" if self.orphans else ""
         if self.needs_key(run):
-            return Change(CREATE, f"create a key for {o.account_email}{extra}")
+            return Change(CREATE, f"create a key for {o.account_email}{self._replacing()}{extra}")
         kid = self._local_id() or self._coiled_key(run)
         where = f"in {self.local_path}" if self.local else "held by Coiled"
         return Change(UPDATE if self.orphans else NOTHING, f"key {kid[:12]}… {where}{extra}")
+
+    def _replacing(self) -> str:
+        """The file a new key overwrites, and why: a plan never replaces a file silently."""
+        return f", replacing {self.local_path} ({self.replaced})" if self.replaced else ""
 
     # -- apply ----------------------------------------------------------------------------------
     def apply(self, run: Run) -> str:
@@ -121,9 +152,7 @@ class AccountStep(Step):
                 # Unseen a moment ago, yet there: most likely our own earlier create whose answer was lost,
                 # so Google may not show it everywhere yet either.
                 run.fresh_account = True
-            run.journal.set(account=o.account_email)
-        elif run.journal.get("account") != o.account_email:
-            run.journal.set(account=o.account_email)
+        record_account(run.journal, o.account_email)
         if self.orphans:
             for kid in self.orphans:
                 self._delete_key(run, kid)
