@@ -117,3 +117,27 @@ def test_allow_privileged_key_lets_it_through_and_verify_fails_its_key_check(mak
     check = next(c for c in doc["checks"] if c["name"] == "key_file")
     assert check["status"] == "failed" and "the account running verify" in check["detail"]
     assert "coiled-setup gcp --project coiled-demo" in check["remedy"] and "--key-file" not in check["remedy"]
+
+
+def test_a_privileged_coiled_account_is_refused_with_a_remedy_that_works(make_sandbox, cli):
+    from tests.helpers import clients
+
+    sb = make_sandbox(**FAST)
+    two = f"coiled-two@{P}.iam.gserviceaccount.com"
+    cli(sb, *ARGS, "--service-account", "coiled-two", check=0)
+    c = clients(sb)
+    pol = c.projects.get_iam_policy(request={"resource": f"projects/{P}", "options": {"requested_policy_version": 3}})
+    pol.bindings.add(role="roles/editor", members=[f"serviceAccount:{two}"])
+    c.projects.set_iam_policy(request={"resource": f"projects/{P}", "policy": pol})
+
+    # A re-run without flags keeps the account Coiled holds: the sentence names the flag that changes it.
+    line = refused(cli, sb, *ARGS, needle="roles/editor")
+    assert "--service-account coiled " in line and "leave out" not in line
+
+    out = cli(sb, "verify", "--output", "json", check=1)
+    key_check = next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "key_file")
+    assert key_check["status"] == "failed" and "--service-account coiled" in key_check["remedy"]
+
+    # The remedy named works.
+    cli(sb, *ARGS, "--service-account", "coiled", check=0)
+    assert state(sb)["coiled"]["workspaces"]["demo"]["credentials"]["client_email"] == f"coiled@{P}.iam.gserviceaccount.com"

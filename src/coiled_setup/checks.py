@@ -300,12 +300,18 @@ def check_key_file(t: Target, f: Facts) -> Result:
                       f"{t.gcp()} for a new key")
     too_much = _privileged(t, f)
     if too_much:
-        dedicated = replace(t, account="", key_given=False).gcp()
+        # A re-run keeps the account Coiled holds: only --service-account moves it to another one.
+        if t.account.split("@", 1)[0] == DEFAULT_ACCOUNT_ID:
+            remedy = (f"Remove those roles from {t.account}, or run {replace(t, account='', key_given=False).gcp()} "
+                      "--service-account ANOTHER_ID (creates a dedicated account with only the Coiled role and gives "
+                      "Coiled its key), then verify again")
+        else:
+            dedicated = replace(t, account="", key_given=False).gcp(f"--service-account {DEFAULT_ACCOUNT_ID}")
+            remedy = (f"{dedicated} (creates {DEFAULT_ACCOUNT_ID}@{t.project}.iam.gserviceaccount.com with only the "
+                      "Coiled role and gives Coiled its key), then verify again")
         return Result(name, title, FAILED,
                       f"{where}: key {_short(t.key_id)} of {t.account}, {too_much}: Coiled would hold far more than "
-                      "its role.",
-                      f"{dedicated} (creates {DEFAULT_ACCOUNT_ID}@{t.project}.iam.gserviceaccount.com with only the "
-                      "Coiled role and gives Coiled its key), then verify again")
+                      "its role.", remedy)
     return Result(name, title, OK, f"{where}: key {_short(t.key_id)} of {t.account}, enabled on Google.")
 
 
