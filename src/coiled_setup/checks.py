@@ -497,9 +497,11 @@ def check_instance(t: Target, f: Facts) -> Result:
                       "--instance-service-account to check one).")
     least = (f"{t.gcp('--create-instance-service-account')} (a separate account that can only write logs)")
     if email == t.account:
-        return Result(name, title, WARNING,
-                      f"Instances run as the control-plane account {email}, with every permission of "
-                      f"{t.role_name}: not least privilege.", least)
+        # As gcp, which refuses Coiled's own account for instances.
+        return Result(name, title, FAILED,
+                      f"Instances would run as Coiled's own account {email}, with every permission of "
+                      f"{t.role_name}: give instances a separate account.",
+                      f"{least}, or {t.gcp('--no-instance-service-account')} (instances run without one)")
     e = f.error("instance")
     if e is not None:
         return cannot_read(name, title, e, t, f)
@@ -553,13 +555,14 @@ def check_coiled_credentials(t: Target, f: Facts) -> Result:
     if t.account and email != t.account:
         return Result(name, title, FAILED, f"Coiled workspace {ws} uses {email}, not {t.account}.",
                       f"{upload} (gives Coiled a key of {t.account})")
-    if t.key_id and kid == t.key_id:
-        return Result(name, title, OK, f"Workspace {ws} holds the key file's key {_short(kid)} of {email}.")
+    # Checked before matching the key file: the key file's key may be the dead one.
     live = {k.key_id: k for k in f.get("keys") or []}
     if f.has("keys") and (kid not in live or live[kid].disabled):
         gone = "no longer exists" if kid not in live else "is disabled"
         return Result(name, title, FAILED, f"Workspace {ws} holds key {_short(kid)} of {email}, which {gone} on "
                       "Google.", f"{upload} (gives Coiled a live key)")
+    if t.key_id and kid == t.key_id:
+        return Result(name, title, OK, f"Workspace {ws} holds the key file's key {_short(kid)} of {email}.")
     if t.key_id:
         return Result(name, title, WARNING,
                       f"Workspace {ws} holds another key of {email} ({_short(kid)}), not the key file's "
