@@ -140,4 +140,35 @@ def test_a_privileged_coiled_account_is_refused_with_a_remedy_that_works(make_sa
 
     # The remedy named works.
     cli(sb, *ARGS, "--service-account", "coiled", check=0)
-    assert state(sb)["coiled"]["workspaces"]["demo"]["credentials"]["client_email"] == f"coiled@{P}.iam.gserviceaccount.com"
+    creds = state(sb)["coiled"]["workspaces"]["demo"]["credentials"]
+    assert creds["client_email"] == f"coiled@{P}.iam.gserviceaccount.com"
+
+
+def _corrupt_key_file(sb, tmp_path):
+    """A key of a fresh account, every field present and mode 0600, whose private key PEM is damaged."""
+    from tests.helpers import clients
+
+    c = clients(sb)
+    sa = c.iam.create_service_account(name=f"projects/{P}", account_id="coiled")
+    data = json.loads(c.iam.create_service_account_key(name=f"projects/-/serviceAccounts/{sa.email}").private_key_data)
+    lines = data["private_key"].splitlines()
+    lines[5] = lines[5][:30] + lines[5][31:]  # one character lost: the base64 no longer decodes
+    data["private_key"] = "\n".join(lines) + "\n"
+    path = tmp_path / "corrupt.json"
+    path.write_text(json.dumps(data))
+    path.chmod(0o600)
+    return path, lines[5]
+
+
+def test_a_key_file_whose_private_key_cannot_be_read_is_one_sentence(sandbox, cli, tmp_path):
+    sb = sandbox
+    path, body = _corrupt_key_file(sb, tmp_path)
+    line = refused(cli, sb, *ARGS, "--key-file", str(path), needle="private key")
+    assert str(path) in line and "replace" in line and body not in line
+
+    out = cli(sb, "verify", "--key-file", str(path), "--output", "json", check=1)
+    assert "Traceback" not in out.stderr and body not in out.stdout + out.stderr
+    assert "PRIVATE KEY" not in out.stdout + out.stderr
+    key_check = next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "key_file")
+    assert key_check["status"] == "failed" and "private key" in key_check["detail"]
+    assert "replace" in key_check["detail"]

@@ -163,7 +163,8 @@ class Wizard:
         # A re-run keeps the account Coiled holds: only --service-account moves it to another one.
         without_key = " without --key-file" if o.key_file is not None else ""
         if email.split("@", 1)[0] == DEFAULT_ACCOUNT_ID:
-            dedicated = f"pass --service-account with another account id{without_key} (created with only the Coiled role)"
+            dedicated = (f"pass --service-account with another account id{without_key} (created with only the "
+                         "Coiled role)")
         else:
             dedicated = (f"pass --service-account {DEFAULT_ACCOUNT_ID}{without_key} (or another account without such "
                          f"roles) to use {DEFAULT_ACCOUNT_ID}@{o.project}.iam.gserviceaccount.com with only the "
