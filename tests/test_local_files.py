@@ -296,3 +296,23 @@ def test_a_coiled_yaml_without_comments_in_flow_style_is_rewritten_whole(make_sa
     assert data["other"] == [1, 2] and data["coiled"]["user"] == "ann"
     assert data["coiled"]["backend-options"]["zone"] == "us-east1-c"
     assert json.dumps(data)  # plain data, nothing YAML-specific
+
+
+@pytest.mark.parametrize("where", ["home is /dev/null", "state home under a file"])
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_rehearsal_whose_state_directory_cannot_be_made_is_one_sentence(cli, tmp_path, monkeypatch, where, output):
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    if where == "home is /dev/null":
+        env, place = {"HOME": "/dev/null"}, "/dev/null/.local/state/coiled-setup/sandbox"
+    else:
+        (tmp_path / "a-file").write_text("x")
+        env, place = {"XDG_STATE_HOME": str(tmp_path / "a-file")}, str(tmp_path / "a-file" / "coiled-setup")
+    out = cli(None, "gcp", "--sandbox", "--yes", "--output", output, env=env, check=2)
+    assert "Traceback" not in out.stderr
+    line = one_sentence_error(out.stderr)
+    assert place in line and "COILED_SETUP_HOME" in line and "XDG_STATE_HOME" in line
+    if output == "json":
+        doc = json.loads(out.stdout)  # exactly one document
+        assert doc["exit_code"] == 2 and place in doc["error"]
+    else:
+        assert out.stdout == ""

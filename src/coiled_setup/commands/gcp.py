@@ -556,9 +556,17 @@ def start_embedded_sandbox(fresh: bool = False):
     where = paths.state_dir() / "sandbox"
     if fresh:
         shutil.rmtree(where, ignore_errors=True)
+    cannot = (f"The sandbox's directory {where} cannot be written, {{}}: set COILED_SETUP_HOME (or XDG_STATE_HOME) "
+              "to a writable directory, then run again.")
+    why = paths.unwritable(where / "world.json")
+    if why:
+        raise BadInput(cannot.format(why))
     # Google-like waits, short enough for a rehearsal.
-    sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0), state_dir=where,
-                 persist=True).start()
+    try:
+        sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0), state_dir=where,
+                     persist=True).start()
+    except OSError as e:
+        raise BadInput(cannot.format(e.strerror or e)) from None
     os.environ.update(sb.env)
     os.environ[SANDBOX_VAR] = str(where)
     return sb
