@@ -133,3 +133,58 @@ def test_a_bare_address_is_one_host_said_and_port_order_is_no_change(make_sandbo
     again = cli(sb, *ARGS, "--firewall-cidr", "10.0.0.7/32", "--firewall-ports", "8787,22,8786", check=0)
     assert "Nothing to change" in again.stdout, again.stdout
     assert writes(sb)[mark:] == []
+
+
+def test_a_privileged_coiled_account_is_refused_with_a_remedy_that_works(make_sandbox, cli):
+    from tests.helpers import clients
+
+    sb = make_sandbox(**FAST)
+    two = f"coiled-two@{P}.iam.gserviceaccount.com"
+    cli(sb, *ARGS, "--service-account", "coiled-two", check=0)
+    c = clients(sb)
+    pol = c.projects.get_iam_policy(request={"resource": f"projects/{P}", "options": {"requested_policy_version": 3}})
+    pol.bindings.add(role="roles/editor", members=[f"serviceAccount:{two}"])
+    c.projects.set_iam_policy(request={"resource": f"projects/{P}", "policy": pol})
+
+    # A re-run without flags keeps the account Coiled holds: the sentence names the flag that changes it.
+    line = refused(cli, sb, *ARGS, needle="roles/editor")
+    assert "--service-account coiled " in line and "leave out" not in line
+
+    out = cli(sb, "verify", "--output", "json", check=1)
+    key_check = next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "key_file")
+    assert key_check["status"] == "failed" and "--service-account coiled" in key_check["remedy"]
+
+    # The remedy named works.
+    cli(sb, *ARGS, "--service-account", "coiled", check=0)
+    creds = state(sb)["coiled"]["workspaces"]["demo"]["credentials"]
+    assert creds["client_email"] == f"coiled@{P}.iam.gserviceaccount.com"
+
+
+def _corrupt_key_file(sb, tmp_path):
+    """A key of a fresh account, every field present and mode 0600, whose private key PEM is damaged."""
+    from tests.helpers import clients
+
+    c = clients(sb)
+    sa = c.iam.create_service_account(name=f"projects/{P}", account_id="coiled")
+    data = json.loads(c.iam.create_service_account_key(name=f"projects/-/serviceAccounts/{sa.email}").private_key_data)
+    lines = data["private_key"].splitlines()
+    lines[5] = lines[5][:30] + lines[5][31:]  # one character lost: the base64 no longer decodes
+    data["private_key"] = "\n".join(lines) + "\n"
+    path = tmp_path / "corrupt.json"
+    path.write_text(json.dumps(data))
+    path.chmod(0o600)
+    return path, lines[5]
+
+
+def test_a_key_file_whose_private_key_cannot_be_read_is_one_sentence(sandbox, cli, tmp_path):
+    sb = sandbox
+    path, body = _corrupt_key_file(sb, tmp_path)
+    line = refused(cli, sb, *ARGS, "--key-file", str(path), needle="private key")
+    assert str(path) in line and "replace" in line and body not in line
+
+    out = cli(sb, "verify", "--key-file", str(path), "--output", "json", check=1)
+    assert "Traceback" not in out.stderr and body not in out.stdout + out.stderr
+    assert "PRIVATE KEY" not in out.stdout + out.stderr
+    key_check = next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "key_file")
+    assert key_check["status"] == "failed" and "private key" in key_check["detail"]
+    assert "replace" in key_check["detail"]

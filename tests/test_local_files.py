@@ -375,3 +375,23 @@ def test_a_key_file_whose_key_is_gone_is_named_as_replaced_in_the_plan(make_sand
     assert detail == f"create a key for {SA}, replacing {path} (its key no longer exists on Google)"
     cli(sb, *ARGS, "--key-file", str(path), check=0)
     assert json.loads(path.read_text())["private_key_id"] == user_keys(sb)[0] != old
+
+
+@pytest.mark.parametrize("where", ["home is /dev/null", "state home under a file"])
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_rehearsal_whose_state_directory_cannot_be_made_is_one_sentence(cli, tmp_path, monkeypatch, where, output):
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    if where == "home is /dev/null":
+        env, place = {"HOME": "/dev/null"}, "/dev/null/.local/state/coiled-setup/sandbox"
+    else:
+        (tmp_path / "a-file").write_text("x")
+        env, place = {"XDG_STATE_HOME": str(tmp_path / "a-file")}, str(tmp_path / "a-file" / "coiled-setup")
+    out = cli(None, "gcp", "--sandbox", "--yes", "--output", output, env=env, check=2)
+    assert "Traceback" not in out.stderr
+    line = one_sentence_error(out.stderr)
+    assert place in line and "COILED_SETUP_HOME" in line and "XDG_STATE_HOME" in line
+    if output == "json":
+        doc = json.loads(out.stdout)  # exactly one document
+        assert doc["exit_code"] == 2 and place in doc["error"]
+    else:
+        assert out.stdout == ""

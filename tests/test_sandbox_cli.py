@@ -133,3 +133,27 @@ def test_a_state_dir_given_is_kept(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)
     assert Path(info["env"]["GOOGLE_APPLICATION_CREDENTIALS"]).exists()
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("taken", ["google", "coiled"])
+def test_a_port_another_sandbox_listens_on_is_refused(sandbox, taken):
+    """gRPC shares a port with SO_REUSEPORT by default: two sandboxes would split the calls between them."""
+    google = int(sandbox.google_endpoint.rsplit(":", 1)[1])
+    coiled = int(sandbox.coiled_url.rsplit(":", 1)[1])
+    port = google if taken == "google" else coiled - 1  # Coiled's side listens on PORT+1
+    other = port + 1 if taken == "google" else port
+    if not _free(other):
+        pytest.skip(f"port {other} is taken by something else")
+    line = one_sentence(sandbox_cmd("--port", str(port), timeout=30), "--port")
+    assert "in use" in line and str(google if taken == "google" else coiled) in line

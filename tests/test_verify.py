@@ -148,9 +148,14 @@ def test_deleted_key(ready, cli):
     kid = journal(sb)["key_id"]
     clients(sb).iam.delete_service_account_key(name=f"projects/-/serviceAccounts/{account(sb)}/keys/{kid}")
     _, doc, _ = run_verify(cli, sb, code=1)
-    expect(doc, key_file="failed", effective_permissions="skipped")
+    expect(doc, key_file="failed", effective_permissions="skipped", coiled_credentials="failed",
+           coiled_backend="skipped")
     c = check(doc, "key_file")
     assert "no longer exists" in c["detail"] and c["remedy"].startswith(converge(sb))
+    # Coiled holds that same key: it cannot work either.
+    c = check(doc, "coiled_credentials")
+    assert f"key {kid[:12]}" in c["detail"] and "no longer exists" in c["detail"]
+    assert c["remedy"].startswith(converge(sb))
 
     # Operator credentials Google refuses are bad input, said once, not a failure per check.
     proc = cli(sb, "verify", env={"GOOGLE_APPLICATION_CREDENTIALS": journal(sb)["key_file"]}, check=2)
@@ -278,14 +283,18 @@ def test_coiled_credentials_removed(ready, cli):
 
 # -- warnings, bad input, and what the operator cannot read -------------------------------------------------------
 
-def test_open_firewall_and_shared_instance_account_warn(make_sandbox, cli):
+def test_open_firewall_warns_and_a_shared_instance_account_fails(make_sandbox, cli):
     sb = make_sandbox(**FAST)
     cli(sb, "gcp", "--non-interactive", "--yes", check=0)
-    _, doc, _ = run_verify(cli, sb, "--instance-service-account", account(sb), code=0)
-    expect(doc, firewall="warning", instance_account="warning")
+    _, doc, _ = run_verify(cli, sb, code=0)
+    expect(doc, firewall="warning", instance_account="skipped")
     fw = check(doc, "firewall")
     assert "from anywhere (0.0.0.0/0)" in fw["detail"] and "--firewall-cidr" in fw["remedy"]
-    assert "--create-instance-service-account" in check(doc, "instance_account")["remedy"]
+    # gcp refuses Coiled's own account for instances (exit 2): verify fails it too.
+    _, doc, _ = run_verify(cli, sb, "--instance-service-account", account(sb), code=1)
+    expect(doc, firewall="warning", instance_account="failed")
+    r = check(doc, "instance_account")
+    assert account(sb) in r["detail"] and "--create-instance-service-account" in r["remedy"]
     _, doc, _ = run_verify(cli, sb, "--strict", code=1)
     expect(doc, firewall="warning", instance_account="skipped")
     assert doc["summary"]["passed"] is False

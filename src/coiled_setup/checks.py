@@ -300,12 +300,18 @@ def check_key_file(t: Target, f: Facts) -> Result:
                       f"{t.gcp()} for a new key")
     too_much = _privileged(t, f)
     if too_much:
-        dedicated = replace(t, account="", key_given=False).gcp()
+        # A re-run keeps the account Coiled holds: only --service-account moves it to another one.
+        if t.account.split("@", 1)[0] == DEFAULT_ACCOUNT_ID:
+            remedy = (f"Remove those roles from {t.account}, or run {replace(t, account='', key_given=False).gcp()} "
+                      "--service-account ANOTHER_ID (creates a dedicated account with only the Coiled role and gives "
+                      "Coiled its key), then verify again")
+        else:
+            dedicated = replace(t, account="", key_given=False).gcp(f"--service-account {DEFAULT_ACCOUNT_ID}")
+            remedy = (f"{dedicated} (creates {DEFAULT_ACCOUNT_ID}@{t.project}.iam.gserviceaccount.com with only the "
+                      "Coiled role and gives Coiled its key), then verify again")
         return Result(name, title, FAILED,
                       f"{where}: key {_short(t.key_id)} of {t.account}, {too_much}: Coiled would hold far more than "
-                      "its role.",
-                      f"{dedicated} (creates {DEFAULT_ACCOUNT_ID}@{t.project}.iam.gserviceaccount.com with only the "
-                      "Coiled role and gives Coiled its key), then verify again")
+                      "its role.", remedy)
     return Result(name, title, OK, f"{where}: key {_short(t.key_id)} of {t.account}, enabled on Google.")
 
 
@@ -491,9 +497,11 @@ def check_instance(t: Target, f: Facts) -> Result:
                       "--instance-service-account to check one).")
     least = (f"{t.gcp('--create-instance-service-account')} (a separate account that can only write logs)")
     if email == t.account:
-        return Result(name, title, WARNING,
-                      f"Instances run as the control-plane account {email}, with every permission of "
-                      f"{t.role_name}: not least privilege.", least)
+        # As gcp, which refuses Coiled's own account for instances.
+        return Result(name, title, FAILED,
+                      f"Instances would run as Coiled's own account {email}, with every permission of "
+                      f"{t.role_name}: give instances a separate account.",
+                      f"{least}, or {t.gcp('--no-instance-service-account')} (instances run without one)")
     e = f.error("instance")
     if e is not None:
         return cannot_read(name, title, e, t, f)
@@ -547,13 +555,14 @@ def check_coiled_credentials(t: Target, f: Facts) -> Result:
     if t.account and email != t.account:
         return Result(name, title, FAILED, f"Coiled workspace {ws} uses {email}, not {t.account}.",
                       f"{upload} (gives Coiled a key of {t.account})")
-    if t.key_id and kid == t.key_id:
-        return Result(name, title, OK, f"Workspace {ws} holds the key file's key {_short(kid)} of {email}.")
+    # Checked before matching the key file: the key file's key may be the dead one.
     live = {k.key_id: k for k in f.get("keys") or []}
     if f.has("keys") and (kid not in live or live[kid].disabled):
         gone = "no longer exists" if kid not in live else "is disabled"
         return Result(name, title, FAILED, f"Workspace {ws} holds key {_short(kid)} of {email}, which {gone} on "
                       "Google.", f"{upload} (gives Coiled a live key)")
+    if t.key_id and kid == t.key_id:
+        return Result(name, title, OK, f"Workspace {ws} holds the key file's key {_short(kid)} of {email}.")
     if t.key_id:
         return Result(name, title, WARNING,
                       f"Workspace {ws} holds another key of {email} ({_short(kid)}), not the key file's "

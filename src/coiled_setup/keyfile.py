@@ -45,7 +45,24 @@ def read(path: Path, *, flag: str = "--key-file") -> dict:
         raise BadInput(f"{flag} {str(path)!r} is not a service account key (its type is {data.get('type')!r}).")
     if "PRIVATE KEY" not in str(data.get("private_key")):
         raise BadInput(f"{flag} {str(path)!r} has no usable private key: it may be truncated.")
+    if not _private_key_loads(data["private_key"]):
+        from coiled_setup.remedies import command
+
+        raise BadInput(f"{flag} {str(path)!r} holds a private key that cannot be read (the file is damaged): "
+                       f"replace it with an undamaged copy, or run {command('gcp')} without --key-file to make a "
+                       "new key.")
     return data
+
+
+def _private_key_loads(pem: object) -> bool:
+    """Whether Google's libraries can sign with the key (what they raise is not said: it may quote the key)."""
+    from google.auth import crypt
+
+    try:
+        crypt.RSASigner.from_string(pem)
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return False
+    return True
 
 
 # Roles that let their holder change who may do what in the project (or do anything): a key of an account

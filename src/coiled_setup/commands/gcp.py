@@ -165,9 +165,16 @@ class Wizard:
         email = o.account_email
         what = (f"--key-file {str(o.key_file)!r} is a key of {email}" if o.key_file is not None and o.key_file.exists()
                 else f"Service account {email}")
-        fix = (f"so give Coiled a dedicated account (leave out --key-file and --service-account to use "
-               f"{DEFAULT_ACCOUNT_ID}@{o.project}.iam.gserviceaccount.com with only the Coiled role), or pass "
-               "--allow-privileged-key if you mean it.")
+        # A re-run keeps the account Coiled holds: only --service-account moves it to another one.
+        without_key = " without --key-file" if o.key_file is not None else ""
+        if email.split("@", 1)[0] == DEFAULT_ACCOUNT_ID:
+            dedicated = (f"pass --service-account with another account id{without_key} (created with only the "
+                         "Coiled role)")
+        else:
+            dedicated = (f"pass --service-account {DEFAULT_ACCOUNT_ID}{without_key} (or another account without such "
+                         f"roles) to use {DEFAULT_ACCOUNT_ID}@{o.project}.iam.gserviceaccount.com with only the "
+                         "Coiled role")
+        fix = f"so give Coiled a dedicated account: {dedicated}, or pass --allow-privileged-key if you mean it."
         if g.principal and email == g.principal:
             raise BadInput(f"{what}, the account running coiled-setup: Coiled would get all of your permissions, {fix}")
         roles = keyfile.privileged_roles(g.get_policy(o.project), email)
@@ -560,9 +567,17 @@ def start_embedded_sandbox(fresh: bool = False):
     where = paths.state_dir() / "sandbox"
     if fresh:
         shutil.rmtree(where, ignore_errors=True)
+    cannot = (f"The sandbox's directory {where} cannot be written, {{}}: set COILED_SETUP_HOME (or XDG_STATE_HOME) "
+              "to a writable directory, then run again.")
+    why = paths.unwritable(where / "world.json")
+    if why:
+        raise BadInput(cannot.format(why))
     # Google-like waits, short enough for a rehearsal.
-    sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0), state_dir=where,
-                 persist=True).start()
+    try:
+        sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0), state_dir=where,
+                     persist=True).start()
+    except OSError as e:
+        raise BadInput(cannot.format(e.strerror or e)) from None
     os.environ.update(sb.env)
     os.environ[SANDBOX_VAR] = str(where)
     return sb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -75,8 +76,11 @@ def run(scenario: Path | None, port: int, latency_ms: float, fault_rate: float, 
             sb.start()
         except OSError as e:
             sb = None
-            raise BadInput(f"Cannot listen on port {port} (or {port + 1}): {e.strerror or e}; choose another "
-                           "--port, or 0 for free ones.") from None
+            if e.errno == errno.EADDRINUSE:
+                raise BadInput(f"Port {port} or {port + 1} (Coiled's side) is in use, perhaps by another sandbox: "
+                               "choose another --port, or 0 for free ones.") from None
+            raise BadInput(f"Cannot listen on port {port} or {port + 1} (Coiled's side): {e.strerror or e}; choose "
+                           "another --port, or 0 for free ones.") from None
         if not stop.is_set():
             print(json.dumps(sb.describe()), flush=True)
             print("Sandbox ready; set the variables in 'env' to use it. Ctrl-C stops it"

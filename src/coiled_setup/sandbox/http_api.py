@@ -355,6 +355,7 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+        allow_reuse_port = False  # a port in use is refused, never shared
 
         def handle_error(self, request, client_address):
             if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from concurrent import futures
@@ -20,6 +22,12 @@ from coiled_setup.sandbox.http_api import CoiledApi, make_server
 from coiled_setup.sandbox.world import Config, World
 
 ENDPOINT_VAR = "COILED_SETUP_GOOGLE_ENDPOINT"
+
+
+def _refuse_in_use(port: int) -> None:
+    """OSError when the port is in use, found by a plain bind so that gRPC logs nothing."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
 
 
 class Sandbox:
@@ -76,15 +84,19 @@ class Sandbox:
 
     def _listen(self, world: World, grpc_port: int, http_port: int) -> None:
         perms = list(role_templates.load().permissions)
+        if grpc_port:
+            _refuse_in_use(grpc_port)
         http = make_server(world, CoiledApi(world, perms), port=http_port)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=build_handlers(world))
+        # gRPC would share a port already in use (SO_REUSEPORT) and split the calls between two sandboxes.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=build_handlers(world),
+                             options=[("grpc.so_reuseport", 0)])
         try:
             bound = server.add_insecure_port(f"127.0.0.1:{grpc_port}")
         except RuntimeError:
             bound = 0
         if not bound:
             http.server_close()
-            raise OSError(f"cannot listen on 127.0.0.1:{grpc_port}")
+            raise OSError(errno.EADDRINUSE, f"cannot listen on 127.0.0.1:{grpc_port}")
         self.world, self._http, self._grpc = world, http, server
         http_port = http.server_address[1]
         world.token_uri = f"http://127.0.0.1:{http_port}/token"
