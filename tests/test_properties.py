@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests import reliability as R
 
-EXAMPLES = int(os.environ.get("COILED_SETUP_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("COILED_SETUP_EXAMPLES", "12"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("COILED_SETUP_RANDOM"),
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 P = R.P

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tests import reliability as R
 from tests.helpers import calls
 
-EXAMPLES = int(os.environ.get("COILED_SETUP_EXAMPLES", "5"))
+EXAMPLES = int(os.environ.get("COILED_SETUP_EXAMPLES", "3"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("COILED_SETUP_RANDOM"),
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 PROMPT = r"\]: "
