@@ -261,17 +261,22 @@ def refuse_empty(flags: dict[str, str | None]) -> None:
             raise BadInput(f"{flag} is empty: give a value, or leave the flag out for the default.")
 
 
-def network_of(cidr: str) -> str | None:
-    """The network of a CIDR written with host bits set (10.1.2.3/24 → 10.1.2.0/24), else None."""
+def read_network(cidr: str) -> tuple[str, str | None]:
+    """The network a firewall reads from `cidr` (10.1.2.3/24 → 10.1.2.0/24, 10.0.0.7 → 10.0.0.7/32), and a
+    sentence saying so when that is not what was written; text that is no network comes back as it is."""
+    text = cidr.strip()
+    if "/" not in text and cidr_error(f"{text}/32", "") is None:
+        return f"{text}/32", f"Firewall network {text} has no prefix length: using {text}/32, that one address only."
     try:
-        ipaddress.ip_network(cidr, strict=True)
-        return None
+        ipaddress.ip_network(text, strict=True)
+        return text, None
     except ValueError:
         pass
     try:
-        return str(ipaddress.ip_network(cidr, strict=False))
+        net = str(ipaddress.ip_network(text, strict=False))
     except ValueError:
-        return None
+        return text, None
+    return net, f"Firewall network {text} has host bits set: using its network {net}."
 
 
 def parse_ports(text: str) -> tuple[int, ...]:

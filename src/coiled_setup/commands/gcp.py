@@ -23,8 +23,8 @@ from coiled_setup.options import (
     account_error,
     cidr_error,
     default_instance_email,
-    network_of,
     project_error,
+    read_network,
     validate,
 )
 from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
@@ -146,15 +146,10 @@ class Wizard:
             o.explicit.add("service_account")
 
     def network_only(self) -> None:
-        """10.1.2.3/24 means the network 10.1.2.0/24 (as Google's firewall reads it): said, then used."""
-        cidr = self.opts.firewall_cidr
-        if "/" not in cidr and cidr_error(f"{cidr}/32", "") is None:
-            self.ui.warn(f"Firewall network {cidr} has no prefix length: using {cidr}/32, that one address only.")
-            self.opts.firewall_cidr = f"{cidr}/32"
-            return
-        net = network_of(cidr)
-        if net is not None:
-            self.ui.warn(f"Firewall network {self.opts.firewall_cidr} has host bits set: using its network {net}.")
+        """The network as Google's firewall reads it (10.1.2.3/24 is 10.1.2.0/24): said, then used."""
+        net, note = read_network(self.opts.firewall_cidr)
+        if note:
+            self.ui.warn(note)
             self.opts.firewall_cidr = net
 
     def refuse_privileged_account(self, g: Google) -> None:
@@ -283,12 +278,8 @@ class Wizard:
             if o.open_firewall:
                 ui.warn(f"Dask schedulers accept connections on ports {','.join(map(str, o.firewall_ports))} "
                         f"from anywhere ({OPEN_CIDR}) unless you name a network.")
-            def cidr_rule(text):
-                text = text.strip()
-                return cidr_error(network_of(text) or (f"{text}/32" if "/" not in text else text), "")
-
             o.firewall_cidr = ui.text("Network allowed to reach the schedulers (CIDR):", default=o.firewall_cidr,
-                                      validate=_prompt_rule(cidr_rule)).strip()
+                                      validate=_prompt_rule(lambda t: cidr_error(read_network(t)[0], ""))).strip()
 
     def _choose_account(self, g: Google, cur: InPlace) -> None:
         o, ui = self.opts, self.ui
