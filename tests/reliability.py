@@ -655,7 +655,9 @@ def run_concurrent(lab: Lab, runs: int = 8, seed: int = 2000) -> Figures:
     )
     targets = {f"projects/{P}": ROLE, REPO: REPO_ROLE}
     for i in range(runs):
-        sb = lab.sandbox(scen, latency_ms=4, **FAST)
+        # Each policy read's answer waits 8 ms (the wizard's and the writers' alike): the other threads run
+        # inside every read-modify-write window, so conflicts happen even when the machine is busy.
+        sb = lab.sandbox(scen, latency_ms=4, hold_method="GetIamPolicy", hold_s=0.008, **FAST)
         key = _writer_key(sb)
         lab.ledger.learn_key(key, "the foreign writer's private key")
         c = clients(sb)
