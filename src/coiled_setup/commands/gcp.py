@@ -16,6 +16,7 @@ from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
+from coiled_setup.needs import CORE_SERVICES
 from coiled_setup.options import (
     DEFAULT_ACCOUNT_ID,
     INSTANCE_ROLE_ID,
@@ -40,8 +41,6 @@ from coiled_setup.steps.role import RoleStep
 from coiled_setup.steps.upload import UploadStep
 from coiled_setup.ui import Ui
 from coiled_setup.wording import count
-
-CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
 
 
 def operator_permissions(o: Options) -> list[str]:
@@ -227,7 +226,7 @@ class Wizard:
                     return None, e
             return call
 
-        services = CORE_SERVICES + wanted_services(o)
+        services = [*CORE_SERVICES, *wanted_services(o)]
         results = run_all([attempt(lambda: g.get_project(o.project)),
                            attempt(lambda: g.test_permissions(o.project, perms))]
                           + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from coiled_setup import waiting
+from coiled_setup import needs, waiting
 from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
-
-COMPUTE = "compute.googleapis.com"
-ARTIFACT_REGISTRY = "artifactregistry.googleapis.com"
 
 
 def wanted_services(opts) -> list[str]:
-    return [COMPUTE] + ([ARTIFACT_REGISTRY] if opts.gar else [])
+    return needs.services(opts.gar)
 
 
 class ApisStep(Step):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from coiled_setup.needs import holds
 from coiled_setup.steps import policy as policies
 from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
 
@@ -19,7 +20,7 @@ class BindingStep(Step):
         self.present = False
 
     def observe(self, run: Run) -> None:
-        self.present = policies.holds(run.google.get_policy(run.opts.project), self.role(run), self.member(run))
+        self.present = holds(run.google.get_policy(run.opts.project), self.role(run), self.member(run))
 
     def plan(self, run: Run) -> Change:
         what = f"{self.member(run)} → {self.role(run)}"

@@ -9,13 +9,10 @@ from collections.abc import Callable
 from coiled_setup import waiting
 from coiled_setup.cloud import Binding, CloudError, Policy
 from coiled_setup.errors import UserError
+from coiled_setup.needs import holds
 
 MAX_CONFLICTS = 12
 MAX_TRANSIENT = 6  # transient errors in a row on the write
-
-
-def holds(policy: Policy, role: str, member: str) -> bool:
-    return any(b.role == role and b.condition is None and member in b.members for b in policy.bindings)
 
 
 def with_member(policy: Policy, role: str, member: str) -> Policy:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from coiled_setup import waiting
 from coiled_setup.cloud import CloudError
 from coiled_setup.errors import UserError
+from coiled_setup.needs import ARTIFACT_REGISTRY, REPO_ROLE, holds
 from coiled_setup.steps import policy as policies
-from coiled_setup.steps.apis import ARTIFACT_REGISTRY
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
-
-REPO_ROLE = "roles/artifactregistry.repoAdmin"
 
 
 def _settling(e: CloudError) -> bool:
@@ -40,7 +38,7 @@ class RegistryStep(Step):
         try:
             self.format = run.google.get_repository(name)
             if self.format is not None:
-                self.granted = policies.holds(run.google.get_repo_policy(name), REPO_ROLE, self.member(run))
+                self.granted = holds(run.google.get_repo_policy(name), REPO_ROLE, self.member(run))
         except CloudError as e:
             if not _settling(e):
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 from coiled_setup import role_templates
 from coiled_setup.cloud import CloudError
 from coiled_setup.errors import UserError
+from coiled_setup.needs import role_diff
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
 from coiled_setup.wording import count
 
@@ -27,9 +28,7 @@ class RoleStep(Step):
         self.role = run.google.get_role(self.name(run))
 
     def diff(self) -> tuple[list[str], list[str]]:
-        want = list(self.template.permissions)
-        have = set(self.role.permissions) if self.role else set()
-        return [p for p in want if p not in have], sorted(have - set(want))
+        return role_diff(self.template, self.role.permissions if self.role else ())
 
     def _drifted(self) -> bool:
         r, t = self.role, self.template
