@@ -12,6 +12,7 @@ from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
 class BindingStep(Step):
     key = "binding"
     title = "Project IAM binding"
+    permissions = ("resourcemanager.projects.getIamPolicy", "resourcemanager.projects.setIamPolicy")
 
     def __init__(self, member: Callable[[Run], str], role: Callable[[Run], str], key: str = "binding",
                  title: str = "Project IAM binding", after: tuple[str, ...] = ("account", "role")):
@@ -34,3 +35,7 @@ class BindingStep(Step):
         )
         self.present = True
         return "bound" if wrote else "already bound"
+
+
+def steps_for(opts) -> list[Step]:
+    return [BindingStep(lambda run: f"serviceAccount:{run.opts.account_email}", lambda run: run.opts.role_name)]

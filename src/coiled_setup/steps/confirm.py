@@ -71,3 +71,6 @@ class ConfirmStep(Step):
             as_account.close()
         return "all permissions in effect"
 
+
+def steps_for(opts) -> list[Step]:
+    return [ConfirmStep()]

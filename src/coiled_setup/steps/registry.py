@@ -19,6 +19,9 @@ class RegistryStep(Step):
     key = "registry"
     title = "Artifact Registry"
     after = ("apis", "account")
+    permissions = ("artifactregistry.repositories.get", "artifactregistry.repositories.create",
+                   "artifactregistry.repositories.getIamPolicy", "artifactregistry.repositories.setIamPolicy")
+    reads = ("services",)
 
     def __init__(self):
         self.format: str | None = None
@@ -30,9 +33,10 @@ class RegistryStep(Step):
 
     def observe(self, run: Run) -> None:
         self.format, self.granted, self.settling = None, False, False
-        if ARTIFACT_REGISTRY not in run.services:
-            run.services[ARTIFACT_REGISTRY] = run.google.service_enabled(run.opts.project, ARTIFACT_REGISTRY)
-        if not run.services[ARTIFACT_REGISTRY]:
+        on = run.services.get(ARTIFACT_REGISTRY)
+        if on is None:
+            on = run.google.service_enabled(run.opts.project, ARTIFACT_REGISTRY)
+        if not on:
             return
         name = run.opts.repository
         try:
@@ -99,3 +103,7 @@ class RegistryStep(Step):
             done.append(f"granted {REPO_ROLE}")
         self.format, self.granted = "DOCKER", True
         return ", ".join(done) or "nothing to do"
+
+
+def steps_for(opts) -> list[Step]:
+    return [RegistryStep()] if opts.gar else []

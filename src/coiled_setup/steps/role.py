@@ -13,6 +13,7 @@ from coiled_setup.wording import count
 class RoleStep(Step):
     key = "role"
     title = "Custom role"
+    permissions = ("iam.roles.get", "iam.roles.create", "iam.roles.update", "iam.roles.undelete")
 
     def __init__(self, role_id: str, template: str = role_templates.CONTROL_PLANE, key: str = "role",
                  title: str = "Custom role", after: tuple[str, ...] = ()):
@@ -85,3 +86,7 @@ class RoleStep(Step):
             self.role = g.update_role(self.name(run), etag, *args)
             verbs.append(f"updated (+{len(added)} −{len(removed)})")
         return " and ".join(verbs) or "nothing to do"
+
+
+def steps_for(opts) -> list[Step]:
+    return [RoleStep(opts.role_id)]
