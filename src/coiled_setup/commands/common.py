@@ -95,3 +95,75 @@ def choose_workspace(c: Coiled, wanted: str | None, ask=None, reads: tuple[dict,
         raise BadInput(f"You belong to several Coiled workspaces ({', '.join(slugs)}): pass --workspace.")
     c.workspace = choice
     return choice
+
+
+class Session:
+    """What a plan/apply command holds while it runs (its lock, its run record, its engine): released, and the
+    ending told in one sentence (and the JSON document), however the command ends."""
+
+    def __init__(self, command: str, opts, ui):
+        self.command, self.opts, self.ui = command, opts, ui
+        self.lock = None
+        self.run = None
+        self.engine = None
+
+    def check_local_files(self, steps) -> None:
+        """Every local file the plan writes can be written, told before the first change (exit 2)."""
+        from rich.markup import escape
+
+        from coiled_setup import paths
+
+        files = [f for s in steps for f in s.local_files(self.run)]
+        for f in files:
+            why = paths.unwritable(f.path)
+            if why:
+                raise BadInput(f"{f.what} {f.path} cannot be written, {why}: {f.fix}, then run again.")
+        for f in files:
+            if f.private and f.path.parent.is_dir() and paths.readable_by_others(f.path.parent):
+                self.ui.warn(f"{f.what}'s directory {escape(str(f.path.parent))} is readable by other users (the "
+                             "file itself will be 0600).")
+
+    def report_fields(self) -> dict:
+        o, run, engine = self.opts, self.run, self.engine
+        return {"project": o.project or None, "workspace": o.workspace,
+                "service_account": o.account_email if o.project else None,
+                "key_file": str(run.key_path) if run and run.key_path else None,
+                "steps": engine.results if engine else [], "conflicts_retried": self.ui.conflicts}
+
+    def drive(self, execute) -> int:
+        from coiled_setup import report
+        from coiled_setup.errors import INTERRUPTED, OK, STEP_FAILED
+
+        ui = self.ui
+        code, error = OK, None
+        try:
+            code = execute()
+        except UserError as e:
+            code, error = e.code, e.message
+            if code != OK:
+                ui.error(e.message)
+            else:
+                ui.info(e.message)
+        except CloudError as e:  # a refusal no step could place: still one sentence
+            error, code = explain(e, self.opts.project)
+            ui.error(error)
+        except KeyboardInterrupt:
+            code = INTERRUPTED
+            done = self.engine.done() if self.engine else []
+            current = self.engine.current if self.engine else None
+            where = f" during '{current.title}'" if current else ""
+            error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
+                     "to resume where it stopped.")
+            ui.error(error)
+        except Exception as e:
+            code, error = STEP_FAILED, report.unexpected(e)
+            raise
+        finally:
+            ui.stop()
+            if self.lock is not None:
+                self.lock.release()
+            if self.run is not None:
+                self.run.google.close()
+            if self.opts.output == "json":
+                report.emit(self.command, code, error, **self.report_fields())
+        return code

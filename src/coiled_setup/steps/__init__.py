@@ -6,18 +6,33 @@ or a few configured ones). A new step is a module like them and one line in ORDE
 
 from __future__ import annotations
 
-from coiled_setup.steps import account, apis, binding, confirm, instance, registry, role, upload
+from coiled_setup.steps import (
+    account,
+    apis,
+    binding,
+    confirm,
+    handover,
+    instance,
+    key_accepted,
+    new_key,
+    registry,
+    retire_keys,
+    role,
+    upload,
+)
 from coiled_setup.steps.base import Step
 
 ORDER = (apis, account, role, binding, registry, instance, confirm, upload)
+# rotate-key: the new key is accepted by Google and held by Coiled before an old one is deleted.
+ROTATION = (new_key, key_accepted, handover, retire_keys)
 
 # What the preflight itself reads, before any step.
 PREFLIGHT_PERMISSIONS = ("resourcemanager.projects.get", "serviceusage.services.get")
 LISTING_PERMISSION = "iam.serviceAccounts.list"  # the interactive account choice lists the project's accounts
 
 
-def build(opts) -> list[Step]:
-    return [step for module in ORDER for step in module.steps_for(opts)]
+def build(opts, order=ORDER) -> list[Step]:
+    return [step for module in order for step in module.steps_for(opts)]
 
 
 def operator_permissions(opts) -> list[str]:
