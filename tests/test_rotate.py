@@ -153,7 +153,8 @@ def test_rotation_without_the_permission_to_delete_keys_changes_nothing(make_san
     sb = make_sandbox(**FAST)
     cli(sb, "gcp", "--non-interactive", "--yes", check=0)
     c = clients(sb)
-    policy = c.projects.get_iam_policy(request={"resource": f"projects/{P}", "options": {"requested_policy_version": 3}})
+    policy = c.projects.get_iam_policy(request={"resource": f"projects/{P}",
+                                                "options": {"requested_policy_version": 3}})
     for b in policy.bindings:  # the operator becomes a viewer: it may read keys, not delete them
         if b.role == "roles/owner":
             b.role = "roles/viewer"

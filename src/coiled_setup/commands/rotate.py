@@ -15,7 +15,7 @@ from coiled_setup.errors import MISSING_PERMISSION, OK, BadInput, UserError
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
 from coiled_setup.options import GAR_REGIONS, REGIONS, SA_EMAIL_RE, Options, check_project, check_wait_timeout
-from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
+from coiled_setup.remedies import SANDBOX_VAR, command, explain, missing_permissions_sentence
 from coiled_setup.steps.base import Run
 from coiled_setup.ui import Ui
 
@@ -47,7 +47,7 @@ class Rotation(Session):
         if "service_account" not in o.explicit:
             if not m or m.group(3) != o.project:
                 raise UserError(f"Coiled's workspace {o.workspace} holds no key of an account in project {o.project}: "
-                                f"run coiled-setup gcp --project {o.project} first.")
+                                f"run {command('gcp')} --project {o.project} first.")
             o.service_account = held["client_email"]
         recorded = journal.settings()
         if o.key_file is None and journal.get("account") == o.account_email and journal.get("key_file"):

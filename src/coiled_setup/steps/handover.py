@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup.errors import UserError
+from coiled_setup.remedies import command
 from coiled_setup.steps.base import NOTHING, UPDATE, Change, Run, Step
 
 
@@ -32,16 +33,16 @@ class HandOverStep(Step):
 
     def apply(self, run: Run) -> str:
         if run.keyfile is None:
-            raise UserError("This run does not hold the new key's private half: run rotate-key again (the key "
-                            "nobody holds is deleted).")
+            raise UserError(f"This run does not hold the new key's private half: run {command('rotate-key')} again "
+                            "(the key nobody holds is deleted).")
         c = run.coiled
         c.store_credentials(run.keyfile, self.instance)
         # Read back: the old key is deleted only once Coiled is seen holding the new one.
         self.observe(run)
         if self.held != run.key_id:
             raise UserError(f"Coiled's workspace {c.workspace} still holds key {(self.held or 'none')[:12]}… after "
-                            "receiving the new one: run rotate-key again (the old key is kept until Coiled holds "
-                            "the new one).")
+                            f"receiving the new one: run {command('rotate-key')} again (the old key is kept until "
+                            "Coiled holds the new one).")
         run.journal.set(key_id=run.key_id)
         return f"workspace {c.workspace} holds key {run.key_id[:12]}…"
 

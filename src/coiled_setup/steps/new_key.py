@@ -7,6 +7,7 @@ from pathlib import Path
 
 from coiled_setup import keyfile as keyfiles
 from coiled_setup.errors import UserError
+from coiled_setup.remedies import command
 from coiled_setup.steps.account import MAX_USER_KEYS, create_key, delete_key
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, Run, Step
 from coiled_setup.wording import count
@@ -69,10 +70,10 @@ class NewKeyStep(Step):
         o = run.opts
         if self.account is None:
             raise UserError(f"Service account {o.account_email} does not exist in project {o.project}: run "
-                            f"coiled-setup gcp --project {o.project} to set it up first.")
+                            f"{command('gcp')} --project {o.project} to set it up first.")
         held = self.held(run)
         if held is None:
-            raise UserError(f"Coiled holds no live key of {o.account_email}: run coiled-setup gcp --project "
+            raise UserError(f"Coiled holds no live key of {o.account_email}: run {command('gcp')} --project "
                             f"{o.project} to give it one, then rotate.")
         extra = (f"; delete {count(len(self.orphans), 'key')} an interrupted run left behind"
                  if self.orphans else "")
