@@ -78,6 +78,7 @@ class Options:
     coiled_server: str | None = None
     allow_privileged_key: bool = False  # hand Coiled a key of an owner/editor/IAM-admin account anyway
     max_age: float | None = None  # rotate-key: rotate only a key older than this many days
+    delete_repository: bool = False  # teardown: the repository too (it holds images)
     explicit: set[str] = field(default_factory=set)  # flags the user gave
 
     @property

@@ -16,6 +16,8 @@ FIELDS = {
             "conflicts_retried": 0},
     "rotate-key": {"project": None, "workspace": None, "service_account": None, "key_file": None, "steps": [],
                    "conflicts_retried": 0},
+    "teardown": {"project": None, "workspace": None, "service_account": None, "key_file": None, "steps": [],
+                 "conflicts_retried": 0},
     "verify": {"project": None, "service_account": None, "key_file": None, "workspace": None, "checks": [],
                "summary": None},
 }

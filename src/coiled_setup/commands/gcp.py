@@ -7,10 +7,9 @@ import os
 from coiled_setup import context, keyfile, paths
 from coiled_setup import steps as registry
 from coiled_setup.cloud import UNREACHABLE, CloudError, Google
-from coiled_setup.coiled_api import Coiled
-from coiled_setup.commands.common import Session, choose_workspace, coiled_client, connect_google, workspace_reads
+from coiled_setup.commands.common import Session
 from coiled_setup.concurrency import run_all
-from coiled_setup.engine import Consent, Engine
+from coiled_setup.engine import Engine
 from coiled_setup.errors import MISSING_PERMISSION, OK, BadInput, UserError
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
@@ -124,25 +123,6 @@ class Wizard(Session):
             raise BadInput(f"{what}, which holds {', '.join(roles)} in project {o.project}: Coiled needs only the "
                            f"custom role, {fix}")
 
-    def connect(self) -> tuple[Google, Coiled | None]:
-        """Google and Coiled, independent: Coiled's reads run while Google's libraries load and the
-        credentials are checked (Google's refusal is still told first); the workspace is chosen after."""
-        o = self.opts
-
-        def coiled():
-            if not o.upload:
-                return None
-            c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-upload")
-            return c, wanted, workspace_reads(c)
-
-        g, found = run_all([connect_google, coiled])
-        if found is None:
-            return g, None
-        c, wanted, reads = found
-        ask = (lambda slugs: self.ui.select("Coiled workspace:", slugs)) if o.interactive else None
-        o.workspace = choose_workspace(c, wanted, ask, reads)
-        return g, c
-
     # -- 1. preflight ------------------------------------------------------------------------------
     def preflight(self, g: Google) -> dict[str, bool]:
         o = self.opts
@@ -253,7 +233,7 @@ class Wizard(Session):
     def execute(self) -> int:
         o, ui = self.opts, self.ui
         self.resolve()
-        g, coiled = self.connect()
+        g, coiled = self.connect("--no-upload")
         journal = Journal(o.project)
         why = paths.unwritable(journal.path)
         if why:
@@ -280,16 +260,8 @@ class Wizard(Session):
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
                        coiled_credentials=cur.coiled_credentials)
         steps = registry.build(o)
-        self.engine = engine = Engine(self.run, steps, Consent(interactive=o.interactive, yes=o.yes,
-                                                                dry_run=o.dry_run, wait_timeout=o.wait_timeout),
-                                      o.project)
-        engine.plan()
-        self.check_local_files(steps)
-        engine.show()
-        if not engine.agreed():
-            return OK
-        engine.apply()
-        self.finish()
+        if self.plan_and_apply(steps):
+            self.finish()
         return OK
 
     def finish(self) -> None:

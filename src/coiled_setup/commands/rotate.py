@@ -7,20 +7,18 @@ from pathlib import Path
 
 from coiled_setup import context, keyfile
 from coiled_setup import steps as registry
-from coiled_setup.cloud import CloudError
-from coiled_setup.commands.common import Session, choose_workspace, coiled_client, connect_google, workspace_reads
-from coiled_setup.concurrency import run_all
-from coiled_setup.engine import Consent, Engine
-from coiled_setup.errors import MISSING_PERMISSION, OK, BadInput, UserError
+from coiled_setup.commands.common import Session
+from coiled_setup.errors import OK, BadInput, UserError
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
 from coiled_setup.options import GAR_REGIONS, REGIONS, SA_EMAIL_RE, Options, check_project, check_wait_timeout
-from coiled_setup.remedies import SANDBOX_VAR, command, explain, missing_permissions_sentence
+from coiled_setup.remedies import SANDBOX_VAR, command
 from coiled_setup.steps.base import Run
 from coiled_setup.ui import Ui
 
 
 class Rotation(Session):
+    idle = "Nothing to change: Coiled keeps its key."
     def __init__(self, opts: Options, ui: Ui):
         super().__init__("rotate-key", opts, ui)
         self.opts: Options = opts
@@ -64,28 +62,11 @@ class Rotation(Session):
             o.region = region
         return held
 
-    def preflight(self, g, steps) -> None:
-        o = self.opts
-        perms = list(dict.fromkeys(p for s in steps for p in s.permissions))
-        try:
-            held = g.test_permissions(o.project, perms)
-        except CloudError as e:
-            raise UserError(*explain(e, o.project)) from None
-        missing = [p for p in perms if p not in held]
-        if missing:
-            raise UserError(missing_permissions_sentence(g.principal, o.project, missing), MISSING_PERMISSION)
-
     def execute(self) -> int:
         o, ui = self.opts, self.ui
         self.resolve()
 
-        def coiled():
-            c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-upload")
-            return c, wanted, workspace_reads(c)
-
-        g, (c, wanted, reads) = run_all([connect_google, coiled])
-        ask = (lambda slugs: ui.select("Coiled workspace:", slugs)) if o.interactive else None
-        o.workspace = choose_workspace(c, wanted, ask, reads)
+        g, c = self.connect(None)  # rotation is about the key Coiled holds
         journal = Journal(o.project)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=c)
         held = self.settle(journal, (c.backend_options(keep=True) or {}).get("options") or {})
@@ -93,21 +74,14 @@ class Rotation(Session):
             self.lock = ProjectLock(o.project)
             self.lock.acquire()
         steps = registry.build(o, registry.ROTATION)
-        self.preflight(g, steps)
+        self.check_permissions(g, steps)
         self.run.coiled_credentials = held
         ui.info(f"Project [bold]{o.project}[/], account {o.account_email}, Coiled workspace [bold]{o.workspace}[/]"
                 + (" (a rehearsal against the local sandbox: nothing leaves this machine)"
                    if os.environ.get(SANDBOX_VAR) else ""))
-        self.engine = engine = Engine(self.run, steps, Consent(interactive=o.interactive, yes=o.yes,
-                                                                dry_run=o.dry_run, wait_timeout=o.wait_timeout),
-                                      o.project)
-        engine.plan()
-        self.check_local_files(steps)
-        engine.show()
-        if not engine.agreed():
+        if not self.plan_and_apply(steps):
             return OK
-        engine.apply()
-        engine.summary()
+        self.engine.summary()
         if self.run.key_path:
             ui.info(f"The new key of {o.account_email} is in {self.run.key_path} (mode 0600). Keep it private.")
         return OK

@@ -15,6 +15,8 @@ from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, 
 from coiled_setup.wording import count
 
 MAX_USER_KEYS = 10
+# In the description of every account this tool creates: teardown on another machine recognises them by it.
+MARKER = "(created by coiled-setup)"
 KEY_ORG_POLICY = "constraints/iam.disableServiceAccountKeyCreation"
 
 
@@ -165,8 +167,9 @@ class AccountStep(Step):
         if self.account is None:
             try:
                 self.account = g.create_account(o.project, o.account_id, "Coiled",
-                                                "Used by Coiled to run Dask clusters (created by coiled-setup).")
+                                                f"Used by Coiled to run Dask clusters {MARKER}.")
                 run.fresh_account = True
+                run.journal.created("account", o.account_email)
                 done.append("created account")
             except CloudError as e:
                 if e.code != "ALREADY_EXISTS":
