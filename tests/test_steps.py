@@ -78,9 +78,12 @@ PROJECTS: dict[str, dict] = {
     "acct-orphans": {"service_accounts": [{"id": "coiled", "keys": 2}]},
     "acct-coiled-key": {"service_accounts": [{"id": "coiled", "keys": 1}]},
     "acct-damaged": {"service_accounts": [{"id": "coiled"}]},
+    "acct-full": {"service_accounts": [{"id": "coiled", "keys": 10}]},
+    "acct-org-policy": {"disable_key_creation": True},
     "role-new": {},
     "role-deleted": {"roles": [{"id": "coiled", "permissions": TEMPLATE[:-3], "deleted": True}]},
     "role-drift": {"roles": [{"id": "coiled", "permissions": TEMPLATE[2:] + ["storage.buckets.delete"]}]},
+    "role-reserved": {"roles": [{"id": "coiled", "purged": True}]},
     "role-title": {"roles": [{"id": "coiled", "title": "old title", "permissions": TEMPLATE}]},
     "bind-new": {"service_accounts": [{"id": "coiled"}], "roles": [{"id": "coiled", "permissions": TEMPLATE}]},
     "bind-cond": {"service_accounts": [{"id": "coiled"}], "roles": [{"id": "coiled", "permissions": TEMPLATE}],
@@ -105,6 +108,7 @@ PROJECTS: dict[str, dict] = {
     "up-nokey": {},
     "up-retire": {},
     "up-other-key": {},
+    "up-unbound": {"service_accounts": [{"id": "coiled"}]},
     # The operator holding exactly what each step declares: an undeclared permission fails its test.
     "lp-apis": least_privilege(apis.ApisStep.permissions, services=CORE),
     "lp-account": least_privilege(account.AccountStep.permissions),
@@ -210,14 +214,18 @@ def one(opts_run: Run, key: str):
     return next(s for s in build(opts_run.opts) if s.key == key)
 
 
-def again(run: Run, key: str, **fields_):
-    """A fresh run of the same options observing and planning the step again (what a re-run would see)."""
+def rerun(run: Run, key: str):
+    """A fresh run of the same options observing and planning the step again (what a re-run would see):
+    (its plan, the step, the fresh run)."""
     fresh = Run(opts=run.opts, google=run.google, journal=Journal(run.opts.project), ui=run.ui, coiled=run.coiled,
                 coiled_credentials=dict(run.coiled_credentials), key_id=run.key_id, keyfile=run.keyfile,
                 instance_email=run.instance_email)
-    for k, v in fields_.items():
-        setattr(fresh, k, v)
-    return observe_plan(one(fresh, key), fresh)
+    step = one(fresh, key)
+    return observe_plan(step, fresh), step, fresh
+
+
+def again(run: Run, key: str):
+    return rerun(run, key)[0]
 
 
 def project_policy(real, project: str):
@@ -319,9 +327,13 @@ def test_account_created_with_a_key_file_then_kept(google, real):
         (email, run.key_id, str(path), None)
     assert run.key_id in j.our_keys()
     assert "private_key" not in json.dumps(j.data)
-    second = again(run, "account")
+    second, step, fresh = rerun(run, "account")
     assert (second.action, second.publish) == (NOTHING, {"key_id": run.key_id})
     assert second.detail == f"key {run.key_id[:12]}… in {path}"
+    assert step.local_files(fresh) == []
+    fresh.keyfile = fresh.key_path = None
+    step.adopt(fresh)  # what the engine does with a step that has nothing to do
+    assert (fresh.keyfile, fresh.key_path) == (run.keyfile, str(path))
 
 
 def test_disabled_account_is_refused_in_one_sentence(google):
@@ -361,6 +373,29 @@ def test_damaged_default_key_file_is_replaced(google):
                              "file)")
     step.apply(run)
     assert json.loads(path.read_text())["private_key_id"] == run.key_id
+
+
+def test_account_at_googles_key_limit_is_refused_without_deleting_a_key(google, real):
+    email = sa("u-acct-full")
+    run = new_run(google, "acct-full")
+    step = one(run, "account")
+    assert observe_plan(step, run).action == CREATE
+    with pytest.raises(UserError) as e:
+        step.apply(run)
+    assert e.value.message.startswith(f"Service account {email} already has 10 user-managed keys, the most Google "
+                                      "allows: delete one you no longer use")
+    assert len(user_keys(real, email)) == 10
+
+
+def test_key_creation_forbidden_by_the_organization_is_one_sentence(google, real):
+    run = new_run(google, "acct-org-policy")
+    step = one(run, "account")
+    observe_plan(step, run)
+    with pytest.raises(UserError) as e:
+        step.apply(run)
+    assert e.value.message.startswith("The organization policy iam.disableServiceAccountKeyCreation forbids creating "
+                                      "keys in project u-acct-org-policy")
+    assert user_keys(real, sa("u-acct-org-policy")) == []
 
 
 def test_keys_an_interrupted_run_left_behind_are_deleted(google, real):
@@ -440,6 +475,17 @@ def test_drifted_role_is_set_back_to_exactly_the_template(google, real):
     assert step.apply(run) == "updated (+2 −1)"
     assert sorted(get_role(real, name).included_permissions) == sorted(TEMPLATE)
     assert again(run, "role").action == NOTHING
+
+
+def test_reserved_role_id_names_the_flag_that_gets_past_it(google):
+    run = new_run(google, "role-reserved")
+    step = one(run, "role")
+    assert observe_plan(step, run).action == CREATE  # Google shows no role by that id
+    with pytest.raises(UserError) as e:
+        step.apply(run)
+    assert e.value.message.startswith("The role id coiled in project u-role-reserved belongs to a role deleted more "
+                                      "than 7 days ago")
+    assert "pass --role-id with another id (for example coiled_2)" in e.value.message
 
 
 def test_role_with_another_title_is_updated(google, real):
@@ -655,6 +701,16 @@ def test_upload_to_a_new_workspace_then_nothing_to_change(sb, google, real, home
     assert (change.action, change.detail) == (NOTHING, f"workspace {name} uses {sa('u-up-new')}")
     assert step2.local_files(run) == []
     assert step2.apply(run) == "nothing to do"
+
+
+def test_upload_says_why_coiled_could_not_set_up(sb, google, real):
+    run = upload_run(sb, google, real, "up-unbound")  # the account holds no role: Coiled cannot work with it
+    step = one(run, "upload")
+    observe_plan(step, run)
+    with pytest.raises(UserError) as e:
+        step.apply(run)
+    assert e.value.message.startswith("Coiled could not set up Coiled's global infrastructure: Permission ")
+    assert e.value.message.endswith("fix that and run again (coiled-setup verify shows what is missing).")
 
 
 def test_upload_needs_the_private_key_to_send_credentials(sb, google, real):
