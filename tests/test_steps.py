@@ -23,7 +23,6 @@ from coiled_setup.errors import BadInput, UserError
 from coiled_setup.journal import Journal
 from coiled_setup.options import INSTANCE_ROLE_ID, Options, default_instance_email, role_name
 from coiled_setup.sandbox import Config, Sandbox
-from coiled_setup.sandbox.server import ENDPOINT_VAR
 from coiled_setup.steps import (
     LISTING_PERMISSION,
     ORDER,
@@ -41,7 +40,7 @@ from coiled_setup.steps import (
 )
 from coiled_setup.steps.base import CHECK, CREATE, NOTHING, UPDATE, Run
 from coiled_setup.ui import Ui
-from tests.helpers import clients
+from tests.helpers import calls, clients
 
 HOME = "unit-steps"  # the operator's own project
 OPERATOR = f"serviceAccount:operator@{HOME}.iam.gserviceaccount.com"
@@ -143,11 +142,28 @@ def scenario() -> dict:
                                   "workspaces": [n for n in PROJECTS if n.startswith("up-")]}]}}
 
 
+class CallLog:
+    """The sandbox's record of calls (Google's and Coiled's), read from where the last look ended."""
+
+    def __init__(self, sb):
+        self.sb, self.seen = sb, 0
+
+    def new(self) -> list[dict]:
+        made = calls(self.sb, self.seen)
+        self.seen += len(made)
+        return made
+
+
+LOG: list[CallLog] = []  # the module's sandbox, for plan() to see that a plan writes nothing
+
+
 @pytest.fixture(scope="module")
 def sb(tmp_path_factory):
     s = Sandbox(scenario(), Config(operation_s=0.0, infra_s=0.0),
                 state_dir=tmp_path_factory.mktemp("steps-sandbox")).start()
+    LOG.append(CallLog(s))
     yield s
+    LOG.clear()
     s.stop()
 
 
@@ -166,11 +182,12 @@ def real(sb):
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch, sb):
-    """Key files, the journal and the dask config in this test's directory; the account's own calls
-    (confirm) go to the sandbox."""
+    """The sandbox's environment (so the account's own calls in confirm go to it), with key files, the journal
+    and the dask config in this test's directory."""
+    for name, value in sb.env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("COILED_SETUP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DASK_CONFIG", str(tmp_path / "dask"))
-    monkeypatch.setenv(ENDPOINT_VAR, sb.google_endpoint)
     return tmp_path
 
 
@@ -196,8 +213,11 @@ def record(run: Run) -> dict:
 def plan(step, run: Run):
     """The step's plan, checked against the protocol, its publications handed on as the engine does."""
     before = record(run)
+    LOG[0].new()
     change = step.plan(run)
     assert record(run) == before, f"{step.key}: plan() changed the run"
+    writes = [c["method"] for c in LOG[0].new() if c.get("write") or c.get("mutating")]
+    assert writes == [], f"{step.key}: plan() wrote {writes}"
     assert set(change.publish) <= set(step.publishes), f"{step.key} publishes undeclared {set(change.publish)}"
     for name, value in change.publish.items():
         setattr(run, name, value)
@@ -684,10 +704,11 @@ def test_upload_to_a_new_workspace_then_nothing_to_change(sb, google, real, home
     step = one(run, "upload")
     change = observe_plan(step, run)
     assert change.action == CREATE
-    assert change.detail == (
-        f"workspace {name}: account none → {sa('u-up-new')}; firewall none → 0.0.0.0/0 on ports 22,8786,8787; "
-        "registry none → Artifact Registry; global infrastructure; region us-east1; dask config (none yet) → "
-        "region us-east1, zone us-east1-c, preemptible true, firewall 0.0.0.0/0 on ports 22,8786,8787")
+    assert change.detail.startswith(f"workspace {name}: account none → {sa('u-up-new')}; ")
+    for part in ("firewall none → 0.0.0.0/0 on ports 22,8786,8787", "registry none → Artifact Registry",
+                 "global infrastructure", "region us-east1", "dask config (none yet) → region us-east1, zone "
+                 "us-east1-c, preemptible true, firewall 0.0.0.0/0 on ports 22,8786,8787"):
+        assert part in change.detail
     assert [f.path for f in step.local_files(run)] == [home / "dask" / "coiled.yaml"]
     assert step.apply(run).startswith("sent credentials, firewall, registry, global infrastructure, region us-east1,"
                                       " dask config")
