@@ -80,9 +80,10 @@ WORLDS: dict[str, dict] = {
     "good": complete("c-good"),
     "bare": {"services": ALL_SERVICES[:-1]},
     "acct-disabled": {"service_accounts": [{"id": "coiled", "disabled": True}]},
-    "privileged": complete("c-privileged", bindings=[
+    "privileged": complete("c-privileged", service_accounts=[{"id": "coiled"}, {"id": "ci-runner"}], bindings=[
         {"role": "projects/c-privileged/roles/coiled", "members": [member("c-privileged")]},
-        {"role": "roles/editor", "members": [member("c-privileged")]}]),
+        {"role": "roles/editor", "members": [member("c-privileged")]},
+        {"role": "roles/owner", "members": [member("c-privileged", "ci-runner")]}]),
     "keys": {"service_accounts": [{"id": "coiled"}, {"id": "gone"}]},
     "role-extra": {"roles": [{"id": "coiled", "permissions": TEMPLATE + ["storage.buckets.delete"]}]},
     "role-deleted": {"roles": [{"id": "coiled", "permissions": TEMPLATE, "deleted": True}]},
@@ -145,6 +146,7 @@ class World:
         real.iam.disable_service_account_key(
             name=f"projects/-/serviceAccounts/{sa('c-keys')}/keys/{self.key['disabled']['private_key_id']}")
         self.key["live"] = make_key(real, sa("c-keys"))
+        self.key["ci-runner"] = make_key(real, sa("c-privileged", "ci-runner"))
         # The good world's Coiled workspace, set up as the wizard leaves it.
         self.coiled = Coiled(sb.coiled_url, TOKEN, workspace="good")
         self.coiled.store_credentials(self.key["good"], sa("c-good", "coiled-instance"))
@@ -292,6 +294,12 @@ def test_key_of_a_privileged_account_is_refused(world):
     assert "which holds roles/editor in the project: Coiled would hold far more than its role." in r.detail
     assert r.remedy.startswith(f"Remove those roles from {sa('c-privileged')}, or run ")
     assert "--service-account ANOTHER_ID" in r.remedy
+    # Another account than the default one: the remedy makes the dedicated default account.
+    r = check(world, check_key_file, target("privileged", world.key["ci-runner"]))
+    assert r.status == FAILED and "which holds roles/owner in the project" in r.detail
+    assert r.remedy.startswith("coiled-setup gcp --project c-privileged ")
+    assert ("--service-account coiled (creates coiled@c-privileged.iam.gserviceaccount.com with only the Coiled "
+            "role") in r.remedy
 
 
 def test_key_of_the_account_running_verify_is_refused(world):
@@ -496,9 +504,14 @@ def test_coiled_unreadable_names_the_login(world):
     def refused():
         raise CoiledError("Coiled refused the token.", 401)
 
+    def silent():
+        raise CoiledError("Coiled did not answer.")
+
     r = check(world, check_coiled_credentials, target("good", coiled=True), refused)
     assert (r.status, r.detail) == (FAILED, "Could not read Coiled: Coiled refused the token.")
     assert r.remedy.startswith("Check your Coiled login (coiled login)")
+    r = check(world, check_coiled_credentials, target("good", coiled=True), silent)
+    assert r.remedy.startswith("Check your network connection, proxy settings and --coiled-server")
 
 
 def test_coiled_backend_problems(world):
