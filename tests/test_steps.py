@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import stat
+import threading
 from dataclasses import fields
 
 import pytest
@@ -19,6 +20,7 @@ from google.iam.v1 import iam_policy_pb2
 from coiled_setup import needs, paths
 from coiled_setup.cloud import Google
 from coiled_setup.coiled_api import Coiled
+from coiled_setup.engine import Consent, Engine
 from coiled_setup.errors import BadInput, UserError
 from coiled_setup.journal import Journal
 from coiled_setup.options import INSTANCE_ROLE_ID, Options, default_instance_email, role_name
@@ -108,6 +110,7 @@ PROJECTS: dict[str, dict] = {
     "up-retire": {},
     "up-other-key": {},
     "up-unbound": {"service_accounts": [{"id": "coiled"}]},
+    "chain": {"services": CORE},
     # The operator holding exactly what each step declares: an undeclared permission fails its test.
     "lp-apis": least_privilege(apis.ApisStep.permissions, services=CORE),
     "lp-account": least_privilege(account.AccountStep.permissions),
@@ -139,7 +142,7 @@ def scenario() -> dict:
         projects.append({"id": f"u-{name}", "number": str(200000000000 + i), **spec})
     return {"projects": projects, "operator": {"id": "operator", "roles": ["roles/owner"]},
             "coiled": {"users": [{"token": TOKEN, "username": "unit",
-                                  "workspaces": [n for n in PROJECTS if n.startswith("up-")]}]}}
+                                  "workspaces": [n for n in PROJECTS if n.startswith("up-")] + ["chain"]}]}}
 
 
 class CallLog:
@@ -298,6 +301,61 @@ def test_operator_permissions_are_the_union_of_the_steps_of_the_run(opts, listed
     assert (LISTING_PERMISSION in perms) == listed
     assert ("artifactregistry.repositories.create" in perms) == o.gar
     assert "iam.roles.update" in perms and "resourcemanager.projects.setIamPolicy" in perms
+
+
+class TrackedRun(Run):
+    """A run record that notes which step reads which of the fields steps hand each other."""
+
+    def __getattribute__(self, name):
+        if name in SHARED:
+            key = getattr(CURRENT, "key", None)
+            if key is not None:
+                object.__getattribute__(self, "__dict__").setdefault("_reads", set()).add((key, name))
+        return object.__getattribute__(self, name)
+
+
+SHARED = {f.name for f in fields(Run)} - {"opts", "google", "journal", "ui", "coiled"}
+CURRENT = threading.local()  # the step whose method is running (observations run in threads of their own)
+
+
+def tracked(key: str, method):
+    def call(*args, **kwargs):
+        CURRENT.key = key
+        try:
+            return method(*args, **kwargs)
+        finally:
+            CURRENT.key = None
+    return call
+
+
+def test_the_whole_registry_through_the_engine_reads_only_declared_fields_then_has_nothing_to_do(sb, google):
+    """Every step of a full run, driven by the engine: what each touches of the shared record is what it declares
+    it reads or publishes; a second run of every step has nothing to do."""
+    name = "chain"
+    o = Options(project=f"u-{name}", interactive=False, yes=True, wait_timeout=5.0, zone=f"{REGION}-c",
+                create_instance_service_account=True)
+    run = TrackedRun(opts=o, google=google, journal=Journal(o.project), ui=Ui(interactive=False),
+                     coiled=coiled_for(sb, name))
+    steps = build(o)
+    for s in steps:
+        for method in ("observe", "plan", "apply", "adopt", "on_skip", "local_files"):
+            setattr(s, method, tracked(s.key, getattr(s, method)))
+    eng = Engine(run, steps, Consent(interactive=False, yes=True), o.project)
+    eng.plan()
+    assert eng.agreed()
+    eng.apply()
+    assert [(r["step"], r["result"]) for r in eng.results] == [(s.key, "ok") for s in steps]
+    undeclared = sorted((k, f) for k, f in run.__dict__["_reads"]
+                        if f not in {*one_of(steps, k).reads, *one_of(steps, k).publishes})
+    assert undeclared == [], "steps read fields they do not declare"
+    again_ = Engine(Run(opts=o, google=google, journal=Journal(o.project), ui=run.ui, coiled=run.coiled,
+                        coiled_credentials={"client_email": o.account_email, "private_key_id": run.key_id}),
+                    build(o), Consent(interactive=False, yes=True), o.project)
+    assert {k: c.action for k, c in again_.plan().items() if c.action != NOTHING} == {"confirm": CHECK}
+
+
+def one_of(steps, key: str):
+    return next(s for s in steps if s.key == key)
 
 
 # -- APIs -----------------------------------------------------------------------------------------------
