@@ -304,14 +304,20 @@ def test_operator_permissions_are_the_union_of_the_steps_of_the_run(opts, listed
 
 
 class TrackedRun(Run):
-    """A run record that notes which step reads which of the fields steps hand each other."""
+    """A run record that notes which step reads or writes which of the fields steps hand each other."""
+
+    def _note(self, kind: str, name: str) -> None:
+        key = getattr(CURRENT, "key", None)
+        if name in SHARED and key is not None:
+            object.__getattribute__(self, "__dict__").setdefault(kind, set()).add((key, name))
 
     def __getattribute__(self, name):
-        if name in SHARED:
-            key = getattr(CURRENT, "key", None)
-            if key is not None:
-                object.__getattribute__(self, "__dict__").setdefault("_reads", set()).add((key, name))
+        object.__getattribute__(self, "_note")("_reads", name)
         return object.__getattribute__(self, name)
+
+    def __setattr__(self, name, value):
+        self._note("_writes", name)
+        object.__setattr__(self, name, value)
 
 
 SHARED = {f.name for f in fields(Run)} - {"opts", "google", "journal", "ui", "coiled"}
@@ -328,7 +334,7 @@ def tracked(key: str, method):
     return call
 
 
-def test_the_whole_registry_through_the_engine_reads_only_declared_fields_then_has_nothing_to_do(sb, google):
+def test_the_whole_registry_through_the_engine_touches_only_declared_fields_then_has_nothing_to_do(sb, google):
     """Every step of a full run, driven by the engine: what each touches of the shared record is what it declares
     it reads or publishes; a second run of every step has nothing to do."""
     name = "chain"
@@ -348,6 +354,8 @@ def test_the_whole_registry_through_the_engine_reads_only_declared_fields_then_h
     undeclared = sorted((k, f) for k, f in run.__dict__["_reads"]
                         if f not in {*one_of(steps, k).reads, *one_of(steps, k).publishes})
     assert undeclared == [], "steps read fields they do not declare"
+    undeclared = sorted((k, f) for k, f in run.__dict__.get("_writes", ()) if f not in one_of(steps, k).publishes)
+    assert undeclared == [], "steps write fields they do not publish"
     again_ = Engine(Run(opts=o, google=google, journal=Journal(o.project), ui=run.ui, coiled=run.coiled,
                         coiled_credentials={"client_email": o.account_email, "private_key_id": run.key_id}),
                     build(o), Consent(interactive=False, yes=True), o.project)
