@@ -2,7 +2,8 @@
 
 One sandbox serves the whole module; every test has a project (and a Coiled workspace) of its own, so tests
 share no state and run in any order. Every plan is checked against the step protocol as it is made: it
-publishes only declared fields and leaves the run record, the journal and the files as they were.
+publishes only declared fields, leaves the run record, the journal and the files as they were, and writes
+nothing to Google or Coiled.
 """
 
 from __future__ import annotations
@@ -69,7 +70,19 @@ def least_privilege(perms, **spec) -> dict:
     return {**spec, "roles": spec.get("roles", []) + [op], "operator_role": "op"}
 
 
-# Each test's project: what is in it before the step runs.
+def coiled_ready(p: str) -> dict:
+    """Project p with the control-plane account, its role and grants: what Coiled needs before the upload."""
+    return {
+        "service_accounts": [{"id": "coiled"}], "roles": [{"id": "coiled", "permissions": TEMPLATE}],
+        "bindings": [{"role": f"projects/{p}/roles/coiled", "members": ["serviceAccount:" + sa(p)]}],
+        "repositories": [{"location": REGION, "id": "coiled", "bindings": [
+            {"role": needs.REPO_ROLE, "members": ["serviceAccount:" + sa(p)]}]}],
+    }
+
+
+UNTIL_2030 = {"title": "until-2030", "expression": 'request.time < timestamp("2030-01-01T00:00:00Z")'}
+
+# Each test's project (named u-KEY): what is in it before the step runs.
 PROJECTS: dict[str, dict] = {
     "apis-off": {"services": CORE},
     "apis-off-nogar": {"services": CORE},
@@ -88,9 +101,8 @@ PROJECTS: dict[str, dict] = {
     "role-title": {"roles": [{"id": "coiled", "title": "old title", "permissions": TEMPLATE}]},
     "bind-new": {"service_accounts": [{"id": "coiled"}], "roles": [{"id": "coiled", "permissions": TEMPLATE}]},
     "bind-cond": {"service_accounts": [{"id": "coiled"}], "roles": [{"id": "coiled", "permissions": TEMPLATE}],
-                  "bindings": [{
-        "role": "projects/u-bind-cond/roles/coiled", "members": ["serviceAccount:" + sa("u-bind-cond")],
-        "condition": {"title": "until-2030", "expression": 'request.time < timestamp("2030-01-01T00:00:00Z")'}}]},
+                  "bindings": [{"role": "projects/u-bind-cond/roles/coiled",
+                                "members": ["serviceAccount:" + sa("u-bind-cond")], "condition": UNTIL_2030}]},
     "reg-new": {"service_accounts": [{"id": "coiled"}]},
     "reg-grant": {"service_accounts": [{"id": "coiled"}], "repositories": [{"location": REGION, "id": "coiled"}]},
     "reg-maven": {"service_accounts": [{"id": "coiled"}],
@@ -105,10 +117,10 @@ PROJECTS: dict[str, dict] = {
                    "repositories": [{"location": REGION, "id": "coiled", "bindings": [
                        {"role": needs.REPO_ROLE, "members": ["serviceAccount:" + sa("u-confirm-ok")]}]}]},
     "confirm-unbound": {"service_accounts": [{"id": "coiled"}], "roles": [{"id": "coiled", "permissions": TEMPLATE}]},
-    "up-new": {},
-    "up-nokey": {},
-    "up-retire": {},
-    "up-other-key": {},
+    "up-new": coiled_ready("u-up-new"),
+    "up-nokey": coiled_ready("u-up-nokey"),
+    "up-retire": coiled_ready("u-up-retire"),
+    "up-other-key": coiled_ready("u-up-other-key"),
     "up-unbound": {"service_accounts": [{"id": "coiled"}]},
     "chain": {"services": CORE},
     # The operator holding exactly what each step declares: an undeclared permission fails its test.
@@ -120,17 +132,6 @@ PROJECTS: dict[str, dict] = {
     "lp-registry": least_privilege(registry.RegistryStep.permissions, service_accounts=[{"id": "coiled"}]),
     "lp-instance": least_privilege(instance.InstanceAccountStep.permissions),
 }
-# Upload tests: the control-plane account, bound to a role of the template, in each of their projects.
-for _name in ("up-new", "up-nokey", "up-retire", "up-other-key"):
-    _p = f"u-{_name}"
-    PROJECTS[_name] = {
-        "service_accounts": [{"id": "coiled"}], "roles": [{"id": "coiled", "permissions": TEMPLATE}],
-        "bindings": [{"role": f"projects/{_p}/roles/coiled", "members": ["serviceAccount:" + sa(_p)]}],
-        "repositories": [{"location": REGION, "id": "coiled", "bindings": [
-            {"role": needs.REPO_ROLE, "members": ["serviceAccount:" + sa(_p)]}]}],
-    }
-
-
 def scenario() -> dict:
     projects = [{"id": HOME, "number": "100000000001"}]
     for i, (name, spec) in enumerate(PROJECTS.items()):
