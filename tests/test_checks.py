@@ -8,7 +8,6 @@ propagating a grant, a key Google refuses), the gathered facts are changed by ha
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 
 import pytest
@@ -192,19 +191,15 @@ def gathered(w: World, t: Target, coiled=None) -> checks.Facts:
             as_key.close()
 
 
-def earlier(t: Target, f, config) -> dict:
+def earlier(t: Target, f) -> dict:
     """The results a check that depends on earlier ones sees (every check's, by name)."""
-    args = (t, f, config) if len(inspect.signature(evaluate).parameters) > 2 else (t, f)
-    return {r.name: r for r in evaluate(*args)}
+    return {r.name: r for r in evaluate(t, f)}
 
 
 def run(fn, t: Target, f, config: dict | None = None):
-    """Calls one check with what it takes: (t, f), and the earlier results or the dask config."""
-    params = list(inspect.signature(fn).parameters)
-    if len(params) == 2:
-        return fn(t, f)
-    third = (config or {}) if params[2] == "config" else earlier(t, f, config or {})
-    return fn(t, f, third)
+    """Calls one check as verify does, with the earlier results; `config` stands for the user's dask config."""
+    f.values["dask_config"] = config or {}
+    return fn(t, f, earlier(t, f))
 
 
 def check(w: World, fn, t: Target, coiled=None, config=None):

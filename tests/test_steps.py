@@ -30,6 +30,8 @@ from coiled_setup.steps import (
     LISTING_PERMISSION,
     ORDER,
     PREFLIGHT_PERMISSIONS,
+    ROTATION,
+    TEARDOWN,
     account,
     apis,
     binding,
@@ -274,15 +276,16 @@ def make_key(real, email: str) -> dict:
 ALL_OPTIONS = dict(create_instance_service_account=True)
 
 
-def test_every_step_declares_fields_of_the_run_record_and_reads_only_what_an_earlier_step_publishes():
+@pytest.mark.parametrize("order", [ORDER, ROTATION, TEARDOWN], ids=["gcp", "rotate-key", "teardown"])
+def test_every_step_declares_fields_of_the_run_record_and_reads_only_what_an_earlier_step_publishes(order):
     run_fields = {f.name for f in fields(Run)}
     published: set[str] = set()
-    for step in build(Options(project="u-protocol", **ALL_OPTIONS)):
+    for step in build(Options(project="u-protocol", delete_repository=True, **ALL_OPTIONS), order):
         assert set(step.publishes) <= run_fields, step.key
         assert set(step.reads) <= published | COMMAND_FIELDS, f"{step.key} reads what no earlier step publishes"
         published |= set(step.publishes)
-    # Every module of the registry adds its steps through steps_for.
-    assert all(callable(m.steps_for) for m in ORDER)
+    # Every entry of the registry adds its steps through a steps_for function.
+    assert all(callable(steps_for) for steps_for in order)
 
 
 @pytest.mark.parametrize("opts, listed", [
