@@ -283,7 +283,7 @@ def apply(world: World, scenario: dict) -> dict:
             for sa in spec.get("service_accounts", []):
                 for _ in range(int(sa.get("keys", 0))):
                     # private halves are dropped at once
-                    world.issue_key(world.accounts[f"{sa['id']}@{spec['id']}.{SA_DOMAIN}"])
-        _, keyfile = world.issue_key(world.accounts[_operator(scenario)])
+                    world.issue_key(world.accounts[f"{sa['id']}@{spec['id']}.{SA_DOMAIN}"], settled=True)
+        _, keyfile = world.issue_key(world.accounts[_operator(scenario)], settled=True)
         world.operation_errors = [dict(e) for e in scenario.get("operation_errors", [])]
         return keyfile

@@ -152,6 +152,7 @@ class Key:
     key_type: str  # USER_MANAGED / SYSTEM_MANAGED
     created: float  # wall clock
     disabled: bool = False
+    issued_at: float = float("-inf")  # monotonic; -inf: long settled (scenario, saved world)
 
 
 @dataclass
@@ -212,6 +213,10 @@ class Config:
     fail_method: str = ""
     fail_code: str = "FAILED_PRECONDITION"
     fail_times: int = 0
+    # Keys, as Google: a new key is refused at the token endpoint (invalid_grant "Invalid JWT Signature.") for this
+    # long, and ListServiceAccountKeys lags this long behind a new key (not listed) or a deleted one (still listed).
+    key_usable_s: float = 0.0
+    key_list_lag_s: float = 0.0
 
 
 class World:
@@ -224,6 +229,7 @@ class World:
         self.projects: dict[str, Project] = {}
         self.accounts: dict[str, ServiceAccount] = {}  # by email
         self.keys: dict[str, Key] = {}  # by key id
+        self.deleted_keys: dict[str, tuple[Key, float]] = {}  # by key id: (key, monotonic time deleted)
         self.roles: dict[str, Role] = {}  # by full name
         self.repositories: dict[str, Repository] = {}
         self.operations: dict[str, Operation] = {}
@@ -318,11 +324,23 @@ class World:
     def account_age(self, sa: ServiceAccount) -> float:
         return self.now() - sa.created_at
 
+    def listed_keys(self, email: str) -> list[Key]:
+        """The keys ListServiceAccountKeys shows: behind the truth by `key_list_lag_s`, either way."""
+        lag, now = self.config.key_list_lag_s, self.now()
+        found = [k for k in self.keys.values() if k.email == email and now - k.issued_at >= lag]
+        return found + [k for k, gone in self.deleted_keys.values() if k.email == email and now - gone < lag]
+
+    def delete_key(self, kid: str) -> None:
+        self.deleted_keys[kid] = (self.keys.pop(kid), self.now())
+
+    def key_usable(self, key: Key) -> bool:
+        return self.now() - key.issued_at >= self.config.key_usable_s
+
     def user_keys(self, email: str) -> list[Key]:
         return [k for k in self.keys.values() if k.email == email and k.key_type == "USER_MANAGED"]
 
-    def issue_key(self, sa: ServiceAccount) -> tuple[Key, dict]:
-        """A new RSA-2048 key; only the public half stays in the world."""
+    def issue_key(self, sa: ServiceAccount, *, settled: bool = False) -> tuple[Key, dict]:
+        """A new RSA-2048 key (`settled`: usable and listed at once); only the public half stays in the world."""
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -336,7 +354,7 @@ class World:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         kid = secrets.token_hex(20)
-        key = Key(kid, sa.email, pub, "USER_MANAGED", time.time())
+        key = Key(kid, sa.email, pub, "USER_MANAGED", time.time(), issued_at=float("-inf") if settled else self.now())
         self.keys[kid] = key
         quoted = sa.email.replace("@", "%40")
         keyfile = {

@@ -168,7 +168,7 @@ def create_key(ctx: Ctx, req: iam.CreateServiceAccountKeyRequest):
 def list_keys(ctx: Ctx, req: iam.ListServiceAccountKeysRequest):
     sa, _ = _account(ctx, req.name, "iam.serviceAccountKeys.list")
     wanted = {iam.ListServiceAccountKeysRequest.KeyType(t).name for t in req.key_types}
-    keys = [k for k in ctx.world.keys.values() if k.email == sa.email and (not wanted or k.key_type in wanted)]
+    keys = [k for k in ctx.world.listed_keys(sa.email) if not wanted or k.key_type in wanted]
     keys.sort(key=lambda k: (k.created, k.key_id))
     return iam.ListServiceAccountKeysResponse(keys=[_key_proto(k) for k in keys])
 
@@ -193,7 +193,7 @@ def delete_key(ctx: Ctx, req: iam.DeleteServiceAccountKeyRequest):
     k = _key(ctx, req.name, "iam.serviceAccountKeys.delete")
     if k.key_type != "USER_MANAGED":
         raise errors.failed_precondition("System-managed keys cannot be deleted.")
-    del ctx.world.keys[k.key_id]
+    ctx.world.delete_key(k.key_id)
     ctx.changed = True
     return empty_pb2.Empty()
 
