@@ -476,3 +476,78 @@ def test_a_new_key_is_listed_and_a_deleted_one_unlisted_only_after_a_while(make_
     assert state(sb)["service_accounts"][KEY_ACCOUNT]["user_keys"] == []  # the truth, as the state dump shows it
     sb.world.config.key_list_lag_s = 0
     assert kid not in _listed(c)
+
+
+# The product coping: the wizard waits for a new key to be accepted; verify right after does not call an unlisted
+# fresh key gone; a re-run right after creates no second key.
+
+WIZARD = ("gcp", "--non-interactive", "--yes")
+
+
+def _checks(proc) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in json.loads(proc.stdout)["checks"]}
+
+
+def test_the_wizard_waits_for_google_to_accept_the_new_key_and_says_so(make_sandbox, monkeypatch):
+    """In this process, with a short heartbeat, so that the wait's line shows in the output."""
+    from typer.testing import CliRunner
+
+    from coiled_setup import ui
+    from coiled_setup.cli import app
+
+    monkeypatch.setattr(ui, "HEARTBEAT_S", 0.3)
+    sb = make_sandbox(key_usable_s=1.5, operation_s=0.05, infra_s=0.05)
+    env = {**sb.env, "HOME": str(sb.state_dir / "user-home"), "NO_COLOR": "1", "COLUMNS": "200"}
+    r = CliRunner().invoke(app, [*WIZARD, "--no-upload"], env=env)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "… Permissions in effect: waiting for Google to accept the new key" in r.stdout, r.stdout
+    assert "all permissions in effect" in r.stdout
+
+
+def test_the_wizard_says_in_one_sentence_that_google_does_not_accept_the_new_key_yet(make_sandbox, cli):
+    sb = make_sandbox(key_usable_s=600, operation_s=0.05, infra_s=0.05)
+    proc = cli(sb, *WIZARD, "--wait-timeout", "2")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert "does not accept the key" in errors[0] and "Invalid JWT Signature" in errors[0], errors[0]
+    assert "--wait-timeout" in errors[0]
+
+
+# Google lists a key before it accepts it (the samples above list after 5 s; acceptance can take a minute), so the
+# realistic case is both knobs alike; a list lagging far behind acceptance, or a run that stopped before Google
+# accepted its key, are the hard cases.
+LATE_LIST = dict(key_list_lag_s=600)
+ALIKE = dict(key_usable_s=1.5, key_list_lag_s=1.5)
+NOT_ACCEPTED = dict(key_usable_s=600, key_list_lag_s=600)
+
+
+@pytest.mark.parametrize("knobs,extra,expected", [
+    (LATE_LIST, (), {"key_file": "ok", "coiled_credentials": "ok"}),  # the key proves itself: Google accepts it
+    (ALIKE, ("--no-local-key",), {"coiled_credentials": "ok"}),  # the wizard waited until Google accepted it
+    (NOT_ACCEPTED, (), {"key_file": "warning"}),  # only the journal knows it was made a moment ago
+], ids=["listed-late", "no-key-file", "not-accepted-yet"])
+def test_verify_right_after_the_wizard_does_not_call_an_unlisted_new_key_gone(make_sandbox, cli, knobs, extra,
+                                                                                expected):
+    sb = make_sandbox(operation_s=0.05, infra_s=0.05, **knobs)
+    stopped = knobs is NOT_ACCEPTED
+    cli(sb, *WIZARD, *extra, *(("--wait-timeout", "2") if stopped else ()), check=1 if stopped else 0)
+    checks = _checks(cli(sb, "verify", "--output", "json", check=1 if stopped else 0))
+    assert {k: checks[k] for k in expected} == expected, checks
+
+
+@pytest.mark.parametrize("knobs,extra", [(LATE_LIST, ()), (ALIKE, ("--no-local-key",)), (NOT_ACCEPTED, ())],
+                         ids=["listed-late", "no-key-file", "not-accepted-yet"])
+def test_a_rerun_right_after_creates_no_second_key_while_google_does_not_list_the_first(make_sandbox, cli, knobs,
+                                                                                        extra):
+    from tests.helpers import calls
+
+    sb = make_sandbox(operation_s=0.05, infra_s=0.05, **knobs)
+    stopped = knobs is NOT_ACCEPTED
+    wait = ("--wait-timeout", "2") if stopped else ()
+    cli(sb, *WIZARD, *extra, *wait, check=1 if stopped else 0)
+    again = cli(sb, *WIZARD, *extra, *wait, check=1 if stopped else 0)
+    if not stopped:
+        assert "Nothing to change" in again.stdout, again.stdout
+    assert [x["method"] for x in calls(sb) if x["method"] == "CreateServiceAccountKey"] == ["CreateServiceAccountKey"]
+    assert len(state(sb)["service_accounts"][KEY_ACCOUNT]["user_keys"]) == 1
