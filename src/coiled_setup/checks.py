@@ -86,6 +86,7 @@ class Target:
     coiled: bool = True
     workspace: str | None = None
     local_key: bool = True  # False: gcp kept the key in memory only (--no-local-key)
+    fresh_key: str | None = None  # the key id gcp made moments ago, which Google may not list yet (journal)
     recorded: dict = field(default_factory=dict)  # the settings the wizard recorded
     sources: dict = field(default_factory=dict)  # where region, role_id and gar came from
 
@@ -298,11 +299,20 @@ def check_key_file(t: Target, f: Facts, before: dict[str, Result]) -> Result:
         return cannot_read(name, title, e, t, f)
     keys = {k.key_id: k for k in f.get("keys") or []}
     k = keys.get(t.key_id)
-    if k is None:
+    unlisted = ""
+    if k is None and f.has("key_auth"):
+        # Google accepted the key a moment ago, so it exists: its key list lags behind a new key.
+        unlisted = " (Google's key list does not show it yet)"
+    elif k is None and t.key_id == t.fresh_key:
+        return Result(name, title, WARNING,
+                      f"{where}: key {_short(t.key_id)} of {t.account} was made by coiled-setup moments ago and "
+                      "Google does not list it yet (a new key can take a minute or more to show).",
+                      "Nothing: verify again in a minute")
+    elif k is None:
         return Result(name, title, FAILED,
                       f"{where}: key {_short(t.key_id)} of {t.account} no longer exists on Google (it was deleted).",
                       f"{t.gcp()} (creates a new key, writes it to the key file and gives it to Coiled)")
-    if k.disabled:
+    if k is not None and k.disabled:
         return Result(name, title, FAILED, f"{where}: key {_short(t.key_id)} of {t.account} is disabled on Google.",
                       f"gcloud iam service-accounts keys enable {t.key_id} --iam-account {t.account}, or "
                       f"{t.gcp()} for a new key")
@@ -320,7 +330,7 @@ def check_key_file(t: Target, f: Facts, before: dict[str, Result]) -> Result:
         return Result(name, title, FAILED,
                       f"{where}: key {_short(t.key_id)} of {t.account}, {too_much}: Coiled would hold far more than "
                       "its role.", remedy)
-    return Result(name, title, OK, f"{where}: key {_short(t.key_id)} of {t.account}, enabled on Google.")
+    return Result(name, title, OK, f"{where}: key {_short(t.key_id)} of {t.account}, enabled on Google{unlisted}.")
 
 
 def _privileged(t: Target, f: Facts) -> str:
@@ -563,7 +573,13 @@ def check_coiled_credentials(t: Target, f: Facts, before: dict[str, Result]) -> 
                       f"{upload} (gives Coiled a key of {t.account})")
     # Checked before matching the key file: the key file's key may be the dead one.
     live = {k.key_id: k for k in f.get("keys") or []}
-    if f.has("keys") and (kid not in live or live[kid].disabled):
+    if f.has("keys") and kid not in live and kid == t.key_id and f.has("key_auth"):
+        pass  # the key file's key, which Google accepted a moment ago: listed later
+    elif f.has("keys") and kid not in live and kid == t.fresh_key:
+        return Result(name, title, WARNING, f"Workspace {ws} holds key {_short(kid)} of {email}, made by coiled-setup "
+                      "moments ago; Google does not list it yet (a new key can take a minute or more to show).",
+                      "Nothing: verify again in a minute")
+    elif f.has("keys") and (kid not in live or live[kid].disabled):
         gone = "no longer exists" if kid not in live else "is disabled"
         return Result(name, title, FAILED, f"Workspace {ws} holds key {_short(kid)} of {email}, which {gone} on "
                       "Google.", f"{upload} (gives Coiled a live key)")

@@ -378,7 +378,7 @@ def sandbox_cmd(
                                      help="Share of calls that fail with a transient error (0 to 1)."),
     seed: int = typer.Option(0, metavar="N", help="Seed for the faults."),
     propagation_delay_s: float = typer.Option(0.0, metavar="SECONDS",
-                                              help="Seconds before new accounts and bindings take effect."),
+                                              help="Seconds before new accounts, bindings and keys take effect."),
     operation_s: float = typer.Option(0.5, metavar="SECONDS", help="Seconds a long-running operation takes."),
     state_dir: Optional[Path] = typer.Option(
         None, metavar="DIR", help="Where the operator key is written [default: a temporary directory]."),

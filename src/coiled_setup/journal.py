@@ -19,6 +19,11 @@ class JournalError(UserError):
                          "directory, then run again.")
 
 
+# Google refuses a new key for a minute or more and lists it only after a while: a key this tool made less than this
+# long ago, which Google has not accepted yet, counts as live although Google's key list does not show it.
+FRESH_KEY_S = 300.0
+
+
 class Journal:
     def __init__(self, project: str, path: Path | None = None):
         self.path = path or paths.state_dir() / f"journal-{project}.json"
@@ -64,6 +69,18 @@ class Journal:
 
     def drop_key(self, key_id: str) -> None:
         self.set(keys=[k for k in self.our_keys() if k != key_id])
+
+    def fresh_key(self, email: str) -> str | None:
+        """The id of the key of `email` this tool made less than FRESH_KEY_S ago and Google has not accepted yet.
+
+        Once accepted, a key missing from Google's list was deleted: Google lists a key before it accepts it (its
+        samples list a new key after 5 s; acceptance can take a minute or more)."""
+        kid, made = self.data.get("key_id"), self.data.get("key_created")
+        if (self.data.get("account") != email or not kid or kid not in self.our_keys()
+                or self.data.get("key_accepted") == kid
+                or isinstance(made, bool) or not isinstance(made, (int, float))):
+            return None
+        return kid if 0 <= time.time() - made < FRESH_KEY_S else None
 
     # -- what the last finished run set up, for `verify` (settings only, never a secret) --------------------
     def record_settings(self, **settings) -> None:

@@ -24,8 +24,8 @@ def start(fresh: bool = False):
         raise BadInput(cannot.format(why))
     # Google-like waits, short enough for a rehearsal.
     try:
-        sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0), state_dir=where,
-                     persist=True).start()
+        sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0, key_usable_s=2.0,
+                                   key_list_lag_s=2.0), state_dir=where, persist=True).start()
     except OSError as e:
         raise BadInput(cannot.format(e.strerror or e)) from None
     os.environ.update(sb.env)

@@ -60,8 +60,10 @@ def run(scenario: Path | None, port: int, latency_ms: float, fault_rate: float, 
                        "coiled_setup/sandbox/scenario.py).") from None
     if state_dir is not None:
         prepare_state_dir(state_dir)
+    # New keys lag as accounts and bindings do: refused, and missing from the key list, for as long.
     config = Config(latency_ms=latency_ms, fault_rate=fault_rate, seed=seed,
-                    propagation_delay_s=propagation_delay_s, operation_s=operation_s)
+                    propagation_delay_s=propagation_delay_s, operation_s=operation_s,
+                    key_usable_s=propagation_delay_s, key_list_lag_s=propagation_delay_s)
 
     # Stop (and clean up) on Ctrl-C, kill and a closed terminal alike, from here on.
     stop = threading.Event()

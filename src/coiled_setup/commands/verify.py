@@ -136,6 +136,7 @@ def resolve(o: VerifyOptions) -> Target:
         t.account = t.key["client_email"]
     else:
         t.account = recorded.get("account") or journal.get("account") or ""
+    t.fresh_key = journal.fresh_key(t.account)
     return t
 
 

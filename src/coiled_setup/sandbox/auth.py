@@ -45,6 +45,9 @@ def _verified_claims(world: World, jwt: str) -> dict:
         pub.verify(sig, f"{h64}.{c64}".encode(), padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
         raise GrantError("invalid_grant", "Invalid JWT Signature.") from None
+    if not world.key_usable(key):
+        # As Google answers for a key made moments ago (and for one deleted): usable within about a minute.
+        raise GrantError("invalid_grant", "Invalid JWT Signature.")
     if float(claims.get("exp", 0)) < time.time() - 60:
         raise GrantError("invalid_grant", "Invalid JWT: Token must be a short-lived token.")
     sa = world.accounts.get(key.email)

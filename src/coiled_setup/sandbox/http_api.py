@@ -9,6 +9,7 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from coiled_setup.sandbox import snapshot
 from coiled_setup.sandbox.auth import GrantError, grant_token
 from coiled_setup.sandbox.world import World
 
@@ -281,7 +282,7 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
                 with world.lock:
                     return self._send(200, world.calls[since:])
             if url.path == "/_sandbox/state" and method == "GET":
-                return self._send(200, world.dump())
+                return self._send(200, snapshot.to_dict(world))
             if url.path == "/_sandbox/config" and method == "POST":
                 data = json.loads(raw or b"{}")
                 with world.lock:

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import yaml
 
-from coiled_setup.sandbox.world import DEFAULT_SERVICES, Binding, CoiledUser, Policy, Repository, Role, Workspace, World
+from coiled_setup.sandbox import snapshot
+from coiled_setup.sandbox.world import DEFAULT_SERVICES, SA_DOMAIN, World
 
 DEFAULT_PROJECT = "coiled-demo"
 DEFAULT_TOKEN = "sandbox-1f3c9a7e-token"
@@ -231,60 +232,58 @@ def validate(data) -> None:
     }, ("projects",))
 
 
-def _bindings(items: list[dict]) -> list[Binding]:
-    return [Binding(role=b["role"], members=list(b["members"]), condition=b.get("condition")) for b in items or []]
+def _policy(bindings: list[dict], audit_configs: list[dict] = ()) -> dict:
+    return {"version": 3 if any(b.get("condition") for b in bindings) else 1,
+            "bindings": [dict(b) for b in bindings], "audit_configs": list(audit_configs)}
+
+
+def _operator(scenario: dict) -> str:
+    """The email of the principal whose key the product uses: an account of the first project."""
+    op = scenario.get("operator", {})
+    return f"{op.get('id', 'operator')}@{scenario['projects'][0]['id']}.{SA_DOMAIN}"
+
+
+def to_world(scenario: dict) -> dict:
+    """The scenario in the world's serialized form (see snapshot), keys aside: they are made by apply()."""
+    projects, accounts, roles, repositories = {}, {}, {}, {}
+    for spec in scenario["projects"]:
+        pid = spec["id"]
+        projects[pid] = {
+            "number": str(spec["number"]) if spec.get("number") else None,
+            "billing": spec.get("billing", True),
+            "state": spec.get("state", "ACTIVE"),
+            "key_creation_disabled": spec.get("disable_key_creation", False),
+            "services": list(spec.get("services", DEFAULT_SERVICES)),
+            "policy": _policy(spec.get("bindings", []), spec.get("audit_configs", [])),
+        }
+        for sa in spec.get("service_accounts", []):
+            accounts[f"{sa['id']}@{pid}.{SA_DOMAIN}"] = {
+                "project_id": pid, "display_name": sa.get("display_name", ""), "disabled": sa.get("disabled", False)}
+        for r in spec.get("roles", []):
+            roles[f"projects/{pid}/roles/{r['id']}"] = {**r, "title": r.get("title", r["id"])}
+        for repo in spec.get("repositories", []):
+            name = f"projects/{pid}/locations/{repo['location']}/repositories/{repo['id']}"
+            repositories[name] = {"format": repo.get("format", "DOCKER"), "policy": _policy(repo.get("bindings", []))}
+    first = scenario["projects"][0]["id"]
+    op = scenario.get("operator", {"id": "operator", "roles": ["roles/owner"]})
+    operator = _operator(scenario)
+    accounts[operator] = {"project_id": first, "display_name": "Operator"}
+    projects[first]["policy"]["bindings"] += [{"role": r, "members": [f"serviceAccount:{operator}"]}
+                                              for r in op.get("roles", [])]
+    return {"projects": projects, "service_accounts": accounts, "roles": roles, "repositories": repositories,
+            "coiled": {"users": scenario.get("coiled", {}).get("users", [])}}
 
 
 def apply(world: World, scenario: dict) -> dict:
     """Builds the world; answers the operator's key file (the only private key kept, by the caller)."""
+    data = to_world(scenario)
     with world.lock:
+        snapshot.load(world, data)
         for spec in scenario["projects"]:
-            pid = spec["id"]
-            p = world.add_project(
-                pid,
-                str(spec["number"]) if spec.get("number") else None,
-                billing=spec.get("billing", True),
-                state=spec.get("state", "ACTIVE"),
-                key_creation_disabled=spec.get("disable_key_creation", False),
-            )
-            for svc in spec.get("services", DEFAULT_SERVICES):
-                p.services[svc] = 0.0
             for sa in spec.get("service_accounts", []):
-                acc = world.add_account(pid, sa["id"], display_name=sa.get("display_name", ""),
-                                        disabled=sa.get("disabled", False))
                 for _ in range(int(sa.get("keys", 0))):
-                    world.issue_key(acc)  # private halves are dropped at once
-            for r in spec.get("roles", []):
-                name = f"projects/{pid}/roles/{r['id']}"
-                world.roles[name] = Role(
-                    name=name,
-                    title=r.get("title", r["id"]),
-                    description=r.get("description", ""),
-                    permissions=list(r.get("permissions", [])),
-                    stage=r.get("stage", "GA"),
-                    deleted=r.get("deleted", False) or r.get("purged", False),
-                    purged=r.get("purged", False),
-                )
-            bindings = _bindings(spec.get("bindings", []))
-            p.policy.version = 3 if any(b.condition for b in bindings) else 1
-            p.policy.bindings = bindings
-            p.policy.audit_configs = list(spec.get("audit_configs", []))
-            for repo in spec.get("repositories", []):
-                name = f"projects/{pid}/locations/{repo['location']}/repositories/{repo['id']}"
-                rp = Repository(name=name, format=repo.get("format", "DOCKER"), description="",
-                                created=0.0, ready_at=0.0, policy=Policy(salt=name))
-                rp.policy.bindings = _bindings(repo.get("bindings", []))
-                world.repositories[name] = rp
-        first = world.projects[scenario["projects"][0]["id"]]
-        op = scenario.get("operator", {"id": "operator", "roles": ["roles/owner"]})
-        operator = world.add_account(first.project_id, op.get("id", "operator"), display_name="Operator")
-        member = f"serviceAccount:{operator.email}"
-        for role in op.get("roles", []):
-            first.policy.bindings.append(Binding(role=role, members=[member]))
-        _, keyfile = world.issue_key(operator)
+                    # private halves are dropped at once
+                    world.issue_key(world.accounts[f"{sa['id']}@{spec['id']}.{SA_DOMAIN}"], settled=True)
+        _, keyfile = world.issue_key(world.accounts[_operator(scenario)], settled=True)
         world.operation_errors = [dict(e) for e in scenario.get("operation_errors", [])]
-        for u in scenario.get("coiled", {}).get("users", []):
-            world.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u.get("admin", True))
-            for slug in u["workspaces"]:
-                world.coiled.workspaces.setdefault(slug, Workspace(slug))
         return keyfile

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import itertools
 import json
@@ -113,17 +112,6 @@ class Policy:
             (k[:-1] + (new,) if k[-1] == old else k): t for k, t in self.effective_at.items()
         }
 
-    def dump(self) -> dict:
-        return {
-            "version": self.version,
-            "etag": base64.b64encode(self.etag).decode(),
-            "bindings": [
-                {"role": b.role, "members": list(b.members), **({"condition": b.condition} if b.condition else {})}
-                for b in self.bindings
-            ],
-            **({"audit_configs": self.audit_configs} if self.audit_configs else {}),
-        }
-
 
 @dataclass
 class Project:
@@ -164,6 +152,7 @@ class Key:
     key_type: str  # USER_MANAGED / SYSTEM_MANAGED
     created: float  # wall clock
     disabled: bool = False
+    issued_at: float = float("-inf")  # monotonic; -inf: long settled (scenario, saved world)
 
 
 @dataclass
@@ -224,6 +213,10 @@ class Config:
     fail_method: str = ""
     fail_code: str = "FAILED_PRECONDITION"
     fail_times: int = 0
+    # Keys, as Google: a new key is refused at the token endpoint (invalid_grant "Invalid JWT Signature.") for this
+    # long, and ListServiceAccountKeys lags this long behind a new key (not listed) or a deleted one (still listed).
+    key_usable_s: float = 0.0
+    key_list_lag_s: float = 0.0
 
 
 class World:
@@ -236,6 +229,7 @@ class World:
         self.projects: dict[str, Project] = {}
         self.accounts: dict[str, ServiceAccount] = {}  # by email
         self.keys: dict[str, Key] = {}  # by key id
+        self.deleted_keys: dict[str, tuple[Key, float]] = {}  # by key id: (key, monotonic time deleted)
         self.roles: dict[str, Role] = {}  # by full name
         self.repositories: dict[str, Repository] = {}
         self.operations: dict[str, Operation] = {}
@@ -310,9 +304,13 @@ class World:
         )
         self.accounts[sa.email] = sa
         # Google keeps a system-managed key per account; it is listed beside user keys.
-        kid = secrets.token_hex(20)
-        self.keys[kid] = Key(kid, sa.email, b"", "SYSTEM_MANAGED", time.time())
+        self.add_system_key(sa.email)
         return sa
+
+    def add_system_key(self, email: str) -> Key:
+        kid = secrets.token_hex(20)
+        self.keys[kid] = Key(kid, email, b"", "SYSTEM_MANAGED", time.time())
+        return self.keys[kid]
 
     def account(self, ref: str) -> ServiceAccount | None:
         """An account by email or unique id."""
@@ -326,11 +324,23 @@ class World:
     def account_age(self, sa: ServiceAccount) -> float:
         return self.now() - sa.created_at
 
+    def listed_keys(self, email: str) -> list[Key]:
+        """The keys ListServiceAccountKeys shows: behind the truth by `key_list_lag_s`, either way."""
+        lag, now = self.config.key_list_lag_s, self.now()
+        found = [k for k in self.keys.values() if k.email == email and now - k.issued_at >= lag]
+        return found + [k for k, gone in self.deleted_keys.values() if k.email == email and now - gone < lag]
+
+    def delete_key(self, kid: str) -> None:
+        self.deleted_keys[kid] = (self.keys.pop(kid), self.now())
+
+    def key_usable(self, key: Key) -> bool:
+        return self.now() - key.issued_at >= self.config.key_usable_s
+
     def user_keys(self, email: str) -> list[Key]:
         return [k for k in self.keys.values() if k.email == email and k.key_type == "USER_MANAGED"]
 
-    def issue_key(self, sa: ServiceAccount) -> tuple[Key, dict]:
-        """A new RSA-2048 key; only the public half stays in the world."""
+    def issue_key(self, sa: ServiceAccount, *, settled: bool = False) -> tuple[Key, dict]:
+        """A new RSA-2048 key (`settled`: usable and listed at once); only the public half stays in the world."""
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -344,7 +354,7 @@ class World:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         kid = secrets.token_hex(20)
-        key = Key(kid, sa.email, pub, "USER_MANAGED", time.time())
+        key = Key(kid, sa.email, pub, "USER_MANAGED", time.time(), issued_at=float("-inf") if settled else self.now())
         self.keys[kid] = key
         quoted = sa.email.replace("@", "%40")
         keyfile = {
@@ -419,62 +429,6 @@ class World:
         if (cfg.hold_method == method and succeeded) or (cfg.hold_call and seq == cfg.hold_call):
             self.stopping.wait(cfg.hold_s)
 
-    # -- dump ------------------------------------------------------------------------------
-    def dump(self) -> dict:
-        """Everything, public parts only: no private key, no token."""
-        with self.lock:
-            now = self.now()
-            return {
-                "config": self.config.__dict__,
-                "projects": {
-                    pid: {
-                        "number": p.number,
-                        "billing": p.billing,
-                        "state": p.state,
-                        "key_creation_disabled": p.key_creation_disabled,
-                        "services": sorted(s for s, t in p.services.items() if t <= now),
-                        "policy": p.policy.dump(),
-                    }
-                    for pid, p in self.projects.items()
-                },
-                "service_accounts": {
-                    e: {
-                        "project_id": sa.project_id,
-                        "unique_id": sa.unique_id,
-                        "display_name": sa.display_name,
-                        "disabled": sa.disabled,
-                        "user_keys": sorted(k.key_id for k in self.user_keys(e)),
-                    }
-                    for e, sa in self.accounts.items()
-                },
-                "keys": {
-                    k.key_id: {
-                        "email": k.email,
-                        "type": k.key_type,
-                        "disabled": k.disabled,
-                        "public_key": k.public_pem.decode(),
-                    }
-                    for k in self.keys.values()
-                    if k.key_type == "USER_MANAGED"
-                },
-                "roles": {
-                    n: {
-                        "title": r.title,
-                        "description": r.description,
-                        "stage": r.stage,
-                        "deleted": r.deleted,
-                        "purged": r.purged,
-                        "permissions": list(r.permissions),
-                    }
-                    for n, r in self.roles.items()
-                },
-                "repositories": {
-                    n: {"format": r.format, "ready": r.ready_at <= now, "policy": r.policy.dump()}
-                    for n, r in self.repositories.items()
-                },
-                "coiled": self.coiled.dump(),
-            }
-
 
 @dataclass
 class CoiledUser:
@@ -498,28 +452,6 @@ class CoiledState:
     def __init__(self):
         self.users: dict[str, CoiledUser] = {}  # by token
         self.workspaces: dict[str, Workspace] = {}
-
-    def dump(self) -> dict:
-        return {
-            "users": [{"username": u.username, "workspaces": u.workspaces} for u in self.users.values()],
-            "workspaces": {
-                s: {
-                    "credentials": w.credentials,
-                    "instance_service_account": w.instance_service_account,
-                    "settings": w.settings,
-                    "registry": w.registry,
-                    "global_infra": _infra_public(w.global_infra),
-                    "regions": [{**r, "component": _infra_public(r["component"])} for r in w.regions],
-                }
-                for s, w in self.workspaces.items()
-            },
-        }
-
-
-def _infra_public(c: dict | None) -> dict | None:
-    if c is None:
-        return None
-    return {k: v for k, v in c.items() if k != "ready_at"}
 
 
 def new_operation_id() -> str:

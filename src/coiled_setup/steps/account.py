@@ -73,6 +73,8 @@ class AccountStep(Step):
         self.local: dict | None = None  # a usable key file's content
         self.local_path: Path | None = None
         self.orphans: list[str] = []
+        self.fresh: str | None = None  # the key this tool made moments ago (Google may not list it yet)
+        self.proven: str | None = None  # the key file's key, unlisted yet accepted by Google
         self.replaced: str | None = None  # why the file at local_path, there but unusable, gets a new key
 
     # -- observe --------------------------------------------------------------------------------
@@ -83,6 +85,9 @@ class AccountStep(Step):
         o = run.opts
         self.account = run.google.get_account(o.account_email)
         self.keys = run.google.list_user_keys(o.account_email) if self.account else []
+        # Google lists a new key only after a while: the one this tool just made, not yet accepted, is live.
+        self.fresh = run.journal.fresh_key(o.account_email) if self.account else None
+        self.proven = None
         self.local, self.local_path, self.replaced = None, None, None
         if not o.no_local_key:
             path = self.key_path(run)
@@ -94,7 +99,8 @@ class AccountStep(Step):
                     if o.key_file is not None:
                         raise
                     data = None  # a damaged default file is replaced, not trusted
-                if data and data["client_email"] == o.account_email and self._live(data["private_key_id"]):
+                if data and data["client_email"] == o.account_email and (self._live(data["private_key_id"])
+                                                                         or self._proves_itself(data)):
                     self.local = data
                 else:
                     self.replaced = self._why_replaced(data, o.account_email)
@@ -113,8 +119,27 @@ class AccountStep(Step):
             return "its key is disabled on Google"
         return "its key no longer exists on Google"
 
+    def _proves_itself(self, data: dict) -> bool:
+        """Whether Google accepts a key its list does not show (the list lags behind a new key)."""
+        if any(k.key_id == data["private_key_id"] for k in self.keys):
+            return False  # listed, so disabled: _live said so
+        from coiled_setup.cloud import Google
+
+        as_key = Google.from_key(data)
+        try:
+            as_key.authenticate()
+            self.proven = data["private_key_id"]
+            return True
+        except CloudError:
+            return False
+        finally:
+            as_key.close()
+
     def _live(self, key_id: str) -> bool:
-        return any(k.key_id == key_id and not k.disabled for k in self.keys)
+        listed = [k for k in self.keys if k.key_id == key_id]
+        if listed:
+            return not listed[0].disabled
+        return key_id is not None and key_id in (self.fresh, self.proven)
 
     def _local_id(self) -> str | None:
         return self.local["private_key_id"] if self.local else None
@@ -268,7 +293,7 @@ def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
             paths.write_private(path, json.dumps(data, indent=2) + "\n")
             run.key_path = str(path)
             run.journal.set(key_file=str(path))
-        run.journal.set(key_pending=None, key_id=kid)
+        run.journal.set(key_pending=None, key_id=kid, key_created=time.time())
     except (OSError, JournalError) as e:
         reason = e.reason if isinstance(e, JournalError) else \
             f"could not write the key file {path} ({e.strerror or e})"

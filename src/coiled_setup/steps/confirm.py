@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from coiled_setup import needs, waiting
 from coiled_setup.cloud import CloudError
 from coiled_setup.concurrency import run_all
@@ -29,7 +31,7 @@ class ConfirmStep(Step):
     key = "confirm"
     title = "Permissions in effect"
     after = ("account", "role", "binding", "registry")
-    reads = ("keyfile",)  # tests as the account, with the key the account step made or kept
+    reads = ("keyfile", "key_id")  # tests as the account, with the key the account step made or kept
 
     def plan(self, run: Run) -> Change:
         # Counted as verify counts them: the role's permissions on the project, the registry's on the repository.
@@ -45,6 +47,44 @@ class ConfirmStep(Step):
 
         as_account = Google.from_key(run.keyfile)
         as_account.notify = run.google.notify  # told like the operator's calls while Google does not answer
+        try:
+            left = self._await_key(run, as_account)
+            self._await_permissions(run, as_account, left)
+        finally:
+            as_account.close()
+        return "all permissions in effect"
+
+    def _await_key(self, run: Run, as_account) -> float:
+        """Waits while Google refuses the key (a new key: for a minute or more); answers the seconds left."""
+        started = time.monotonic()
+        refusal = ""
+
+        def accepted():
+            nonlocal refusal
+            try:
+                as_account.authenticate()
+            except CloudError as e:
+                if e.code != "UNAUTHENTICATED":
+                    raise
+                # Google answers invalid_grant "Invalid JWT Signature." until a new key is in effect.
+                refusal = e.message.split(": ", 1)[-1]
+                return False
+            return True
+
+        try:
+            waiting.poll(accepted, timeout=run.opts.wait_timeout, what="waiting for Google to accept the new key",
+                         tick=run.ui.tick)
+        except waiting.TimedOut:
+            raise UserError(
+                f"After {int(run.opts.wait_timeout)} s Google still does not accept the key of "
+                f"{run.opts.account_email} ({refusal}); a new key can take a minute or more to be accepted: run "
+                "again with a longer --wait-timeout."
+            ) from None
+        if run.journal.get("key_accepted") != run.key_id:
+            run.journal.set(key_accepted=run.key_id)  # from now on, a key missing from Google's list was deleted
+        return run.opts.wait_timeout - (time.monotonic() - started)
+
+    def _await_permissions(self, run: Run, as_account, left: float) -> None:
         last: list[str] = []
 
         def check():
@@ -60,7 +100,7 @@ class ConfirmStep(Step):
             return not last
 
         try:
-            waiting.poll(check, timeout=run.opts.wait_timeout, what="waiting for Google to put the permissions "
+            waiting.poll(check, timeout=max(left, 0.0), what="waiting for Google to put the permissions "
                          "in effect", tick=run.ui.tick)
         except waiting.TimedOut:
             raise UserError(
@@ -68,9 +108,6 @@ class ConfirmStep(Step):
                 f"{', '.join(last[:5])}{' …' if len(last) > 5 else ''}; run `{command('verify')}` to see why, "
                 "or run again with a longer --wait-timeout."
             ) from None
-        finally:
-            as_account.close()
-        return "all permissions in effect"
 
 
 def steps_for(opts) -> list[Step]:
