@@ -1,6 +1,6 @@
 """The benchmark runs to the end in its quick mode, prints every figure, and meets its call-count targets.
 
-Asserted strictly: every target is measured ("N of 15 targets met"), and the targets that count calls,
+Asserted strictly: every target is printed ("N of 17 targets met"), and the targets that count calls,
 writes or memory are met: each scenario stays within its call ceiling, a converged re-run writes nothing,
 verify writes nothing and tests the project permissions in one TestIamPermissions call, start-up peaks
 stay under 35 MiB. The timing
@@ -22,8 +22,10 @@ FIGURES = [
     "verify.wall",
     "wait.binding", "wait.enable_operation", "wait.repository_operation", "wait.permissions",
     "wait.coiled_global", "wait.coiled_region",
+    "retry.verify", "retry.gcp",
 ]
-TARGETS = 15  # figures with a target (the others are shown for comparison)
+QUICK_LEAVES_OUT = ["retry.verify", "retry.gcp"]  # up to 90 s of back-off: printed as not measured, a miss
+TARGETS = 17  # figures with a target (the others are shown for comparison)
 NOT_TIMING = ["round_trips.fresh", "round_trips.rerun", "round_trips.verify", "startup.help.peak",
               "startup.gcp_help.peak"]
 
@@ -38,7 +40,10 @@ def test_quick_benchmark_prints_every_figure_and_meets_its_count_targets(tmp_pat
     for name in FIGURES:
         line = next((x for x in lines if x.startswith(name + " ")), None)
         assert line is not None, f"no line for {name}:\n{proc.stdout}"
-        assert "x  " in line and ("target" in line or "no target" in line), line
+        if name in QUICK_LEAVES_OUT:
+            assert "not measured" in line and "MISSED" in line, line
+        else:
+            assert "x  " in line and ("target" in line or "no target" in line), line
     m = re.match(r"(\d+) of (\d+) targets met", lines[-1])
     assert m is not None, lines[-1]
     assert int(m.group(2)) == TARGETS, lines[-1]
