@@ -2,8 +2,8 @@
 """Benchmarks of coiled-setup against the local sandbox: one line per figure, each a ratio against a
 baseline measured in the same run, with its target.
 
-    python bench/run.py            # full: medians of 15 start-ups, 3 runs of each scenario, 6. and 7. (about 4 min)
-    python bench/run.py --quick    # CI: 7 start-ups, one run of each scenario, not 6. or 7. (about 30 s)
+    python bench/run.py            # full: medians of 15 start-ups, 3 runs of each scenario, 6. to 8. (4 to 7 min)
+    python bench/run.py --quick    # CI: 7 start-ups, one run of each scenario, not 6. to 8. (about 30 s)
     python -m bench.run --json out.json --strict   # also write the figures; exit 1 when a target is missed
 
 Figures and how each is measured:
