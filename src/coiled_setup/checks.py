@@ -9,28 +9,39 @@ themselves, so one refusal cannot hide the others and nothing is ever written.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coiled_setup import keyfile, role_templates
-from coiled_setup.cloud import CloudError, Policy, run_all
+from coiled_setup import context, keyfile, needs
+from coiled_setup.cloud import CloudError
 from coiled_setup.coiled_api import CoiledError
-from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID, repository_name, role_name
+from coiled_setup.concurrency import run_all
+from coiled_setup.needs import (
+    ARTIFACT_REGISTRY,
+    LOG_PERMISSION,
+    LOG_WRITING_ROLES,
+    REPO_PERMISSIONS,
+    REPO_ROLE,
+    bound_roles,
+    conditional_roles,
+    role_diff,
+)
+from coiled_setup.options import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_REGION,
+    DEFAULT_ROLE_ID,
+    is_open,
+    repository_name,
+    role_name,
+)
 from coiled_setup.remedies import command, explain, granting_role
 from coiled_setup.wording import count
 
 OK, FAILED, WARNING, SKIPPED = "ok", "failed", "warning", "skipped"
 STATUSES = (OK, FAILED, WARNING, SKIPPED)
 
-ARTIFACT_REGISTRY = "artifactregistry.googleapis.com"
-REPO_ROLE = "roles/artifactregistry.repoAdmin"
-REPO_PERMISSIONS = ["artifactregistry.repositories.uploadArtifacts", "artifactregistry.repositories.downloadArtifacts"]
-LOG_PERMISSION = "logging.logEntries.create"
-# Predefined roles known to include logging.logEntries.create (read from Google otherwise).
-LOG_WRITING_ROLES = {"roles/owner", "roles/editor", "roles/logging.logWriter", "roles/logging.admin"}
 # Reads that roles/viewer grants: the role to ask for when the operator lacks one of them.
 VIEWER_READS = {
     "iam.serviceAccounts.get", "iam.serviceAccountKeys.list", "iam.roles.get",
@@ -159,21 +170,13 @@ class Facts:
 # -- gathering ----------------------------------------------------------------------------------------
 
 def template_permissions() -> list[str]:
-    return list(role_templates.load().permissions)
-
-
-def bound_roles(policy: Policy, member: str) -> list[str]:
-    """Roles granted to `member` without a condition."""
-    return [b.role for b in policy.bindings if b.condition is None and member in b.members]
-
-
-def conditional_roles(policy: Policy, member: str) -> list[tuple[str, dict]]:
-    return [(b.role, b.condition) for b in policy.bindings if b.condition is not None and member in b.members]
+    return list(needs.control_role().permissions)
 
 
 def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None = None) -> Facts:
     """Reads everything the checks need, read-only: the tokens, then two rounds of concurrent calls."""
     f = Facts(getattr(operator, "principal", "") or "")
+    f.values["dask_config"] = context.backend_options_in_config()  # the firewall a client may still read
     # The key's token first (the operator's was fetched on connecting): a refused key is a finding.
     if as_key is not None:
         f.fetch({"key_auth": as_key.authenticate})
@@ -193,7 +196,7 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
         jobs["repository"] = lambda: operator.get_repository(t.repository)
         jobs["repo_policy"] = lambda: operator.get_repo_policy(t.repository)
         if as_key is not None:
-            jobs["repo_held"] = lambda: as_key.test_permissions(t.repository, REPO_PERMISSIONS, repository=True)
+            jobs["repo_held"] = lambda: as_key.test_permissions(t.repository, list(REPO_PERMISSIONS), repository=True)
     if t.instance_flag and t.instance_flag != t.account:
         jobs["instance"] = lambda: operator.get_account(t.instance_flag)
     if coiled is not None:
@@ -256,6 +259,10 @@ def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: s
                   "persists, check your network and Google credentials.")
 
 
+def _age_days(key) -> float | None:
+    return (time.time() - key.created) / 86400 if key is not None and key.created else None
+
+
 def _not_found(e: Exception | None) -> bool:
     return isinstance(e, CloudError) and e.code == "NOT_FOUND"
 
@@ -263,9 +270,10 @@ def _not_found(e: Exception | None) -> bool:
 # -- the checks ----------------------------------------------------------------------------------------
 
 NEEDS_KEY = "needs the key file; pass --key-file"
+ROTATE_AFTER_DAYS = 90  # Google's advice for user-managed keys
 
 
-def check_key_file(t: Target, f: Facts) -> Result:
+def check_key_file(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "key_file", "Key file"
     where = str(t.key_path)
     if t.key_path is None:
@@ -324,7 +332,7 @@ def _privileged(t: Target, f: Facts) -> str:
     return f"which holds {', '.join(roles)} in the project" if roles else ""
 
 
-def check_account(t: Target, f: Facts) -> Result:
+def check_account(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "service_account", "Service account"
     if not t.account:
         return Result(name, title, SKIPPED, "No account to check: the key file is not usable (see Key file).")
@@ -340,7 +348,7 @@ def check_account(t: Target, f: Facts) -> Result:
     return Result(name, title, OK, f"{t.account} exists and is enabled.")
 
 
-def check_role(t: Target, f: Facts) -> Result:
+def check_role(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "custom_role", "Custom role"
     e = f.error("role")
     if e is not None:
@@ -353,9 +361,7 @@ def check_role(t: Target, f: Facts) -> Result:
     if r.deleted:
         return Result(name, title, FAILED, f"{t.role_name} is deleted, so its bindings grant nothing.",
                       f"{t.gcp()} (undeletes it), or gcloud iam roles undelete {t.role_id} --project {t.project}")
-    have = set(r.permissions)
-    missing = [p for p in want if p not in have]
-    extra = sorted(have - set(want))
+    missing, extra = role_diff(needs.control_role(), r.permissions)
     if missing or extra:
         parts = []
         if missing:
@@ -368,7 +374,7 @@ def check_role(t: Target, f: Facts) -> Result:
     return Result(name, title, OK, f"{t.role_name} has exactly the template's {count(len(want), 'permission')}.")
 
 
-def check_binding(t: Target, f: Facts) -> Result:
+def check_binding(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "binding", "Project IAM binding"
     if not t.account:
         return Result(name, title, SKIPPED, "No account to check: the key file is not usable (see Key file).")
@@ -421,7 +427,7 @@ def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     return Result(name, title, OK, f"Tested as {t.account} with the key: all {count(len(want), 'permission')} held.")
 
 
-def check_registry_api(t: Target, f: Facts) -> Result:
+def check_registry_api(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "registry_api", "Artifact Registry API"
     if not t.gar:
         return Result(name, title, SKIPPED, "Not checked (--no-gar).")
@@ -489,7 +495,7 @@ def check_repo_grant(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     return Result(name, title, OK, f"{t.account} holds {REPO_ROLE} on the repository{untested}.")
 
 
-def check_instance(t: Target, f: Facts) -> Result:
+def check_instance(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "instance_account", "Instance service account"
     email = f.get("instance_email")
     if not email:
@@ -538,7 +544,7 @@ def check_instance(t: Target, f: Facts) -> Result:
                   "control-plane account.")
 
 
-def check_coiled_credentials(t: Target, f: Facts) -> Result:
+def check_coiled_credentials(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "coiled_credentials", "Coiled credentials"
     if not t.coiled:
         return Result(name, title, SKIPPED, "Not checked (--no-coiled).")
@@ -561,6 +567,13 @@ def check_coiled_credentials(t: Target, f: Facts) -> Result:
         gone = "no longer exists" if kid not in live else "is disabled"
         return Result(name, title, FAILED, f"Workspace {ws} holds key {_short(kid)} of {email}, which {gone} on "
                       "Google.", f"{upload} (gives Coiled a live key)")
+    age = _age_days(live.get(kid))
+    if age is not None and age > ROTATE_AFTER_DAYS:
+        return Result(name, title, WARNING,
+                      f"Workspace {ws} holds key {_short(kid)} of {email}, created {age:.0f} days ago: Google advises "
+                      f"rotating user-managed keys at least every {ROTATE_AFTER_DAYS} days.",
+                      f"{command('rotate-key')} --project {t.project} (gives Coiled a new key, then deletes this one)",
+                      {"key_age_days": round(age)})
     if t.key_id and kid == t.key_id:
         return Result(name, title, OK, f"Workspace {ws} holds the key file's key {_short(kid)} of {email}.")
     if t.key_id:
@@ -607,18 +620,13 @@ def firewall_rules(t: Target, f: Facts, config: dict) -> tuple[list[dict] | None
     return None, ""
 
 
-def check_firewall(t: Target, f: Facts, config: dict) -> Result:
+def check_firewall(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "firewall", "Scheduler firewall"
+    config = f.get("dask_config") or {}
     rules, source = firewall_rules(t, f, config)
     if rules is None:
         return Result(name, title, SKIPPED, "No firewall settings found in Coiled or the dask config.")
-    open_rules = []
-    for r in rules:
-        try:
-            if ipaddress.ip_network(str(r.get("cidr")), strict=False).prefixlen == 0:
-                open_rules.append(r)
-        except ValueError:
-            continue
+    open_rules = [r for r in rules if is_open(r.get("cidr"))]
     desc = "; ".join(f"ports {','.join(map(str, r.get('ports') or []))} from {r.get('cidr')}" for r in rules)
     if open_rules:
         ports = ",".join(str(p) for r in open_rules for p in (r.get("ports") or []))
@@ -629,25 +637,16 @@ def check_firewall(t: Target, f: Facts, config: dict) -> Result:
     return Result(name, title, OK, f"Ingress limited to {desc}, per {source}.")
 
 
-def evaluate(t: Target, f: Facts, config: dict | None = None) -> list[Result]:
-    """Every check, in order; later checks see earlier results to skip what cannot be judged."""
+# In order: a check sees the results before it, to skip what cannot be judged without them.
+CHECKS = (check_key_file, check_account, check_role, check_binding, check_effective, check_registry_api,
+          check_repository, check_repo_grant, check_instance, check_coiled_credentials, check_coiled_backend,
+          check_firewall)
+
+
+def evaluate(t: Target, f: Facts) -> list[Result]:
+    """Every check, in order."""
     out: dict[str, Result] = {}
-    for fn in (check_key_file, check_account, check_role, check_binding):
-        r = fn(t, f)
+    for check in CHECKS:
+        r = check(t, f, out)
         out[r.name] = r
-    r = check_effective(t, f, out)
-    out[r.name] = r
-    r = check_registry_api(t, f)
-    out[r.name] = r
-    for fn in (check_repository, check_repo_grant):
-        r = fn(t, f, out)
-        out[r.name] = r
-    r = check_instance(t, f)
-    out[r.name] = r
-    r = check_coiled_credentials(t, f)
-    out[r.name] = r
-    r = check_coiled_backend(t, f, out)
-    out[r.name] = r
-    r = check_firewall(t, f, config or {})
-    out[r.name] = r
     return list(out.values())

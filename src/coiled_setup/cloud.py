@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
+
+from coiled_setup.concurrency import run_all
 
 ENDPOINT_VAR = "COILED_SETUP_GOOGLE_ENDPOINT"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -74,6 +75,7 @@ class Account:
     unique_id: str
     disabled: bool
     display_name: str = ""
+    description: str = ""
 
 
 @dataclass
@@ -452,7 +454,7 @@ class Google:
             if e.code == "NOT_FOUND":
                 return None
             raise
-        return Account(a.email, a.unique_id, a.disabled, a.display_name)
+        return Account(a.email, a.unique_id, a.disabled, a.display_name, a.description)
 
     def list_accounts(self, project: str) -> list[Account]:
         # The largest page Google serves: one round trip for most projects instead of one per 20 accounts.
@@ -468,6 +470,11 @@ class Google:
                 service_account={"display_name": display_name, "description": description},
             )
         return Account(a.email, a.unique_id, a.disabled, a.display_name)
+
+    def delete_account(self, email: str) -> None:
+        """Deletes the account (and its keys); its bindings stay, shown as deleted:serviceAccount:...?uid=..."""
+        with self._calling():
+            self.iam.delete_service_account(name=f"projects/-/serviceAccounts/{email}")
 
     def list_user_keys(self, email: str) -> list[Key]:
         resp = self._read(lambda: self.iam.list_service_account_keys(
@@ -522,6 +529,11 @@ class Google:
         with self._calling():
             return _role(self.iam.undelete_role(request={"name": name, "etag": etag}))
 
+    def delete_role(self, name: str, etag: bytes) -> Role:
+        """Soft-deletes a custom role: undeletable for 7 days, its id reserved for up to 37."""
+        with self._calling():
+            return _role(self.iam.delete_role(request={"name": name, "etag": etag}))
+
     # -- artifact registry ---------------------------------------------------------------------------
     def get_repository(self, name: str) -> str | None:
         """The repository's format, or None when there is none."""
@@ -542,6 +554,11 @@ class Google:
                 repository_id=repo_id,
                 repository={"format_": Repository.Format.DOCKER, "description": description},
             )
+        return op.operation.name
+
+    def start_delete_repository(self, name: str) -> str:
+        with self._calling():
+            op = self.registry.delete_repository(name=name)
         return op.operation.name
 
     def get_repo_policy(self, name: str) -> Policy:
@@ -624,30 +641,3 @@ def _code_name(code: int) -> str:
         if c.value[0] == code:
             return c.name
     return "UNKNOWN"
-
-
-def run_all(fns):
-    """Runs independent calls together; answers their results in order, raising the first error.
-
-    The calls run in daemon threads: Ctrl-C stops the wait at once, and the process can exit without
-    waiting for a call still in flight (a thread pool would be joined first, however long that call takes).
-    """
-    fns = list(fns)
-    if len(fns) <= 1:
-        return [f() for f in fns]
-    answers: queue.Queue = queue.Queue()
-
-    def work(i, fn):
-        try:
-            answers.put((i, True, fn()))
-        except BaseException as e:  # handed to the caller's thread
-            answers.put((i, False, e))
-
-    for i, fn in enumerate(fns):
-        threading.Thread(target=work, args=(i, fn), daemon=True, name=f"coiled-setup-call-{i}").start()
-    got = dict((i, (ok, value)) for i, ok, value in (answers.get() for _ in fns))
-    for i in range(len(fns)):
-        ok, value = got[i]
-        if not ok:
-            raise value
-    return [got[i][1] for i in range(len(fns))]

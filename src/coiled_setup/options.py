@@ -77,6 +77,8 @@ class Options:
     wait_timeout: float = 600.0
     coiled_server: str | None = None
     allow_privileged_key: bool = False  # hand Coiled a key of an owner/editor/IAM-admin account anyway
+    max_age: float | None = None  # rotate-key: rotate only a key older than this many days
+    delete_repository: bool = False  # teardown: the repository too (it holds images)
     explicit: set[str] = field(default_factory=set)  # flags the user gave
 
     @property
@@ -108,7 +110,15 @@ class Options:
 
     @property
     def open_firewall(self) -> bool:
-        return ipaddress.ip_network(self.firewall_cidr, strict=False).prefixlen == 0
+        return is_open(self.firewall_cidr)
+
+
+def is_open(cidr) -> bool:
+    """Whether a firewall network admits every address (0.0.0.0/0); a malformed one admits none."""
+    try:
+        return ipaddress.ip_network(str(cidr), strict=False).prefixlen == 0
+    except ValueError:
+        return False
 
 
 def _named(flag: str, value) -> str:
@@ -148,11 +158,11 @@ def role_id_error(role_id: str, flag: str = "--role-id") -> str | None:
 
 
 def region_error(region: str, gar: bool, flag: str = "--region") -> str | None:
+    if region not in REGIONS:
+        return f"{_named(flag, region)} is not a Google Cloud region (for example us-east1)."
     if gar and region not in GAR_REGIONS:
         return (f"{_named(flag, region)} cannot hold Coiled's Artifact Registry repository: use us-east1 or "
                 "us-central1, or pass --no-gar to use another registry.")
-    if region not in REGIONS:
-        return f"{_named(flag, region)} is not a Google Cloud region (for example us-east1)."
     return None
 
 
@@ -185,6 +195,12 @@ def instance_account_error(email: str, account_email: str | None,
     if email == account_email:
         return (f"{flag or 'The instance service account'} must differ from the Coiled service account: instances "
                 "should get least privilege.")
+    return None
+
+
+def output_error(output: str) -> str | None:
+    if output not in ("text", "json"):
+        return f"--output {output!r} is not known: use text or json."
     return None
 
 
@@ -233,8 +249,7 @@ def validate(o: Options, *, accounts_known: bool = True) -> None:
         parent = o.key_file.parent
         if not o.key_file.exists() and parent.exists() and not parent.is_dir():
             raise BadInput(f"--key-file {str(o.key_file)!r} cannot be written: its parent is not a directory.")
-    if o.output not in ("text", "json"):
-        raise BadInput(f"--output {o.output!r} is not known: use text or json.")
+    _check(output_error(o.output))
     if o.wait_timeout <= 0:
         raise BadInput("--wait-timeout must be a positive number of seconds.")
     check_wait_timeout(o.wait_timeout)

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import os
-import time
 
-from rich.markup import escape
-
-from coiled_setup import context, keyfile, paths, report, role_templates, waiting
-from coiled_setup.cloud import UNREACHABLE, CloudError, Google, run_all
-from coiled_setup.coiled_api import Coiled, CoiledError
-from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
-from coiled_setup.errors import BAD_INPUT, INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
+from coiled_setup import context, keyfile, paths
+from coiled_setup import steps as registry
+from coiled_setup.cloud import UNREACHABLE, CloudError, Google
+from coiled_setup.commands.common import Session
+from coiled_setup.concurrency import run_all
+from coiled_setup.engine import Engine
+from coiled_setup.errors import MISSING_PERMISSION, OK, BadInput, UserError
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
+from coiled_setup.needs import CORE_SERVICES
+from coiled_setup.needs import services as services_needed
 from coiled_setup.options import (
     DEFAULT_ACCOUNT_ID,
-    INSTANCE_ROLE_ID,
     OPEN_CIDR,
     Options,
     account_error,
@@ -28,38 +28,9 @@ from coiled_setup.options import (
     validate,
 )
 from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
-from coiled_setup.steps.account import AccountStep
-from coiled_setup.steps.apis import ApisStep, wanted_services
-from coiled_setup.steps.base import NOTHING, Run, Step
-from coiled_setup.steps.binding import BindingStep
-from coiled_setup.steps.confirm import ConfirmStep
-from coiled_setup.steps.instance import InstanceAccountStep, instance_email
-from coiled_setup.steps.registry import RegistryStep
-from coiled_setup.steps.role import RoleStep
-from coiled_setup.steps.upload import UploadStep
+from coiled_setup.steps.base import Run
 from coiled_setup.ui import Ui
 from coiled_setup.wording import count
-
-MAX_ATTEMPTS = 10  # a step is tried this often on transient errors (about 30 s of backoff in all)
-CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
-
-
-def operator_permissions(o: Options) -> list[str]:
-    """What the operator needs for the steps this run will take."""
-    perms = [
-        "resourcemanager.projects.get",
-        "serviceusage.services.get", "serviceusage.services.enable",
-        "iam.serviceAccounts.get", "iam.serviceAccounts.create",
-        "iam.serviceAccountKeys.list", "iam.serviceAccountKeys.create", "iam.serviceAccountKeys.delete",
-        "iam.roles.get", "iam.roles.create", "iam.roles.update", "iam.roles.undelete",
-        "resourcemanager.projects.getIamPolicy", "resourcemanager.projects.setIamPolicy",
-    ]
-    if o.gar:
-        perms += ["artifactregistry.repositories.get", "artifactregistry.repositories.create",
-                  "artifactregistry.repositories.getIamPolicy", "artifactregistry.repositories.setIamPolicy"]
-    if o.interactive and "service_account" not in o.explicit:
-        perms.append("iam.serviceAccounts.list")
-    return perms
 
 
 def print_operator_roles(project: str | None, *, gar: bool, listing: bool) -> int:
@@ -68,10 +39,10 @@ def print_operator_roles(project: str | None, *, gar: bool, listing: bool) -> in
 
     o = Options(project=project or "PROJECT_ID", gar=gar, interactive=listing)
     by_role: dict[str, list[str]] = {}
-    for p in operator_permissions(o):
+    for p in registry.operator_permissions(o):
         by_role.setdefault(granting_role(p), []).append(p)
     print(f"Your account needs these roles in project {o.project} (or roles/owner), for "
-          f"{count(len(operator_permissions(o)), 'permission')}:")
+          f"{count(len(registry.operator_permissions(o)), 'permission')}:")
     for role, perms in by_role.items():
         print(f"  {role}: {', '.join(perms)}")
     print("A project owner grants them with:")
@@ -80,46 +51,21 @@ def print_operator_roles(project: str | None, *, gar: bool, listing: bool) -> in
     return OK
 
 
-def build_steps(o: Options) -> list[Step]:
-    account = AccountStep()
-    member = lambda run: f"serviceAccount:{run.opts.account_email}"  # noqa: E731
-    steps: list[Step] = [
-        ApisStep(),
-        account,
-        RoleStep(o.role_id),
-        BindingStep(member, lambda run: run.opts.role_name),
-    ]
-    if o.gar:
-        steps.append(RegistryStep())
-    if o.instance_service_account or o.create_instance_service_account:
-        steps.append(InstanceAccountStep())
-        if o.create_instance_service_account:
-            # The role exists for the account alone: skipping the account skips it too.
-            steps.append(RoleStep(INSTANCE_ROLE_ID, role_templates.INSTANCE, key="instance_role",
-                                  title="Instance role", after=("instance",)))
-            steps.append(BindingStep(
-                lambda run: f"serviceAccount:{instance_email(run.opts)}",
-                lambda run: f"projects/{run.opts.project}/roles/{INSTANCE_ROLE_ID}",
-                key="instance_binding", title="Instance IAM binding", after=("instance", "instance_role")))
-    steps.append(ConfirmStep())
-    if o.upload:
-        steps.append(UploadStep(account))
-    return steps
-
-
 def _prompt_rule(rule):
     """A shared validation rule as questionary's validate=: True, or the sentence shown under the prompt."""
     return lambda text: rule(text.strip()) or True
 
 
-class Wizard:
+class Wizard(Session):
     def __init__(self, opts: Options, ui: Ui):
-        self.opts = opts
-        self.ui = ui
-        self.results: list[dict] = []
+        super().__init__("gcp", opts, ui)
+        self.opts: Options = opts
         self.run: Run | None = None
-        self.current: Step | None = None
+        self.engine: Engine | None = None
         self.lock: ProjectLock | None = None
+
+    def drive(self) -> int:
+        return super().drive(self.execute)
 
     # -- 0. context and validation ----------------------------------------------------------------
     def resolve(self) -> None:
@@ -177,47 +123,10 @@ class Wizard:
             raise BadInput(f"{what}, which holds {', '.join(roles)} in project {o.project}: Coiled needs only the "
                            f"custom role, {fix}")
 
-    def check_local_files(self, account: AccountStep, upload: UploadStep | None) -> None:
-        """Every local file the plan writes can be written, told before the first change (exit 2)."""
-        run = self.run
-        files = []  # the journal's directory was checked before the lock was taken there
-        if account.local_path is not None and account.needs_key(run):
-            files.append((account.local_path, "The key file", "choose another --key-file"))
-        if upload is not None and "dask config" in upload._pending(run):
-            files.append((paths.dask_config_file(), "The dask config file", "fix it or set DASK_CONFIG to a "
-                                                                              "writable directory"))
-        for path, what, fix in files:
-            why = paths.unwritable(path)
-            if why:
-                raise BadInput(f"{what} {path} cannot be written, {why}: {fix}, then run again.")
-        key = account.local_path
-        if key is not None and account.needs_key(run) and key.parent.is_dir() and paths.readable_by_others(key.parent):
-            self.ui.warn(f"The key file's directory {escape(str(key.parent))} is readable by other users (the key "
-                         "file itself will be 0600).")
-
-    def connect(self) -> tuple[Google, Coiled | None]:
-        """Google and Coiled, independent: Coiled's reads run while Google's libraries load and the
-        credentials are checked (Google's refusal is still told first); the workspace is chosen after."""
-        o = self.opts
-
-        def coiled():
-            if not o.upload:
-                return None
-            c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-upload")
-            return c, wanted, workspace_reads(c)
-
-        g, found = run_all([connect_google, coiled])
-        if found is None:
-            return g, None
-        c, wanted, reads = found
-        ask = (lambda slugs: self.ui.select("Coiled workspace:", slugs)) if o.interactive else None
-        o.workspace = choose_workspace(c, wanted, ask, reads)
-        return g, c
-
     # -- 1. preflight ------------------------------------------------------------------------------
     def preflight(self, g: Google) -> dict[str, bool]:
         o = self.opts
-        perms = operator_permissions(o)
+        perms = registry.operator_permissions(o)
 
         def attempt(fn):
             """The answer or the error: preflight reports them together (reads retry transient errors themselves)."""
@@ -228,7 +137,7 @@ class Wizard:
                     return None, e
             return call
 
-        services = CORE_SERVICES + wanted_services(o)
+        services = [*CORE_SERVICES, *services_needed(o.gar)]
         results = run_all([attempt(lambda: g.get_project(o.project)),
                            attempt(lambda: g.test_permissions(o.project, perms))]
                           + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
@@ -321,78 +230,10 @@ class Wizard:
         o.create_instance_service_account = choice == create
         o.instance_service_account = kept if choice.startswith("keep ") else None
 
-    # -- 2. plan and 3. apply -----------------------------------------------------------------------
-    def _retrying(self, step: Step, fn, *, reobserve: bool):
-        run = self.run
-        delays = waiting.delays(first=0.5, cap=5.0)
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                return fn()
-            except CloudError as e:
-                if not (e.transient or e.code == "ABORTED") or attempt == MAX_ATTEMPTS:
-                    raise
-            except CoiledError as e:
-                if e.status not in (429, 502, 503, 504) or attempt == MAX_ATTEMPTS:
-                    raise
-            self.ui.tick(f"retrying after a temporary error (attempt {attempt + 1})")
-            time.sleep(next(delays))
-            if reobserve:
-                self._retrying(step, lambda: step.observe(run), reobserve=False)
-
-    def observe(self, step: Step) -> None:
-        """Reads what exists for one step; a refusal it cannot get past is one sentence, never a traceback."""
-        try:
-            self._retrying(step, lambda: step.observe(self.run), reobserve=False)
-        except CloudError as e:
-            message, code = explain(e, self.opts.project)
-            if e.code not in message:
-                message = f"{message.rstrip('.')} (Google answered {e.code})."
-            raise UserError(f"Could not read what exists for '{step.title}': {message}", code) from None
-
-    def observe_all(self, steps: list[Step]) -> None:
-        run_all([lambda s=s: self.observe(s) for s in steps])
-
-    def apply_step(self, step: Step) -> str:
-        run = self.run
-        tries = 0
-
-        def attempt():
-            nonlocal tries
-            tries += 1
-            # A retry follows a fresh observation: an earlier try may have made the change but lost the answer.
-            if tries > 1 and step.plan(run).action == NOTHING:
-                return "done"
-            return step.apply(run)
-
-        while True:
-            try:
-                return self._retrying(step, attempt, reobserve=True)
-            except (CloudError, CoiledError, UserError, waiting.TimedOut) as e:
-                message, code = self.describe(e)
-                if not self.opts.interactive:
-                    raise UserError(f"Step '{step.title}' failed: {message}", code) from None
-                self.ui.end("failed", message)
-                choices = ["Retry", "Abort"] + (["Skip"] if step.optional else [])
-                choice = self.ui.select(f"'{step.title}' failed. What now?", choices)
-                if choice == "Abort":
-                    raise UserError(f"Stopped at '{step.title}': {message}", code) from None
-                if choice == "Skip":
-                    return None
-                self.ui.begin(step.title)
-                self.observe(step)
-
-    def describe(self, e: Exception) -> tuple[str, int]:
-        if isinstance(e, CloudError):
-            return explain(e, self.opts.project)
-        if isinstance(e, waiting.TimedOut):
-            return (f"timed out {e.args[0]} after {int(self.opts.wait_timeout)} s: run again (it resumes) or raise "
-                    "--wait-timeout.", 1)
-        return e.message, e.code
-
     def execute(self) -> int:
         o, ui = self.opts, self.ui
         self.resolve()
-        g, coiled = self.connect()
+        g, coiled = self.connect("--no-upload")
         journal = Journal(o.project)
         why = paths.unwritable(journal.path)
         if why:
@@ -416,64 +257,11 @@ class Wizard:
         check_instance_differs(o)
         validate(o)  # the interactive answers and the kept settings too
         self.refuse_privileged_account(g)
-        self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
-        steps = build_steps(o)
-        self.observe_all(steps)
-        plans = {}
-        for s in steps:
-            plans[s.key] = s.plan(self.run)
-        self.check_local_files(next(s for s in steps if isinstance(s, AccountStep)),
-                               next((s for s in steps if isinstance(s, UploadStep)), None))
-        ui.plan([(s.title, plans[s.key].action, plans[s.key].detail) for s in steps])
-        writes = [s for s in steps if plans[s.key].writes]
-        self.results = [{"step": s.key, "title": s.title, "action": plans[s.key].action,
-                         "detail": plans[s.key].detail, "result": "not run", "outcome": ""} for s in steps]
-        if o.dry_run:
-            ui.info("Dry run: nothing was changed." if writes else "Dry run: nothing to change.")
-            return OK
-        if not writes:
-            ui.info("Nothing to change: everything is already in place.")
-        elif not o.interactive and not o.yes:
-            # Without a terminal nobody can confirm: only --yes is consent.
-            raise UserError("Nothing was changed: a run that cannot ask (no terminal, --non-interactive or --output "
-                            "json) applies its plan only with --yes, so pass --yes to apply it, or --dry-run to only "
-                            "see it.", BAD_INPUT)
-        elif not o.yes and not ui.confirm("Apply this plan?", default=True):
-            raise UserError("Nothing was changed: the plan was not confirmed.", OK)
-        skipped: dict[str, str] = {}  # step key -> the title of the skipped step it was skipped with
-        for s, res in zip(steps, self.results, strict=True):
-            self.current = s
-            blocked = next((skipped[k] for k in s.after if k in skipped), None)
-            if blocked:
-                # A step that needs a skipped one could only fail (or wait for something that never comes).
-                skipped[s.key] = blocked
-                s.on_skip(self.run)
-                res.update(result="skipped", outcome=f"skipped: depends on {blocked}")
-                ui.begin(s.title)
-                ui.end("skipped", res["outcome"])
-                continue
-            if plans[s.key].action == NOTHING:
-                s.adopt(self.run)
-                res.update(result="ok", outcome="nothing to do")
-                continue
-            ui.begin(s.title)
-            try:
-                outcome = self.apply_step(s)
-            except UserError as e:
-                res.update(result="failed", outcome=e.message)
-                if o.interactive:  # an Abort: what was done, what was not
-                    ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
-                raise
-            if outcome is None:
-                skipped[s.key] = s.title
-                s.on_skip(self.run)
-                res.update(result="skipped", outcome="skipped after a failure")
-                ui.end("skipped", "skipped")
-            else:
-                res.update(result="ok", outcome=outcome)
-                ui.end("ok", outcome)
-        self.current = None
-        self.finish()
+        self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
+                       coiled_credentials=cur.coiled_credentials)
+        steps = registry.build(o)
+        if self.plan_and_apply(steps):
+            self.finish()
         return OK
 
     def finish(self) -> None:
@@ -487,7 +275,7 @@ class Wizard:
         except OSError as e:  # the setup itself is done; only verify's defaults are lost
             ui.warn(f"Could not record this run's settings ({e.strerror or e}): pass the same --region, --role-id "
                     "and --no-gar to verify.")
-        ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
+        self.engine.summary()
         if run.key_path:
             ui.info(f"The key of {o.account_email} is in {run.key_path} (mode 0600). Keep it private.")
         if os.environ.get(SANDBOX_VAR):
@@ -506,70 +294,4 @@ class Wizard:
 
 def run(opts: Options) -> int:
     ui = Ui(interactive=opts.interactive, output=opts.output)
-    w = Wizard(opts, ui)
-    code, error = OK, None
-    try:
-        code = w.execute()
-    except UserError as e:
-        code, error = e.code, e.message
-        if code != OK:
-            ui.error(e.message)
-        else:
-            ui.info(e.message)
-    except CloudError as e:  # a refusal no step could place: still one sentence
-        error, code = explain(e, opts.project)
-        ui.error(error)
-    except KeyboardInterrupt:
-        code = INTERRUPTED
-        done = [r["title"] for r in w.results if r["result"] == "ok" and r["action"] != NOTHING]
-        where = f" during '{w.current.title}'" if w.current else ""
-        error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
-                 "to resume where it stopped.")
-        ui.error(error)
-    except Exception as e:
-        code, error = STEP_FAILED, report.unexpected(e)
-        raise
-    finally:
-        ui.stop()
-        if w.lock is not None:
-            w.lock.release()
-        if w.run is not None:
-            w.run.google.close()
-        if opts.output == "json":
-            report.emit(
-                "gcp", code, error,
-                project=opts.project or None,
-                workspace=opts.workspace,
-                service_account=opts.account_email if opts.project else None,
-                key_file=str(w.run.key_path) if w.run and w.run.key_path else None,
-                steps=w.results,
-                conflicts_retried=ui.conflicts,
-            )
-    return code
-
-
-def start_embedded_sandbox(fresh: bool = False):
-    """Starts the rehearsal sandbox in this process, resuming its saved world, and points the environment at it."""
-    import shutil
-
-    from coiled_setup import paths
-    from coiled_setup.sandbox import Config, Sandbox
-
-    where = paths.state_dir() / "sandbox"
-    if fresh:
-        shutil.rmtree(where, ignore_errors=True)
-    cannot = (f"The sandbox's directory {where} cannot be written, {{}}: set COILED_SETUP_HOME (or XDG_STATE_HOME) "
-              "to a writable directory, then run again.")
-    why = paths.unwritable(where / "world.json")
-    if why:
-        raise BadInput(cannot.format(why))
-    # Google-like waits, short enough for a rehearsal.
-    try:
-        sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0), state_dir=where,
-                     persist=True).start()
-    except OSError as e:
-        raise BadInput(cannot.format(e.strerror or e)) from None
-    os.environ.update(sb.env)
-    os.environ[SANDBOX_VAR] = str(where)
-    return sb
-
+    return Wizard(opts, ui).drive()

@@ -11,10 +11,12 @@ from coiled_setup import paths, waiting
 from coiled_setup.cloud import CloudError
 from coiled_setup.errors import UserError
 from coiled_setup.journal import JournalError
-from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
+from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, Run, Step
 from coiled_setup.wording import count
 
 MAX_USER_KEYS = 10
+# In the description of every account this tool creates: teardown on another machine recognises them by it.
+MARKER = "(created by coiled-setup)"
 KEY_ORG_POLICY = "constraints/iam.disableServiceAccountKeyCreation"
 
 
@@ -43,10 +45,27 @@ def record_account(journal, email: str) -> None:
         journal.set(account=email, key_file=None, key_id=None)
 
 
+def delete_key(run: Run, kid: str) -> bool:
+    """Deletes one of the account's keys and forgets it; answers whether it was still there."""
+    try:
+        run.google.delete_key(run.opts.account_email, kid)
+        gone = True
+    except CloudError as e:
+        if e.code != "NOT_FOUND":
+            raise
+        gone = False
+    run.journal.drop_key(kid)
+    return gone
+
+
 class AccountStep(Step):
     key = "account"
     title = "Service account and key"
     after = ("apis",)
+    permissions = ("iam.serviceAccounts.get", "iam.serviceAccounts.create", "iam.serviceAccountKeys.list",
+                   "iam.serviceAccountKeys.create", "iam.serviceAccountKeys.delete")
+    reads = ("coiled_credentials",)
+    publishes = ("key_id", "keyfile", "key_path", "fresh_account")
 
     def __init__(self):
         self.account = None
@@ -102,7 +121,7 @@ class AccountStep(Step):
 
     def _coiled_key(self, run: Run) -> str | None:
         """The key id Coiled holds for this account, when it is still live on Google."""
-        creds = run.coiled_view.get("credentials") or {}
+        creds = run.coiled_credentials
         kid = creds.get("private_key_id")
         if creds.get("client_email") == run.opts.account_email and kid and self._live(kid):
             return kid
@@ -115,11 +134,16 @@ class AccountStep(Step):
             return self._coiled_key(run) is None
         return self.local is None
 
+    def local_files(self, run: Run) -> list[LocalFile]:
+        if self.local_path is None or not self.needs_key(run):
+            return []
+        return [LocalFile(self.local_path, "The key file", "choose another --key-file", private=True)]
+
     # -- plan -----------------------------------------------------------------------------------
     def plan(self, run: Run) -> Change:
         o = run.opts
         if self.account is None:
-            return Change(CREATE, f"create {o.account_email} and a key{self._replacing()}")
+            return Change(CREATE, f"create {o.account_email} and a key{self._replacing()}", {"key_id": None})
         if self.account.disabled:
             raise UserError(
                 f"Service account {o.account_email} is disabled: enable it (gcloud iam service-accounts "
@@ -127,10 +151,10 @@ class AccountStep(Step):
             )
         extra = f"; delete {count(len(self.orphans), 'key')} an interrupted run left behind" if self.orphans else ""
         if self.needs_key(run):
-            return Change(CREATE, f"create a key for {o.account_email}{self._replacing()}{extra}")
+            return Change(CREATE, f"create a key for {o.account_email}{self._replacing()}{extra}", {"key_id": None})
         kid = self._local_id() or self._coiled_key(run)
         where = f"in {self.local_path}" if self.local else "held by Coiled"
-        return Change(UPDATE if self.orphans else NOTHING, f"key {kid[:12]}… {where}{extra}")
+        return Change(UPDATE if self.orphans else NOTHING, f"key {kid[:12]}… {where}{extra}", {"key_id": kid})
 
     def _replacing(self) -> str:
         """The file a new key overwrites, and why: a plan never replaces a file silently."""
@@ -143,8 +167,9 @@ class AccountStep(Step):
         if self.account is None:
             try:
                 self.account = g.create_account(o.project, o.account_id, "Coiled",
-                                                "Used by Coiled to run Dask clusters (created by coiled-setup).")
+                                                f"Used by Coiled to run Dask clusters {MARKER}.")
                 run.fresh_account = True
+                run.journal.created("account", o.account_email)
                 done.append("created account")
             except CloudError as e:
                 if e.code != "ALREADY_EXISTS":
@@ -155,7 +180,7 @@ class AccountStep(Step):
         record_account(run.journal, o.account_email)
         if self.orphans:
             for kid in self.orphans:
-                self._delete_key(run, kid)
+                delete_key(run, kid)
             done.append(f"deleted {count(len(self.orphans), 'orphaned key')}")
             self.orphans = []
         run.journal.set(key_pending=None)
@@ -174,14 +199,6 @@ class AccountStep(Step):
         else:
             run.key_id = self._coiled_key(run)
 
-    def _delete_key(self, run: Run, kid: str) -> None:
-        try:
-            run.google.delete_key(run.opts.account_email, kid)
-        except CloudError as e:
-            if e.code != "NOT_FOUND":
-                raise
-        run.journal.drop_key(kid)
-
     def _keys_now(self, run: Run):
         """User-managed keys, waiting while a just-created account is not yet visible."""
         def attempt():
@@ -196,51 +213,12 @@ class AccountStep(Step):
         return keys
 
     def _create_key(self, run: Run) -> None:
-        o, g = run.opts, run.google
+        o = run.opts
         keys = self._keys_now(run)
         if len(keys) >= MAX_USER_KEYS:
             keys = self._make_room(run, keys)
-        # Written before the key exists, so a crash between here and the file leaves a trace to clean up.
-        run.journal.set(key_pending={"email": o.account_email, "known": [k.key_id for k in keys],
-                                     "started": time.time()})
-        try:
-            data = g.create_key(o.account_email)
-        except CloudError as e:
-            if e.code == "FAILED_PRECONDITION" and KEY_ORG_POLICY in e.violations:
-                raise UserError(
-                    f"The organization policy iam.disableServiceAccountKeyCreation forbids creating keys in "
-                    f"project {o.project}: an organization policy administrator must exempt this project "
-                    f"(gcloud resource-manager org-policies disable-enforce iam.disableServiceAccountKeyCreation "
-                    f"--project {o.project}) before Coiled can get a key."
-                ) from None
-            raise
-        kid = data["private_key_id"]
         path = None if o.no_local_key else (self.local_path or paths.default_key_path(o.project, o.account_id))
-        try:
-            run.journal.add_key(kid)
-            if path is not None:
-                paths.write_private(path, json.dumps(data, indent=2) + "\n")
-                run.key_path = str(path)
-                run.journal.set(key_file=str(path))
-            run.journal.set(key_pending=None, key_id=kid)
-        except (OSError, JournalError) as e:
-            reason = e.reason if isinstance(e, JournalError) else \
-                f"could not write the key file {path} ({e.strerror or e})"
-            self._discard(run, kid)
-            raise UserError(f"C{reason[1:]}, so the new key was deleted on Google again: fix that, then run "
-                            "again.") from None
-        run.keyfile, run.key_id = data, kid
-
-    def _discard(self, run: Run, kid: str) -> None:
-        """A key whose private half could not be kept: deleted, so none is left that nobody holds."""
-        try:
-            run.google.delete_key(run.opts.account_email, kid)
-        except CloudError:
-            return  # the journal's key_pending still names it: the next run deletes it
-        try:
-            run.journal.set(key_pending=None, keys=[k for k in run.journal.our_keys() if k != kid])
-        except JournalError:
-            pass
+        create_key(run, path, [k.key_id for k in keys])
 
     def _make_room(self, run: Run, keys):
         o = run.opts
@@ -256,5 +234,58 @@ class AccountStep(Step):
         if not run.ui.confirm(f"{message}. Delete the oldest key coiled-setup created ({oldest.key_id[:12]}…)?",
                               default=False):
             raise UserError(f"{message}: delete a key you no longer use and run again.")
-        self._delete_key(run, oldest.key_id)
+        delete_key(run, oldest.key_id)
         return [k for k in keys if k.key_id != oldest.key_id]
+
+
+def steps_for(opts) -> list[Step]:
+    return [AccountStep()]
+
+
+def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
+    """A new key of the account, its private half kept (in `path`, when given) before anything else happens.
+
+    `known` are the account's keys before it: a crash between the create and the file leaves the journal's
+    pending record, from which the next run deletes the one key nobody holds."""
+    o, g = run.opts, run.google
+    # Written before the key exists, so a crash between here and the file leaves a trace to clean up.
+    run.journal.set(key_pending={"email": o.account_email, "known": list(known), "started": time.time()})
+    try:
+        data = g.create_key(o.account_email)
+    except CloudError as e:
+        if e.code == "FAILED_PRECONDITION" and KEY_ORG_POLICY in e.violations:
+            raise UserError(
+                f"The organization policy iam.disableServiceAccountKeyCreation forbids creating keys in "
+                f"project {o.project}: an organization policy administrator must exempt this project "
+                f"(gcloud resource-manager org-policies disable-enforce iam.disableServiceAccountKeyCreation "
+                f"--project {o.project}) before Coiled can get a key."
+            ) from None
+        raise
+    kid = data["private_key_id"]
+    try:
+        run.journal.add_key(kid)
+        if path is not None:
+            paths.write_private(path, json.dumps(data, indent=2) + "\n")
+            run.key_path = str(path)
+            run.journal.set(key_file=str(path))
+        run.journal.set(key_pending=None, key_id=kid)
+    except (OSError, JournalError) as e:
+        reason = e.reason if isinstance(e, JournalError) else \
+            f"could not write the key file {path} ({e.strerror or e})"
+        _discard(run, kid)
+        raise UserError(f"C{reason[1:]}, so the new key was deleted on Google again: fix that, then run "
+                        "again.") from None
+    run.keyfile, run.key_id = data, kid
+    return data
+
+
+def _discard(run: Run, kid: str) -> None:
+    """A key whose private half could not be kept: deleted, so none is left that nobody holds."""
+    try:
+        run.google.delete_key(run.opts.account_email, kid)
+    except CloudError:
+        return  # the journal's key_pending still names it: the next run deletes it
+    try:
+        run.journal.set(key_pending=None, keys=[k for k in run.journal.our_keys() if k != kid])
+    except JournalError:
+        pass
