@@ -1,6 +1,6 @@
 """The benchmark runs to the end in its quick mode, prints every figure, and meets its call-count targets.
 
-Asserted strictly: every target is measured ("N of 15 targets met"), and the targets that count calls,
+Asserted strictly: every target is printed ("N of 33 targets met"), and the targets that count calls,
 writes or memory are met: each scenario stays within its call ceiling, a converged re-run writes nothing,
 verify writes nothing and tests the project permissions in one TestIamPermissions call, start-up peaks
 stay under 35 MiB. The timing
@@ -19,11 +19,18 @@ FIGURES = [
     "startup.help.wall", "startup.help.peak", "startup.gcp_help.wall", "startup.gcp_help.peak",
     "round_trips.fresh", "round_trips.rerun", "round_trips.verify",
     "critical_path.fresh", "critical_path.rerun", "critical_path.verify",
-    "verify.wall",
+    "verify.wall", "memory.gcp", "memory.verify",
     "wait.binding", "wait.enable_operation", "wait.repository_operation", "wait.permissions",
     "wait.coiled_global", "wait.coiled_region",
+    "wait100.binding", "wait100.enable_operation", "wait100.repository_operation", "wait100.permissions",
+    "wait100.coiled_global", "wait100.coiled_region",
+    "scale.fresh", "scale.rerun", "scale.verify",
+    "retry.verify", "retry.gcp", "polling.calls", "polling.overshoot", "polling.wall",
 ]
-TARGETS = 15  # figures with a target (the others are shown for comparison)
+# The large project, and minutes of back-off and propagation: printed as not measured, a miss.
+QUICK_LEAVES_OUT = ["scale.fresh", "scale.rerun", "scale.verify", "retry.verify", "retry.gcp", "polling.calls",
+                    "polling.overshoot", "polling.wall"]
+TARGETS = 33  # figures with a target (the others are shown for comparison)
 NOT_TIMING = ["round_trips.fresh", "round_trips.rerun", "round_trips.verify", "startup.help.peak",
               "startup.gcp_help.peak"]
 
@@ -38,7 +45,10 @@ def test_quick_benchmark_prints_every_figure_and_meets_its_count_targets(tmp_pat
     for name in FIGURES:
         line = next((x for x in lines if x.startswith(name + " ")), None)
         assert line is not None, f"no line for {name}:\n{proc.stdout}"
-        assert "x  " in line and ("target" in line or "no target" in line), line
+        if name in QUICK_LEAVES_OUT:
+            assert "not measured" in line and "MISSED" in line, line
+        else:
+            assert "x  " in line and ("target" in line or "no target" in line), line
     m = re.match(r"(\d+) of (\d+) targets met", lines[-1])
     assert m is not None, lines[-1]
     assert int(m.group(2)) == TARGETS, lines[-1]

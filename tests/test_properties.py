@@ -2,7 +2,7 @@
 that matches them (and a second run with the same flags changes nothing) or exits with its code and one sentence,
 never a traceback, and an input error writes nothing.
 
-Runs are in-process against sandboxes (tests/reliability.py's Lab). The examples are derandomised so CI is
+Runs are in-process against sandboxes (the Lab of tests/reliability/lab.py). The examples are derandomised so CI is
 repeatable; set COILED_SETUP_EXAMPLES=200 (and COILED_SETUP_RANDOM=1 for new draws) to search harder.
 """
 

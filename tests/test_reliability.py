@@ -1,4 +1,4 @@
-"""Reliability and security: the scenarios of tests/reliability.py (also `python -m tests.reliability`), asserted.
+"""Reliability and security: the scenarios of tests/reliability/ (also `python -m tests.reliability`), asserted.
 
 Each test also asserts that no secret (a private key, the Coiled token) showed in anything its runs printed,
 raised or wrote, that key files are 0600 in 0700 directories, and that the sandbox kept public keys only.
