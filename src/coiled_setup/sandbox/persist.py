@@ -64,7 +64,8 @@ def save(world: World, path: Path, ports: tuple[int, int]) -> None:
                               "created": r.created, "policy": _policy(r.policy)}
                              for r in world.repositories.values() if r.ready_at <= world.now()],
             "coiled": {
-                "users": [{"token": t, "username": u.username, "workspaces": u.workspaces, "admin": u.admin}
+                "users": [{"token": t, "username": u.username, "workspaces": u.workspaces, "admin": u.admin,
+                           "default": u.default}
                           for t, u in world.coiled.users.items()],
                 "workspaces": [{"slug": w.slug, "credentials": w.credentials,
                                 "instance_service_account": w.instance_service_account, "settings": w.settings,
@@ -115,7 +116,7 @@ def load(path: Path, config: Config) -> tuple[World, tuple[int, int]] | None:
         w.repositories[r["name"]] = Repository(r["name"], r["format"], r["description"], r["created"], 0.0,
                                                _policy_back(r["policy"]))
     for u in data["coiled"]["users"]:
-        w.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u["admin"])
+        w.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u["admin"], u.get("default"))
     for ws in data["coiled"]["workspaces"]:
         w.coiled.workspaces[ws["slug"]] = Workspace(
             ws["slug"], ws["credentials"], ws["instance_service_account"], ws["settings"], ws["registry"],

@@ -224,6 +224,11 @@ class Config:
     fail_method: str = ""
     fail_code: str = "FAILED_PRECONDITION"
     fail_times: int = 0
+    # Coiled's confirmations: a write to one of these routes ("POST /api/v2/cloud-credentials/{ws}/gcp") is
+    # answered 409 {"action_required": "confirm", "detail": <value>} until repeated with ?confirm=1.
+    coiled_confirm: dict = field(default_factory=dict)
+    # The next N calls of a route are answered 409 {"action_required": "retry"} ({route: N}).
+    coiled_retry: dict = field(default_factory=dict)
 
 
 class World:
@@ -476,11 +481,19 @@ class World:
             }
 
 
+# A workspace's GCP settings before anyone sets them (the fields the official client PATCHes).
+DEFAULT_SETTINGS = {
+    "auto_setup": None, "give_workers_public_ip": True, "give_scheduler_public_ip": True,
+    "scheduler_firewall": None, "custom_software_bucket_prefix": None, "use_self_hosted_bucket": None,
+}
+
+
 @dataclass
 class CoiledUser:
     username: str
     workspaces: list[str]
     admin: bool = True
+    default: str | None = None  # the workspace marked is_default_account in the memberships
 
 
 @dataclass
@@ -488,7 +501,7 @@ class Workspace:
     slug: str
     credentials: dict | None = None  # public fields of the key only
     instance_service_account: str | None = None
-    settings: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
     registry: dict | None = None
     global_infra: dict | None = None  # {"state", "ready_at", "reason"}
     regions: list[dict] = field(default_factory=list)
@@ -501,7 +514,8 @@ class CoiledState:
 
     def dump(self) -> dict:
         return {
-            "users": [{"username": u.username, "workspaces": u.workspaces} for u in self.users.values()],
+            "users": [{"username": u.username, "workspaces": u.workspaces, "default": u.default}
+                      for u in self.users.values()],
             "workspaces": {
                 s: {
                     "credentials": w.credentials,
