@@ -977,6 +977,7 @@ def bad_input_cases() -> list[Case]:
     other_sa = f"someone-else@{P}.iam.gserviceaccount.com"
     two_workspaces = copy.deepcopy(DEFAULT_SCENARIO)
     two_workspaces["coiled"]["users"][0]["workspaces"] = ["team-a", "team-b"]
+    two_workspaces["coiled"]["users"][0].pop("default")
     disabled_operator = copy.deepcopy(DEFAULT_SCENARIO)
     cases = [
         # -- flags
