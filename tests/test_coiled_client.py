@@ -9,6 +9,7 @@ import json
 import pytest
 
 from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO, DEFAULT_TOKEN
+from tests.helpers import calls, http, state
 
 MARKED = DEFAULT_TOKEN  # workspaces demo and team; Coiled marks team as the default
 UNMARKED = "unmarked-1111-token"  # the same username, the same workspaces, no default marked
@@ -51,3 +52,70 @@ def test_without_a_mark_several_workspaces_are_not_guessed(sb, cli):
     # Not the one named like the user: Coiled's own client only falls back to it, and warns it is a guess.
     doc = planned_workspace(cli, sb, env={"DASK_COILED__TOKEN": UNMARKED}, code=2)
     assert "demo, team" in doc["error"] and "--workspace" in doc["error"]
+
+
+# -- confirmations ------------------------------------------------------------------------------------------
+
+CREDS_ROUTE = "POST /api/v2/cloud-credentials/{ws}/gcp"
+QUESTION = "Workspace demo has 2 running clusters that use the old credentials; replace them"
+
+
+def configure(sb, **values):
+    status, body = http("POST", f"{sb.coiled_url}/_sandbox/config", values)
+    assert status == 200, body
+
+
+def coiled_calls(sb, route, since=0):
+    return [c["code"] for c in calls(sb, since) if c["method"] == route]
+
+
+@pytest.fixture
+def asks(sb):
+    configure(sb, coiled_confirm={CREDS_ROUTE: QUESTION + "?"})
+    yield
+    configure(sb, coiled_confirm={}, coiled_retry={})
+
+
+def test_a_confirmation_is_asked_and_the_answer_decides(sb, asks):
+    from coiled_setup.coiled_api import Coiled, CoiledError
+
+    c = Coiled(sb.coiled_url, MARKED, "demo")
+    questions = []
+    c.confirm = lambda detail: questions.append(detail) or False
+    since = len(calls(sb))
+    with pytest.raises(CoiledError, match="not confirmed"):
+        c.store_credentials({"type": "service_account"}, None)
+    assert questions == [QUESTION + "?"] and coiled_calls(sb, CREDS_ROUTE, since) == [409]
+    c.confirm = lambda detail: True
+    with pytest.raises(CoiledError, match="400"):  # repeated with ?confirm=1: now the body itself is judged
+        c.store_credentials({"type": "service_account"}, None)
+    assert coiled_calls(sb, CREDS_ROUTE, since) == [409, 409, 400]
+
+
+def test_a_retry_is_waited_out(sb, monkeypatch):
+    from coiled_setup import coiled_api
+
+    monkeypatch.setattr(coiled_api, "ACTION_RETRY_S", 0.0)
+    configure(sb, coiled_retry={"PATCH /api/v2/setup/account/{ws}/gcp/settings": 2})
+    try:
+        c = coiled_api.Coiled(sb.coiled_url, MARKED, "demo")
+        assert c.settings({"auto_setup": None})["auto_setup"] is None
+    finally:
+        configure(sb, coiled_retry={})
+
+
+def test_a_run_without_a_terminal_says_the_question(asks):
+    from coiled_setup.commands.common import confirmer
+    from coiled_setup.errors import BadInput
+
+    with pytest.raises(BadInput) as e:
+        confirmer(interactive=False, yes=False, ui=None)(QUESTION + "?")
+    assert e.value.message.count(QUESTION) == 1 and "--yes" in e.value.message
+
+
+def test_yes_confirms_and_says_so(sb, cli, asks):
+    since = len(calls(sb))
+    out = cli(sb, "gcp", "--non-interactive", "--yes", "--workspace", "demo", "--firewall-cidr", NARROW, check=0)
+    assert f"Coiled asked: {QUESTION}? Confirmed (--yes)." in out.stderr
+    assert coiled_calls(sb, CREDS_ROUTE, since) == [409, 201]
+    assert state(sb)["coiled"]["workspaces"]["demo"]["credentials"]["client_email"].startswith("coiled@")

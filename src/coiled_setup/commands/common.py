@@ -62,6 +62,22 @@ def coiled_client(server_flag: str | None, workspace_flag: str | None, skip_flag
     return c, workspace
 
 
+def confirmer(interactive: bool, yes: bool, ui):
+    """How a run answers Coiled's confirmation questions (HTTP 409 action_required "confirm"), as Coiled's own
+    client does: asked when the run can ask, confirmed by --yes (and said so), else a stop naming the question."""
+    def confirm(detail: str) -> bool:
+        question = detail.strip().rstrip(".?") or "Coiled asks for a confirmation"
+        if yes:
+            notice(f"Coiled asked: {question}? Confirmed (--yes).")
+            return True
+        if interactive:
+            ui.stop()
+            return ui.confirm(f"Coiled asks: {question}? Go on?", default=False)
+        raise BadInput(f"Coiled asks to confirm: {question}? Run again with --yes to confirm it, or in a terminal "
+                       "to be asked.")
+    return confirm
+
+
 def workspace_reads(c: Coiled) -> tuple[dict, list]:
     """Who the user is and the workspaces they belong to: two independent reads, made together."""
     try:

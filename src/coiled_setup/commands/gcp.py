@@ -10,7 +10,7 @@ from rich.markup import escape
 from coiled_setup import context, keyfile, paths, report, role_templates, waiting
 from coiled_setup.cloud import UNREACHABLE, CloudError, Google, run_all
 from coiled_setup.coiled_api import Coiled, CoiledError
-from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
+from coiled_setup.commands.common import choose_workspace, coiled_client, confirmer, connect_google, workspace_reads
 from coiled_setup.errors import BAD_INPUT, INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
@@ -212,6 +212,7 @@ class Wizard:
         c, wanted, reads = found
         ask = (lambda slugs: self.ui.select("Coiled workspace:", slugs)) if o.interactive else None
         o.workspace = choose_workspace(c, wanted, ask, reads)
+        c.confirm = confirmer(o.interactive, o.yes, self.ui)
         return g, c
 
     # -- 1. preflight ------------------------------------------------------------------------------
