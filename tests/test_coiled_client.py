@@ -119,3 +119,45 @@ def test_yes_confirms_and_says_so(sb, cli, asks):
     assert f"Coiled asked: {QUESTION}? Confirmed (--yes)." in out.stderr
     assert coiled_calls(sb, CREDS_ROUTE, since) == [409, 201]
     assert state(sb)["coiled"]["workspaces"]["demo"]["credentials"]["client_email"].startswith("coiled@")
+
+
+# -- the Coiled login, found where dask finds it ------------------------------------------------------------
+
+
+def without_login_env(home) -> dict:
+    """No DASK_COILED__TOKEN: the login must come from dask's files (the system directory under `home`)."""
+    return {"DASK_COILED__TOKEN": None, "DASK_ROOT_CONFIG": str(home / "etc-dask")}
+
+
+def put(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_the_login_in_any_file_of_dasks_directories_is_found(sb, cli, tmp_path):
+    home = tmp_path / "user-home"  # the cli fixture's HOME
+    # Lowest first: the system directory, then ~/.config/dask (any file name), then DASK_CONFIG.
+    put(home / "etc-dask" / "coiled.yaml", f"coiled:\n  token: {UNMARKED}\n  workspace: team\n")
+    put(home / ".config" / "dask" / "login.yml", f"coiled:\n  token: {MARKED}\n")
+    put(sb.state_dir / "dask" / "z.json", json.dumps({"coiled": {"workspace": "demo"}}))
+    try:
+        assert planned_workspace(cli, sb, env=without_login_env(home))["workspace"] == "demo"
+        # Environment variables win over files, their values read as dask reads them (a quoted literal here).
+        env = {**without_login_env(home), "DASK_COILED__WORKSPACE": "'team'"}
+        assert planned_workspace(cli, sb, env=env)["workspace"] == "team"
+    finally:
+        (sb.state_dir / "dask" / "z.json").unlink()
+
+
+def test_a_malformed_file_among_them_is_named(sb, cli, tmp_path):
+    home = tmp_path / "user-home"
+    put(home / ".config" / "dask" / "coiled.yaml", f"coiled:\n  token: {MARKED}\n")
+    put(home / ".config" / "dask" / "distributed.yaml", "distributed: [unclosed\n")
+    doc = planned_workspace(cli, sb, env=without_login_env(home), code=2)
+    assert "distributed.yaml is not valid YAML" in doc["error"]
+
+
+def test_an_empty_token_variable_hides_the_files_token_as_in_dask(sb, cli, tmp_path):
+    put(tmp_path / "user-home" / ".config" / "dask" / "coiled.yaml", f"coiled:\n  token: {MARKED}\n")
+    doc = planned_workspace(cli, sb, env={"DASK_COILED__TOKEN": ""}, code=2)
+    assert "DASK_COILED__TOKEN is set but empty" in doc["error"]

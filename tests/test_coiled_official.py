@@ -87,3 +87,31 @@ def test_the_official_setup_requests_work(sb, monkeypatch):
     assert team["settings"]["give_workers_public_ip"] is True and team["registry"] == {"type": "gar"}
     assert [(r["region"], r["default"], r["component"]["state"]) for r in team["regions"]] == [
         ("us-east1", True, "created")]
+
+
+def test_the_dask_config_is_read_as_dask_reads_it(tmp_path, monkeypatch):
+    import dask.config
+
+    from coiled_setup import context
+
+    for name in [n for n in __import__("os").environ if n.startswith("DASK_")]:
+        monkeypatch.delenv(name)
+    root, user, extra = tmp_path / "root", tmp_path / "home" / ".config" / "dask", tmp_path / "extra"
+    for d, name, text in [
+        (root, "a.yaml", "coiled:\n  token: from-root\n  backend_options: {region_name: us-east1, spot: true}\n"),
+        (user, "b.yml", "coiled:\n  server: http://user\n  backend-options: {zone_name: us-east1-c}\n"),
+        (user, "c.json", '{"coiled": {"workspace": "from-json", "token": "from-user"}}'),
+        (extra, "coiled.yaml", "coiled:\n  workspace: from-dask-config\n"),
+    ]:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(text)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DASK_ROOT_CONFIG", str(root))
+    monkeypatch.setenv("DASK_CONFIG", str(extra))
+    monkeypatch.setenv("DASK_COILED__USER", "ann")
+    monkeypatch.setenv("DASK_COILED__BACKEND_OPTIONS__SPOT", "False")
+    monkeypatch.setenv("DASK_COILED__ACCOUNT", "[1, 'x']")
+    ours = context.dask_config()["coiled"]
+    theirs = dask.config.collect(paths=context.dask_config_paths())["coiled"]
+    assert ours == theirs
+    assert ours["token"] == "from-user" and ours["workspace"] == "from-dask-config"

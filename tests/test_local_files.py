@@ -230,7 +230,7 @@ distributed:
 
 
 def _login_only_in_the_file(sb) -> dict:
-    return {"DASK_COILED__TOKEN": "", "DASK_COILED__SERVER": ""}
+    return {"DASK_COILED__TOKEN": None, "DASK_COILED__SERVER": None}
 
 
 def test_the_users_coiled_yaml_is_merged_not_overwritten(make_sandbox, cli):

@@ -56,6 +56,9 @@ def coiled_client(server_flag: str | None, workspace_flag: str | None, skip_flag
     """A Coiled client for the user's login, and the workspace asked for (if any)."""
     token, server, workspace = context.coiled_login(server_flag, workspace_flag)
     if not token:
+        if os.environ.get("DASK_COILED__TOKEN") == "":
+            raise BadInput("DASK_COILED__TOKEN is set but empty, which hides any token in your dask config files (as "
+                           "in dask itself): unset it or set it to your Coiled token.")
         raise BadInput(f"No Coiled login found: run `coiled login`, set DASK_COILED__TOKEN, or pass {skip_flag}.")
     c = Coiled(server, token)
     c.notify = notice
