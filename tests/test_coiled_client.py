@@ -161,3 +161,49 @@ def test_an_empty_token_variable_hides_the_files_token_as_in_dask(sb, cli, tmp_p
     put(tmp_path / "user-home" / ".config" / "dask" / "coiled.yaml", f"coiled:\n  token: {MARKED}\n")
     doc = planned_workspace(cli, sb, env={"DASK_COILED__TOKEN": ""}, code=2)
     assert "DASK_COILED__TOKEN is set but empty" in doc["error"]
+
+
+# -- the workspace's settings: where the defaults are set, read back and verified ---------------------------
+
+FIREWALL = {"ingress": [{"ports": [22, 8786, 8787], "cidr": NARROW}]}
+TEAM = "/api/v2/setup/account/team/gcp"
+
+
+def verdicts(cli, sb, *args, code):
+    doc = json.loads(cli(sb, "verify", "--workspace", "team", "--output", "json", *args, check=code).stdout)
+    return {c["name"]: c for c in doc["checks"]}
+
+
+def test_the_defaults_live_in_the_workspace_and_verify_compares_them(sb, cli):
+    out = cli(sb, "gcp", "--non-interactive", "--yes", "--firewall-cidr", NARROW, check=0)
+    team = state(sb)["coiled"]["workspaces"]["team"]
+    assert team["settings"]["scheduler_firewall"] == FIREWALL
+    assert [(r["region"], r["default"]) for r in team["regions"]] == [("us-east1", True)]
+    assert team["registry"] == {"type": "gar"} and team["credentials"]["client_email"].startswith("coiled@")
+    assert not (sb.state_dir / "dask" / "coiled.yaml").exists(), "the dask config was written unasked"
+    assert 'coiled.Cluster(..., spot_policy="spot_with_fallback")' in out.stdout
+
+    checks = verdicts(cli, sb, code=0)
+    assert checks["coiled_backend"]["status"] == "ok" and checks["firewall"]["status"] == "ok"
+    assert "workspace's settings" in checks["firewall"]["detail"]
+
+    # Changed on Coiled's side: verify sees it in the workspace's own settings and regions.
+    wide = {"ingress": [{"ports": [22, 8786, 8787], "cidr": "0.0.0.0/0"}]}
+    assert http("PATCH", sb.coiled_url + TEAM + "/settings", {"scheduler_firewall": wide}, token=MARKED)[0] == 200
+    assert http("POST", sb.coiled_url + TEAM + "/regions", {"default": True, "region": "us-central1"},
+                token=MARKED)[0] == 201
+    checks = verdicts(cli, sb, "--region", "us-east1", code=1)
+    assert checks["firewall"]["status"] == "failed" and NARROW in checks["firewall"]["detail"]
+    assert "default region is us-central1, not us-east1" in checks["coiled_backend"]["detail"]
+
+    # A re-run sets them back; the dask config, asked for, gets the names current clients accept.
+    cli(sb, "gcp", "--non-interactive", "--yes", "--region", "us-east1", "--firewall-cidr", NARROW,
+        "--write-dask-config", "--no-preemptible", check=0)
+    assert state(sb)["coiled"]["workspaces"]["team"]["settings"]["scheduler_firewall"] == FIREWALL
+    assert verdicts(cli, sb, code=0)["coiled_backend"]["status"] == "ok"
+    import yaml
+
+    written = yaml.safe_load((sb.state_dir / "dask" / "coiled.yaml").read_text())
+    assert written == {"coiled": {"backend-options": {
+        "region_name": "us-east1", "zone_name": "us-east1-c", "spot": False, "ingress": FIREWALL["ingress"]}}}
+    (sb.state_dir / "dask" / "coiled.yaml").unlink()
