@@ -42,9 +42,9 @@ class Coiled:
         # Answers Coiled's confirmation questions (409 action_required "confirm"): confirm(detail) -> True to
         # repeat the request with ?confirm=1; False or None refuses. It may raise to stop with its own sentence.
         self.confirm = None
-        # Backend options kept for one more read: what is in place and the Coiled step's first observation
-        # share one answer (the project lock keeps other runs of this tool out meanwhile).
-        self._options: dict | None = None
+        # Reads kept for one more read (backend options, settings, regions): what is in place and the Coiled
+        # step's first observation share one answer (the project lock keeps other runs of this tool out meanwhile).
+        self._kept: dict[str, object] = {}
 
     def __repr__(self) -> str:  # never show the token
         return f"Coiled(server={self.server!r}, workspace={self.workspace!r})"
@@ -54,7 +54,7 @@ class Coiled:
 
     def call(self, method: str, path: str, body=None, *, ok_missing: bool = False):
         if method != "GET":
-            self._options = None  # before sending: a write whose answer is lost may still have been made
+            self._kept.clear()  # before sending: a write whose answer is lost may still have been made
         url = self.server + path
         data = None if body is None else json.dumps(body).encode()
         delay = 0.2
@@ -123,17 +123,20 @@ class Coiled:
     def memberships(self) -> list[dict]:
         return self.call("GET", "/api/v2/user/me/memberships") or []
 
-    def backend_options(self, keep: bool = False) -> dict:
-        """The workspace's backend options; `keep`: the next read answers the same without asking again
-        (once, and only while nothing is written)."""
-        if self._options is not None:
-            options, self._options = self._options, None
-            return options
-        options = self.call("GET", f"/api/v1/{self.workspace}/backend_options/") or {}
+    def _once(self, name: str, read, keep: bool):
+        """read(), or the answer kept from the last read of `name` (used once, and only while nothing is
+        written); `keep`: keep this answer for the next read."""
+        if name in self._kept:
+            return self._kept.pop(name)
+        answer = read()
         if keep:
-            self._options = options
-        return options
+            self._kept[name] = answer
+        return answer
 
+    def backend_options(self, keep: bool = False) -> dict:
+        """The workspace's backend options (see _once for `keep`)."""
+        return self._once("options", lambda: self.call("GET", f"/api/v1/{self.workspace}/backend_options/") or {},
+                          keep)
     def store_credentials(self, keyfile: dict, instance_account: str | None) -> None:
         self.call("POST", f"/api/v2/cloud-credentials/{self.workspace}/gcp",
                   {"credentials": keyfile, "instance_service_account": instance_account})
@@ -141,10 +144,12 @@ class Coiled:
     def settings(self, values: dict) -> dict:
         return self.call("PATCH", f"/api/v2/setup/account/{self.workspace}/gcp/settings", values) or {}
 
-    def get_settings(self) -> dict | None:
+    def get_settings(self, keep: bool = False) -> dict | None:
         """The workspace's GCP settings (firewall, public IPs); None when this Coiled has no such read."""
-        answer = self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/settings", ok_missing=True)
-        return answer if isinstance(answer, dict) else None
+        def read():
+            answer = self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/settings", ok_missing=True)
+            return answer if isinstance(answer, dict) else None
+        return self._once("settings", read, keep)
 
     def set_registry(self, body: dict) -> None:
         self.call("POST", f"/api/v2/user/account/{self.workspace}/registry", body)
@@ -161,8 +166,9 @@ class Coiled:
         return self.call("POST", f"/api/v2/setup/account/{self.workspace}/gcp/regions",
                          {"default": True, "region": region, "managed": True, "subnets": []})
 
-    def get_regions(self) -> list[dict]:
-        return self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/regions", ok_missing=True) or []
+    def get_regions(self, keep: bool = False) -> list[dict]:
+        return self._once("regions", lambda: self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/regions",
+                                                       ok_missing=True) or [], keep)
 
 
 def _action_required(status: int, raw: bytes) -> tuple[str | None, str]:

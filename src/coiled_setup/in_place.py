@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coiled_setup import context
+from coiled_setup.cloud import run_all
 from coiled_setup.errors import BadInput
 from coiled_setup.options import (
     DEFAULT_ZONE_SUFFIX,
@@ -55,10 +56,12 @@ def read(o: Options, coiled, journal) -> InPlace:
     """What Coiled's workspace holds (when uploading), else what this tool recorded locally."""
     cur = InPlace()
     config = context.backend_options_in_config()
-    options = ((coiled.backend_options(keep=True) or {}).get("options") or {}) if coiled is not None else {}
-    # The workspace's own settings and regions are where its defaults live (and take effect).
-    settings = coiled.get_settings() if coiled is not None else None
-    regions = coiled.get_regions() if coiled is not None else []
+    bo, settings, regions = {}, None, []
+    if coiled is not None:  # the workspace's own settings and regions are where its defaults live (and take effect)
+        bo, settings, regions = run_all([lambda: coiled.backend_options(keep=True),
+                                         lambda: coiled.get_settings(keep=True),
+                                         lambda: coiled.get_regions(keep=True)])
+    options = (bo or {}).get("options") or {}
     creds = options.get("gcp_service_creds_dict") or {}
     # The accounts only count for the project they belong to; the firewall and region are the workspace's.
     if _project_of(creds.get("client_email")) == o.project:
