@@ -31,7 +31,8 @@ def sb(tmp_path_factory):
         "confirm": {f"POST {CREDS}": "Workspace team already holds other credentials; replace them?"},
     }
     scenario["coiled"]["users"].append({"token": "other-0000-token", "username": "eve", "workspaces": ["elsewhere"]})
-    box = Sandbox(scenario, Config(infra_s=0.0), state_dir=tmp_path_factory.mktemp("official")).start()
+    # Infrastructure that takes a moment: the official waits poll the GET routes (every 2 s) and parse them.
+    box = Sandbox(scenario, Config(infra_s=0.5), state_dir=tmp_path_factory.mktemp("official")).start()
     yield box
     box.stop()
 
