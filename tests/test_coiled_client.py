@@ -207,3 +207,57 @@ def test_the_defaults_live_in_the_workspace_and_verify_compares_them(sb, cli):
     assert written == {"coiled": {"backend-options": {
         "region_name": "us-east1", "zone_name": "us-east1-c", "spot": False, "ingress": FIREWALL["ingress"]}}}
     (sb.state_dir / "dask" / "coiled.yaml").unlink()
+
+
+# -- in a terminal ------------------------------------------------------------------------------------------
+
+
+def spawn(sb, tmp_path, *args, token=MARKED):
+    import os
+    import sys
+
+    import pexpect
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sb.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR", COLUMNS="160", DASK_COILED__TOKEN=token)
+    child = pexpect.spawn(sys.executable, ["-m", "coiled_setup", "gcp", *args], env=env, encoding="utf-8",
+                          timeout=60, dimensions=(50, 160))
+    child.logfile_read = open(tmp_path / "screen.log", "a")
+    return child
+
+
+def test_without_a_mark_a_terminal_asks_which_workspace(sb, tmp_path):
+    import pexpect
+
+    child = spawn(sb, tmp_path, "--dry-run", "--firewall-cidr", NARROW, token=UNMARKED)
+    child.expect("Coiled workspace")
+    child.send("\x1b[B\r")  # the second: team
+    for question in ("Service account for Coiled", "least-privilege"):
+        child.expect(question)
+        child.send("\r")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "workspace team" in (tmp_path / "screen.log").read_text()
+
+
+def test_a_terminal_asks_coiled_question_and_a_no_stops_the_request(sb, tmp_path, asks):
+    import pexpect
+
+    since = len(calls(sb))
+    child = spawn(sb, tmp_path, "--workspace", "demo", "--firewall-cidr", NARROW, "--service-account", "coiled-tty")
+    for question in ("least-privilege", "Apply this plan"):
+        child.expect(question)
+        child.send("\r")
+    child.expect(f"Coiled asks: {QUESTION}\\? Go on\\?")
+    child.send("n")  # declined: the request is not repeated, the step fails
+    child.expect("'Coiled backend' failed. What now")
+    child.send("\r")  # Retry: asked again
+    child.expect(f"Coiled asks: {QUESTION}\\? Go on\\?")
+    child.send("y")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert coiled_calls(sb, CREDS_ROUTE, since) == [409, 409, 201]
+    creds = state(sb)["coiled"]["workspaces"]["demo"]["credentials"]
+    assert creds["client_email"].startswith("coiled-tty@")

@@ -102,9 +102,7 @@ def _dask_file(path: str) -> dict | None:
     return data
 
 
-def dask_config() -> dict:
-    """The dask config as dask itself collects it: every .yaml/.yml/.json file of its directories (later ones
-    win, nested keys merged) and then the DASK_* environment variables (`__` nests: DASK_COILED__TOKEN)."""
+def _dask_files() -> list[str]:
     files = []
     for path in dask_config_paths():
         if os.path.isdir(path):
@@ -115,8 +113,14 @@ def dask_config() -> dict:
                 pass
         elif os.path.exists(path):
             files.append(path)
+    return files
+
+
+def dask_config() -> dict:
+    """The dask config as dask itself collects it: every .yaml/.yml/.json file of its directories (later ones
+    win, nested keys merged) and then the DASK_* environment variables (`__` nests: DASK_COILED__TOKEN)."""
     result: dict = {}
-    for f in files:
+    for f in _dask_files():
         data = _dask_file(f)
         if data:
             _merge(result, data)
@@ -142,8 +146,11 @@ def dask_coiled_config() -> dict:
     if section is None:
         return {}
     if not isinstance(section, dict):
-        raise BadInput("The dask config's `coiled` key is not a mapping: fix your dask config files "
-                       f"({', '.join(dask_config_paths())}) or DASK_COILED, then run again.")
+        where = next((f for f in reversed(_dask_files()) if not isinstance(_get(_dask_file(f) or {}, "coiled") or {},
+                                                                          dict)), None)
+        raise BadInput(f"The dask config file {where} has a `coiled:` that is not a mapping: fix it or move it "
+                       "aside, then run again." if where else
+                       "DASK_COILED is set, which hides the `coiled:` mapping of your dask config: unset it.")
     return section
 
 
