@@ -261,3 +261,11 @@ def test_a_terminal_asks_coiled_question_and_a_no_stops_the_request(sb, tmp_path
     assert coiled_calls(sb, CREDS_ROUTE, since) == [409, 409, 201]
     creds = state(sb)["coiled"]["workspaces"]["demo"]["credentials"]
     assert creds["client_email"].startswith("coiled-tty@")
+
+
+def test_the_region_is_asked_for_as_coiled_setup_gcp_asks(sb, cli):
+    """The regions POST carries the subnets Coiled's own setup sends (managed ones for workers and schedulers)."""
+    cli(sb, "gcp", "--non-interactive", "--yes", "--workspace", "demo", "--firewall-cidr", NARROW, check=0)
+    regions = state(sb)["coiled"]["workspaces"]["demo"]["regions"]
+    assert [r["subnets"] for r in regions if r["default"]] == [
+        [{"link": None, "name": None, "for_workers": True, "for_schedulers": True}]]

@@ -164,7 +164,9 @@ class Coiled:
 
     def start_region(self, region: str) -> dict:
         return self.call("POST", f"/api/v2/setup/account/{self.workspace}/gcp/regions",
-                         {"default": True, "region": region, "managed": True, "subnets": []})
+                         {"default": True, "region": region, "managed": True,
+                          # Coiled-managed subnets for workers and schedulers, as `coiled setup gcp` asks for them.
+                          "subnets": [{"link": None, "name": None, "for_workers": True, "for_schedulers": True}]})
 
     def get_regions(self, keep: bool = False) -> list[dict]:
         return self._once("regions", lambda: self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/regions",
