@@ -132,12 +132,12 @@ def test_all_checks_pass_after_the_wizard(ready, cli):
     assert doc["project"] == sb.project and doc["service_account"] == account(sb) and doc["workspace"] == WS
     assert doc["summary"]["passed"] is True
 
-    # Without Coiled and Artifact Registry: those checks are skipped, the firewall comes from the dask config;
-    # the instance account is the one the wizard recorded.
+    # Without Coiled and Artifact Registry: those checks are skipped, the firewall too (a workspace setting: the
+    # dask config decides nothing); the instance account is the one the wizard recorded.
     _, doc, made = run_verify(cli, sb, "--no-coiled", "--no-gar", code=0)
     expect(doc, registry_api="skipped", registry_repository="skipped", registry_access="skipped",
-           coiled_credentials="skipped", coiled_backend="skipped")
-    assert "dask config" in check(doc, "firewall")["detail"]
+           coiled_credentials="skipped", coiled_backend="skipped", firewall="skipped")
+    assert "--no-coiled" in check(doc, "firewall")["detail"]
     assert not [c for c in made if c["service"] in ("coiled", "artifactregistry")]
 
 
@@ -264,13 +264,13 @@ def test_coiled_credentials_removed(ready, cli):
     status, _ = http("DELETE", f"{sb.coiled_url}/api/v2/cloud-credentials/{WS}/gcp", token=sb.coiled_token)
     assert status == 204
     _, doc, _ = run_verify(cli, sb, code=1)
-    # Without credentials Coiled names no instance account (the recorded one is checked); the firewall is read
-    # from the dask config instead.
+    # Without credentials Coiled names no instance account (the recorded one is checked); the firewall is still
+    # the workspace's setting.
     expect(doc, coiled_credentials="failed", coiled_backend="skipped")
     r = check(doc, "coiled_credentials")
     assert "has no Google Cloud credentials" in r["detail"]
     assert r["remedy"].startswith(f"{converge(sb)} --workspace {WS}")
-    assert "dask config" in check(doc, "firewall")["detail"]
+    assert "workspace's settings" in check(doc, "firewall")["detail"]
 
     # Told which instance account to expect, verify checks it without Coiled or the journal.
     (sb.state_dir / "home" / "state" / f"journal-{sb.project}.json").unlink()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coiled_setup import context, keyfile, needs
+from coiled_setup import keyfile, needs
 from coiled_setup.cloud import CloudError
 from coiled_setup.coiled_api import CoiledError
 from coiled_setup.concurrency import run_all
@@ -177,7 +177,6 @@ def template_permissions() -> list[str]:
 def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None = None) -> Facts:
     """Reads everything the checks need, read-only: the tokens, then two rounds of concurrent calls."""
     f = Facts(getattr(operator, "principal", "") or "")
-    f.values["dask_config"] = context.backend_options_in_config()  # the firewall a client may still read
     # The key's token first (the operator's was fetched on connecting): a refused key is a finding.
     if as_key is not None:
         f.fetch({"key_auth": as_key.authenticate})
@@ -225,6 +224,22 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
 def coiled_options(f: Facts) -> dict:
     view = f.get("coiled") or {}
     return (view.get("backend_options") or {}).get("options") or {}
+
+
+def default_region(view: dict | None) -> str | None:
+    """The region the workspace's regions route marks `default: true` (where clusters start unless told)."""
+    regions = (view or {}).get("regions")
+    return next((r.get("region") for r in regions or [] if isinstance(r, dict) and r.get("default")), None)
+
+
+def coiled_firewall(f: Facts):
+    """The scheduler firewall in effect: the workspace's settings, else (a Coiled without that read) the backend
+    options' copy."""
+    view = f.get("coiled") or {}
+    settings = view.get("settings")
+    if isinstance(settings, dict):
+        return settings.get("scheduler_firewall")
+    return coiled_options(f).get("firewall_spec")
 
 
 def instance_account(t: Target, f: Facts) -> str | None:
@@ -608,12 +623,20 @@ def check_coiled_backend(t: Target, f: Facts, before: dict[str, Result]) -> Resu
     if before["coiled_credentials"].status not in (OK, WARNING):
         return Result(name, title, SKIPPED, "Needs the credentials in Coiled (see above).")
     o = coiled_options(f)
-    ws = (f.get("coiled") or {}).get("workspace")
+    view = f.get("coiled") or {}
+    ws = view.get("workspace")
     problems = []
     if o.get("gcp_project_name") != t.project:
         problems.append(f"project is {o.get('gcp_project_name')}, not {t.project}")
-    if o.get("gcp_region_name") != t.region:
-        problems.append(f"default region is {o.get('gcp_region_name') or 'not set'}, not {t.region}")
+    regions = [r for r in view.get("regions") or [] if isinstance(r, dict)]
+    region = default_region(view) if regions else o.get("gcp_region_name")
+    if region != t.region:
+        problems.append(f"default region is {region or 'not set'}, not {t.region}")
+    else:
+        state = next((((r.get("component") or {}).get("state")) for r in regions if r.get("default")), "created")
+        if state == "error":
+            reason = next(((r.get("component") or {}).get("reason") for r in regions if r.get("default")), None)
+            problems.append(f"its region {region} failed to set up ({reason or 'no reason given'})")
     if t.gar and (o.get("registry") or {}).get("type") != "gar":
         problems.append(f"registry is {(o.get('registry') or {}).get('type') or 'not set'}, not Google Artifact "
                         "Registry")
@@ -622,28 +645,41 @@ def check_coiled_backend(t: Target, f: Facts, before: dict[str, Result]) -> Resu
         return Result(name, title, FAILED, f"Workspace {ws}: " + "; ".join(problems) + ".",
                       f"{fix} (sets them), or pass the --region you chose to verify", {"problems": problems})
     reg = ", registry Google Artifact Registry" if t.gar else ""
-    return Result(name, title, OK, f"Workspace {ws}: project {t.project}, region {t.region}{reg}.")
+    return Result(name, title, OK, f"Workspace {ws}: project {t.project}, default region {t.region}{reg}.")
 
 
-def firewall_rules(t: Target, f: Facts, config: dict) -> tuple[list[dict] | None, str]:
-    """Ingress rules ({ports, cidr}) and where they come from: Coiled first, then the dask config."""
-    spec = coiled_options(f).get("firewall_spec") if t.coiled else None
+def firewall_rules(t: Target, f: Facts) -> tuple[list[dict] | None, str]:
+    """Ingress rules ({ports, cidr}) of the scheduler firewall in effect, and where they come from: the
+    workspace's settings (the dask config decides nothing, so it is not read)."""
+    spec = coiled_firewall(f) if t.coiled else None
     if isinstance(spec, dict) and isinstance(spec.get("ingress"), list):
-        return [r for r in spec["ingress"] if isinstance(r, dict)], "Coiled"
-    fw = config.get("firewall") if isinstance(config, dict) else None
-    if isinstance(fw, dict) and fw.get("cidr"):
-        return [fw], "the dask config"
+        return [r for r in spec["ingress"] if isinstance(r, dict)], "the workspace's settings"
     return None, ""
 
 
 def check_firewall(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "firewall", "Scheduler firewall"
-    config = f.get("dask_config") or {}
-    rules, source = firewall_rules(t, f, config)
+    if not t.coiled:
+        return Result(name, title, SKIPPED, "Not checked (--no-coiled): the firewall is a setting of the workspace.")
+    if f.error("coiled") is not None:
+        return Result(name, title, SKIPPED, "Needs Coiled's workspace settings (see above).")
+    rules, source = firewall_rules(t, f)
+    ws = (f.get("coiled") or {}).get("workspace")
     if rules is None:
-        return Result(name, title, SKIPPED, "No firewall settings found in Coiled or the dask config.")
-    open_rules = [r for r in rules if is_open(r.get("cidr"))]
+        return Result(name, title, FAILED, f"Workspace {ws} has no scheduler firewall set.",
+                      f"{t.gcp()} (sets it)")
     desc = "; ".join(f"ports {','.join(map(str, r.get('ports') or []))} from {r.get('cidr')}" for r in rules)
+    want_cidr, want_ports = t.recorded.get("firewall_cidr"), t.recorded.get("firewall_ports")
+    if want_cidr and want_ports:
+        have = [(r.get("cidr"), tuple(sorted(r.get("ports") or []))) for r in rules]
+        if have != [(want_cidr, tuple(sorted(want_ports)))]:
+            ports = ",".join(map(str, want_ports))
+            return Result(name, title, FAILED,
+                          f"Workspace {ws} lets schedulers be reached on {desc}, not ports {ports} from {want_cidr} "
+                          "as the setup made it.",
+                          f"{t.gcp(f'--firewall-cidr {want_cidr} --firewall-ports {ports}')} (sets it back), or "
+                          "run gcp with the firewall you want now")
+    open_rules = [r for r in rules if is_open(r.get("cidr"))]
     if open_rules:
         ports = ",".join(str(p) for r in open_rules for p in (r.get("ports") or []))
         return Result(name, title, WARNING,

@@ -147,6 +147,10 @@ def gcp(
                                    "[default: 0.0.0.0/0]."),
     firewall_ports: str = typer.Option("22,8786,8787", metavar="PORTS", help="Scheduler ports to open."),
     no_upload: bool = typer.Option(False, "--no-upload", help="Do not send anything to Coiled."),
+    write_dask_config: bool = typer.Option(
+        False, "--write-dask-config",
+        help="Also write coiled.backend-options (region_name, zone_name, spot, ingress) into your dask config "
+             "coiled.yaml: only older coiled clients apply it; the workspace's settings are what take effect."),
     coiled_server: Optional[str] = typer.Option(None, metavar="URL",
                                                 help="Coiled server [default: from your Coiled login]."),
     wait_timeout: float = typer.Option(600.0, metavar="SECONDS",
@@ -196,7 +200,7 @@ def gcp(
             create_instance_service_account=create_instance_service_account,
             no_instance_service_account=no_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),
-            upload=not no_upload, dry_run=dry_run, yes=yes,
+            upload=not no_upload, write_dask_config=write_dask_config, dry_run=dry_run, yes=yes,
             # A JSON consumer is a program: it cannot answer questions, and stdout is its document.
             interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,

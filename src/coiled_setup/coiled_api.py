@@ -16,6 +16,9 @@ from coiled_setup.errors import BadInput, UserError
 RETRY_STATUSES = {429, 502, 503, 504}
 MAX_ATTEMPTS = 8  # for errors Coiled answered; a Coiled that does not answer has GIVE_UP_S instead
 REQUEST_TIMEOUT_S = 30.0
+# Coiled's 409 "retry": the official client waits 3 s and repeats, without end; here at most this often.
+ACTION_RETRY_S = 3.0
+MAX_ACTION_RETRIES = 20
 
 
 class CoiledError(UserError):
@@ -36,9 +39,12 @@ class Coiled:
         # Hears one line now and then while Coiled does not answer (None: silent).
         self.notify = None
         self._reach = Reachability("Coiled")
-        # Backend options kept for one more read: what is in place and the Coiled step's first observation
-        # share one answer (the project lock keeps other runs of this tool out meanwhile).
-        self._options: dict | None = None
+        # Answers Coiled's confirmation questions (409 action_required "confirm"): confirm(detail) -> True to
+        # repeat the request with ?confirm=1; False or None refuses. It may raise to stop with its own sentence.
+        self.confirm = None
+        # Reads kept for one more read (backend options, settings, regions): what is in place and the Coiled
+        # step's first observation share one answer (the project lock keeps other runs of this tool out meanwhile).
+        self._kept: dict[str, object] = {}
 
     def __repr__(self) -> str:  # never show the token
         return f"Coiled(server={self.server!r}, workspace={self.workspace!r})"
@@ -48,11 +54,12 @@ class Coiled:
 
     def call(self, method: str, path: str, body=None, *, ok_missing: bool = False):
         if method != "GET":
-            self._options = None  # before sending: a write whose answer is lost may still have been made
+            self._kept.clear()  # before sending: a write whose answer is lost may still have been made
         url = self.server + path
         data = None if body is None else json.dumps(body).encode()
         delay = 0.2
         attempt = 0
+        waits = 0
         while True:
             attempt += 1
             started = time.monotonic()
@@ -79,6 +86,17 @@ class Coiled:
                     continue
                 if e.code == 404 and ok_missing:
                     return None
+                action, detail = _action_required(e.code, raw)
+                if action == "retry" and waits < MAX_ACTION_RETRIES:
+                    waits += 1
+                    time.sleep(ACTION_RETRY_S)
+                    continue
+                if action == "confirm" and "confirm=1" not in urllib.parse.urlsplit(url).query:
+                    if self.confirm is None or not self.confirm(detail):
+                        raise CoiledError(f"Coiled asked to confirm {method} {path} ({detail.rstrip('.')}) and it "
+                                          "was not confirmed: nothing was changed by that request.", e.code) from None
+                    url += ("&" if "?" in url else "?") + "confirm=1"
+                    continue
                 raise CoiledError(_message(e.code, raw, method, path), e.code) from None
             except (urllib.error.URLError, OSError) as e:  # no answer (a dropped connection included)
                 so_far = self._reach.silent(started, self.server, self.notify)
@@ -105,17 +123,20 @@ class Coiled:
     def memberships(self) -> list[dict]:
         return self.call("GET", "/api/v2/user/me/memberships") or []
 
-    def backend_options(self, keep: bool = False) -> dict:
-        """The workspace's backend options; `keep`: the next read answers the same without asking again
-        (once, and only while nothing is written)."""
-        if self._options is not None:
-            options, self._options = self._options, None
-            return options
-        options = self.call("GET", f"/api/v1/{self.workspace}/backend_options/") or {}
+    def _once(self, name: str, read, keep: bool):
+        """read(), or the answer kept from the last read of `name` (used once, and only while nothing is
+        written); `keep`: keep this answer for the next read."""
+        if name in self._kept:
+            return self._kept.pop(name)
+        answer = read()
         if keep:
-            self._options = options
-        return options
+            self._kept[name] = answer
+        return answer
 
+    def backend_options(self, keep: bool = False) -> dict:
+        """The workspace's backend options (see _once for `keep`)."""
+        return self._once("options", lambda: self.call("GET", f"/api/v1/{self.workspace}/backend_options/") or {},
+                          keep)
     def store_credentials(self, keyfile: dict, instance_account: str | None) -> None:
         self.call("POST", f"/api/v2/cloud-credentials/{self.workspace}/gcp",
                   {"credentials": keyfile, "instance_service_account": instance_account})
@@ -126,8 +147,15 @@ class Coiled:
     def drop_infrastructure(self) -> None:
         self.call("DELETE", f"/api/v2/setup/account/{self.workspace}/gcp")
 
-    def settings(self, values: dict) -> None:
-        self.call("PATCH", f"/api/v2/setup/account/{self.workspace}/gcp/settings", values)
+    def settings(self, values: dict) -> dict:
+        return self.call("PATCH", f"/api/v2/setup/account/{self.workspace}/gcp/settings", values) or {}
+
+    def get_settings(self, keep: bool = False) -> dict | None:
+        """The workspace's GCP settings (firewall, public IPs); None when this Coiled has no such read."""
+        def read():
+            answer = self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/settings", ok_missing=True)
+            return answer if isinstance(answer, dict) else None
+        return self._once("settings", read, keep)
 
     def set_registry(self, body: dict) -> None:
         self.call("POST", f"/api/v2/user/account/{self.workspace}/registry", body)
@@ -142,10 +170,26 @@ class Coiled:
 
     def start_region(self, region: str) -> dict:
         return self.call("POST", f"/api/v2/setup/account/{self.workspace}/gcp/regions",
-                         {"default": True, "region": region, "managed": True, "subnets": []})
+                         {"default": True, "region": region, "managed": True,
+                          # Coiled-managed subnets for workers and schedulers, as `coiled setup gcp` asks for them.
+                          "subnets": [{"link": None, "name": None, "for_workers": True, "for_schedulers": True}]})
 
-    def get_regions(self) -> list[dict]:
-        return self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/regions", ok_missing=True) or []
+    def get_regions(self, keep: bool = False) -> list[dict]:
+        return self._once("regions", lambda: self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/regions",
+                                                       ok_missing=True) or [], keep)
+
+
+def _action_required(status: int, raw: bytes) -> tuple[str | None, str]:
+    """Coiled's 409 {"action_required": "confirm" | "retry", "detail": ...}: (action, detail), else (None, "")."""
+    if status != 409:
+        return None, ""
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return None, ""
+    if not isinstance(payload, dict):
+        return None, ""
+    return payload.get("action_required"), str(payload.get("detail") or "no details given")
 
 
 def _message(status: int, raw: bytes, method: str, path: str) -> str:

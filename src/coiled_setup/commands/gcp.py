@@ -271,7 +271,9 @@ class Wizard(Session):
             run.journal.record_settings(
                 region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, account=o.account_email,
                 instance_service_account=run.instance_email, key_file=run.key_path, local_key=not o.no_local_key,
-                upload=o.upload, workspace=o.workspace if o.upload else None)
+                upload=o.upload, workspace=o.workspace if o.upload else None,
+                firewall_cidr=o.firewall_cidr if o.upload else None,
+                firewall_ports=list(o.firewall_ports) if o.upload else None)
         except OSError as e:  # the setup itself is done; only verify's defaults are lost
             ui.warn(f"Could not record this run's settings ({e.strerror or e}): pass the same --region, --role-id "
                     "and --no-gar to verify.")

@@ -30,8 +30,11 @@ A scenario is YAML or JSON:
       id: operator                  # account id in the first project
       roles: [roles/owner]          # project roles (predefined or projects/P/roles/R)
     coiled:
-      users:
-        - {token: ..., username: demo, workspaces: [demo]}
+      users:                        # default: the workspace marked is_default_account (none: no mark)
+        - {token: ..., username: demo, workspaces: [demo], default: demo, admin: true}
+      # writes Coiled answers 409 action_required "confirm" (detail) until repeated with ?confirm=1
+      confirm: {"POST /api/v2/cloud-credentials/{ws}/gcp": "Workspace demo has running clusters ..."}
+      retry: {"POST /api/v2/setup/account/{ws}/gcp/regions": 1}   # 409 action_required "retry", N times
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ DEFAULT_SCENARIO: dict = {
         }
     ],
     "operator": {"id": "operator", "roles": ["roles/owner"]},
-    "coiled": {"users": [{"token": DEFAULT_TOKEN, "username": "demo", "workspaces": ["demo"]}]},
+    "coiled": {"users": [{"token": DEFAULT_TOKEN, "username": "demo", "workspaces": ["demo"], "default": "demo"}]},
 }
 
 
@@ -210,8 +213,21 @@ def _project(value, where: str) -> None:
 
 
 def _user(value, where: str) -> None:
-    _mapping(value, where, {"token": _text, "username": _text, "workspaces": _list_of(_text), "admin": _bool},
-             ("token", "username", "workspaces"))
+    _mapping(value, where, {"token": _text, "username": _text, "workspaces": _list_of(_text), "admin": _bool,
+                            "default": _text}, ("token", "username", "workspaces"))
+    if "default" in value and value["default"] not in value["workspaces"]:
+        _fail(f"{where}.default", "must be one of the user's workspaces")
+
+
+def _routes(check):
+    def run(value, where: str) -> None:
+        if not isinstance(value, dict):
+            _fail(where, "must be a mapping of routes (\"POST /api/...\")")
+        for k, v in value.items():
+            if not isinstance(k, str) or " /api/" not in k:
+                _fail(where, f"has {k!r}, not a route such as \"POST /api/v2/cloud-credentials/{{ws}}/gcp\"")
+            check(v, _at(where, k))
+    return run
 
 
 def validate(data) -> None:
@@ -227,7 +243,8 @@ def validate(data) -> None:
     _mapping(data, "", {
         "projects": projects,
         "operator": lambda v, w: _mapping(v, w, {"id": _text, "roles": _list_of(_text)}),
-        "coiled": lambda v, w: _mapping(v, w, {"users": _list_of(_user)}),
+        "coiled": lambda v, w: _mapping(v, w, {"users": _list_of(_user), "confirm": _routes(_text),
+                                               "retry": _routes(_count)}),
         "operation_errors": _list_of(_operation_error),
     }, ("projects",))
 
@@ -286,4 +303,6 @@ def apply(world: World, scenario: dict) -> dict:
                     world.issue_key(world.accounts[f"{sa['id']}@{spec['id']}.{SA_DOMAIN}"], settled=True)
         _, keyfile = world.issue_key(world.accounts[_operator(scenario)], settled=True)
         world.operation_errors = [dict(e) for e in scenario.get("operation_errors", [])]
+        world.config.coiled_confirm.update(scenario.get("coiled", {}).get("confirm", {}))
+        world.config.coiled_retry.update(scenario.get("coiled", {}).get("retry", {}))
         return keyfile

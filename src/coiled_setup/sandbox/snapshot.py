@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 
 from coiled_setup.sandbox.world import (
+    DEFAULT_SETTINGS,
     Binding,
     CoiledUser,
     Key,
@@ -81,7 +82,7 @@ def to_dict(world: World, *, full: bool = False) -> dict:
                 repositories[n].update(description=r.description, created=r.created)
         users = []
         for t, u in world.coiled.users.items():
-            users.append({"username": u.username, "workspaces": u.workspaces,
+            users.append({"username": u.username, "workspaces": u.workspaces, "default": u.default,
                           **({"token": t, "admin": u.admin} if full else {})})
         return {
             "config": dict(world.config.__dict__),
@@ -152,11 +153,13 @@ def load(world: World, data: dict) -> None:
                                                r.get("created", 0.0), 0.0, _policy_back(r.get("policy", {}), n))
         coiled = data.get("coiled", {})
         for u in coiled.get("users", []):
-            world.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u.get("admin", True))
+            world.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u.get("admin", True),
+                                                        u.get("default"))
             for slug in u["workspaces"]:
                 world.coiled.workspaces.setdefault(slug, Workspace(slug))
         for slug, ws in coiled.get("workspaces", {}).items():
             world.coiled.workspaces[slug] = Workspace(
-                slug, ws.get("credentials"), ws.get("instance_service_account"), ws.get("settings", {}),
+                slug, ws.get("credentials"), ws.get("instance_service_account"),
+                ws.get("settings", dict(DEFAULT_SETTINGS)),
                 ws.get("registry"), _settled(ws.get("global_infra")),
                 [{**r, "component": _settled(r["component"])} for r in ws.get("regions", [])])

@@ -217,6 +217,11 @@ class Config:
     # long, and ListServiceAccountKeys lags this long behind a new key (not listed) or a deleted one (still listed).
     key_usable_s: float = 0.0
     key_list_lag_s: float = 0.0
+    # Coiled's confirmations: a write to one of these routes ("POST /api/v2/cloud-credentials/{ws}/gcp") is
+    # answered 409 {"action_required": "confirm", "detail": <value>} until repeated with ?confirm=1.
+    coiled_confirm: dict = field(default_factory=dict)
+    # The next N calls of a route are answered 409 {"action_required": "retry"} ({route: N}).
+    coiled_retry: dict = field(default_factory=dict)
 
 
 class World:
@@ -430,11 +435,19 @@ class World:
             self.stopping.wait(cfg.hold_s)
 
 
+# A workspace's GCP settings before anyone sets them (the fields the official client PATCHes).
+DEFAULT_SETTINGS = {
+    "auto_setup": None, "give_workers_public_ip": True, "give_scheduler_public_ip": True,
+    "scheduler_firewall": None, "custom_software_bucket_prefix": None, "use_self_hosted_bucket": None,
+}
+
+
 @dataclass
 class CoiledUser:
     username: str
     workspaces: list[str]
     admin: bool = True
+    default: str | None = None  # the workspace marked is_default_account in the memberships
 
 
 @dataclass
@@ -442,7 +455,7 @@ class Workspace:
     slug: str
     credentials: dict | None = None  # public fields of the key only
     instance_service_account: str | None = None
-    settings: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
     registry: dict | None = None
     global_infra: dict | None = None  # {"state", "ready_at", "reason"}
     regions: list[dict] = field(default_factory=list)
