@@ -10,14 +10,13 @@ themselves, so one refusal cannot hide the others and nothing is ever written.
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from coiled_setup import keyfile, role_templates
-from coiled_setup.cloud import CloudError, Policy, run_all
-from coiled_setup.coiled_api import CoiledError
+from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Policy, Unauthenticated, run_all
+from coiled_setup.coiled_api import CoiledError, CoiledUnreachable
 from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID, repository_name, role_name
 from coiled_setup.remedies import command, explain, granting_role
 from coiled_setup.wording import count
@@ -37,7 +36,6 @@ VIEWER_READS = {
     "resourcemanager.projects.get", "resourcemanager.projects.getIamPolicy", "serviceusage.services.get",
     "artifactregistry.repositories.get", "artifactregistry.repositories.getIamPolicy",
 }
-TRANSIENT_ATTEMPTS = 5
 
 
 @dataclass
@@ -135,23 +133,14 @@ class Facts:
         return self.errors.get(name)
 
     def fetch(self, jobs: dict[str, Callable[[], object]]) -> None:
-        """Runs the jobs together; a Google or Coiled refusal is kept, anything else is raised."""
+        """Runs the jobs together; a Google or Coiled refusal is kept, anything else is raised.
+
+        Not retried here: the Google adapter and the Coiled client have retried each call already."""
         def one(name, fn):
-            delay = 0.1
-            for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
-                try:
-                    self.values[name] = fn()
-                    return
-                except CloudError as e:
-                    if e.transient and attempt < TRANSIENT_ATTEMPTS:
-                        time.sleep(delay)
-                        delay *= 2
-                        continue
-                    self.errors[name] = e
-                    return
-                except CoiledError as e:
-                    self.errors[name] = e
-                    return
+            try:
+                self.values[name] = fn()
+            except (CloudError, CoiledError) as e:
+                self.errors[name] = e
 
         run_all([lambda n=n, f=f: one(n, f) for n, f in jobs.items()])
 
@@ -239,10 +228,11 @@ def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: s
     """A check that could not be made: who lacks what, or what Google or Coiled said."""
     who = who or f.operator or "your account"
     if isinstance(e, CoiledError):
-        remedy = ("Check your network connection, proxy settings and --coiled-server, then run again." if not e.status
+        remedy = ("Check your network connection, proxy settings and --coiled-server, then run again."
+                  if isinstance(e, CoiledUnreachable)
                   else "Check your Coiled login (coiled login) and --coiled-server, then run again.")
         return Result(name, title, FAILED, f"Could not read Coiled: {e.message}", remedy)
-    if e.code == "PERMISSION_DENIED" and e.permission:
+    if isinstance(e, PermissionDenied) and e.permission:
         role = "roles/viewer" if e.permission in VIEWER_READS else granting_role(e.permission)
         return Result(name, title, FAILED,
                       f"Could not check: {who} lacks the permission {e.permission} in project {t.project}.",
@@ -257,7 +247,7 @@ def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: s
 
 
 def _not_found(e: Exception | None) -> bool:
-    return isinstance(e, CloudError) and e.code == "NOT_FOUND"
+    return isinstance(e, NotFound)
 
 
 # -- the checks ----------------------------------------------------------------------------------------
@@ -403,7 +393,7 @@ def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
         return Result(name, title, SKIPPED, "Cannot act as the account (see Service account).")
     e = f.error("held")
     if e is not None:
-        if isinstance(e, CloudError) and e.code == "UNAUTHENTICATED":
+        if isinstance(e, Unauthenticated):
             return Result(name, title, FAILED, f"Google did not accept the key of {t.account}: {e.message}",
                           f"{t.gcp()} (creates a new key)")
         return cannot_read(name, title, e, t, f, who=t.account)

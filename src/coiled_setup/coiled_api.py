@@ -1,27 +1,52 @@
-"""Coiled's control plane over plain HTTP, with the retries Coiled's own client makes."""
+"""Coiled's control plane over plain HTTP, with the retries Coiled's own client makes.
+
+The one place that retries a Coiled call (under the policy of coiled_setup.retry), and that reads HTTP
+statuses: callers tell errors apart by their class.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
-import random
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
+from coiled_setup import retry
 from coiled_setup.cloud import GIVE_UP_S, Reachability
 from coiled_setup.errors import BadInput, UserError
 
-RETRY_STATUSES = {429, 502, 503, 504}
-MAX_ATTEMPTS = 8  # for errors Coiled answered; a Coiled that does not answer has GIVE_UP_S instead
+RETRY_STATUSES = {429, 502, 503, 504}  # retried under the retry policy; a silent Coiled has GIVE_UP_S instead
 REQUEST_TIMEOUT_S = 30.0
 
 
 class CoiledError(UserError):
+    """Coiled refused or failed a call; `status` is its HTTP status (0: no HTTP answer)."""
+
     def __init__(self, message: str, status: int = 0):
         super().__init__(message)
         self.status = status
+
+
+class CoiledUnauthorized(CoiledError):
+    """The token was refused (401) or does not reach this (403)."""
+
+
+class CoiledBusy(CoiledError):
+    """Coiled answered 429 or a gateway error, the same call retried until the policy gave up."""
+
+
+class CoiledUnreachable(CoiledError):
+    """No answer from Coiled as Coiled answers: no connection, not HTTP/1.1, or not JSON (the network or
+    --coiled-server is to check)."""
+
+
+class _NotHttp(CoiledUnreachable):
+    """Something answered, but not in HTTP/1.1 (retried: a proxy may be restarting)."""
+
+
+class _Silent(Exception):
+    """No answer yet, for less than GIVE_UP_S: retried without counting attempts."""
 
 
 class Coiled:
@@ -51,11 +76,9 @@ class Coiled:
             self._options = None  # before sending: a write whose answer is lost may still have been made
         url = self.server + path
         data = None if body is None else json.dumps(body).encode()
-        delay = 0.2
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
+
+        def once():
+            started = retry.now()
             req = urllib.request.Request(url, data=data, method=method)
             req.add_header("Authorization", self._auth())
             req.add_header("Accept", "application/json")
@@ -65,38 +88,34 @@ class Coiled:
                 with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
                     raw = r.read()
                 self._reach.answered()
-                try:
-                    return json.loads(raw) if raw else None
-                except ValueError:
-                    raise CoiledError(f"{self.server} answered {method} {path} with something other than JSON: "
-                                      "check that --coiled-server points to Coiled.") from None
             except urllib.error.HTTPError as e:
                 self._reach.answered()
                 raw = e.read()
-                if e.code in RETRY_STATUSES and attempt < MAX_ATTEMPTS:
-                    time.sleep(delay * random.uniform(0.8, 1.2))
-                    delay = min(delay * 2, 5.0)
-                    continue
                 if e.code == 404 and ok_missing:
                     return None
-                raise CoiledError(_message(e.code, raw, method, path), e.code) from None
+                cls = (CoiledBusy if e.code in RETRY_STATUSES else CoiledUnauthorized if e.code in (401, 403)
+                       else CoiledError)
+                raise cls(_message(e.code, raw, method, path), e.code) from None
             except (urllib.error.URLError, OSError) as e:  # no answer (a dropped connection included)
                 so_far = self._reach.silent(started, self.server, self.notify)
                 if so_far < GIVE_UP_S:
-                    time.sleep(min(delay, GIVE_UP_S - so_far))
-                    delay = min(delay * 2, 2.0)  # short, so that it answers soon after it is back
-                    continue
+                    raise _Silent() from None
                 reason = getattr(e, "reason", e)
-                raise CoiledError(f"Coiled did not answer at {self.server} for {int(so_far)} s ({reason}): check your "
-                                  "network connection, proxy settings (HTTPS_PROXY, NO_PROXY) and --coiled-server, "
-                                  "then run again.") from None
+                raise CoiledUnreachable(
+                    f"Coiled did not answer at {self.server} for {int(so_far)} s ({reason}): check your network "
+                    "connection, proxy settings (HTTPS_PROXY, NO_PROXY) and --coiled-server, then run again."
+                ) from None
             except http.client.HTTPException as e:  # something answered, but not in HTTP/1.1
-                if attempt < MAX_ATTEMPTS:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                raise CoiledError(f"Could not reach Coiled at {self.server}: it answers, but not in HTTP/1.1 "
-                                  f"({type(e).__name__}): check --coiled-server.") from None
+                raise _NotHttp(f"Could not reach Coiled at {self.server}: it answers, but not in HTTP/1.1 "
+                               f"({type(e).__name__}): check --coiled-server.") from None
+            try:
+                return json.loads(raw) if raw else None
+            except ValueError:
+                raise CoiledUnreachable(f"{self.server} answered {method} {path} with something other than JSON: "
+                                        "check that --coiled-server points to Coiled.") from None
+
+        return retry.current().call(once, lambda e: isinstance(e, (CoiledBusy, _NotHttp, _Silent)),
+                                    unbounded=lambda e: isinstance(e, _Silent))
 
     # -- routes ----------------------------------------------------------------------------
     def me(self) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from coiled_setup import keyfile as keyfiles
 from coiled_setup import paths, waiting
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import AlreadyExists, CloudError, FailedPrecondition, NotFound
 from coiled_setup.errors import UserError
 from coiled_setup.journal import JournalError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
@@ -146,9 +146,7 @@ class AccountStep(Step):
                                                 "Used by Coiled to run Dask clusters (created by coiled-setup).")
                 run.fresh_account = True
                 done.append("created account")
-            except CloudError as e:
-                if e.code != "ALREADY_EXISTS":
-                    raise
+            except AlreadyExists:
                 # Unseen a moment ago, yet there: most likely our own earlier create whose answer was lost,
                 # so Google may not show it everywhere yet either.
                 run.fresh_account = True
@@ -177,9 +175,8 @@ class AccountStep(Step):
     def _delete_key(self, run: Run, kid: str) -> None:
         try:
             run.google.delete_key(run.opts.account_email, kid)
-        except CloudError as e:
-            if e.code != "NOT_FOUND":
-                raise
+        except NotFound:
+            pass
         run.journal.drop_key(kid)
 
     def _keys_now(self, run: Run):
@@ -187,8 +184,8 @@ class AccountStep(Step):
         def attempt():
             try:
                 return run.google.list_user_keys(run.opts.account_email), True
-            except CloudError as e:
-                if e.code == "NOT_FOUND" and run.fresh_account:
+            except NotFound:
+                if run.fresh_account:
                     return None
                 raise
         keys, _ = waiting.poll(attempt, timeout=run.opts.wait_timeout, what="waiting for the new account to appear",
@@ -205,8 +202,8 @@ class AccountStep(Step):
                                      "started": time.time()})
         try:
             data = g.create_key(o.account_email)
-        except CloudError as e:
-            if e.code == "FAILED_PRECONDITION" and KEY_ORG_POLICY in e.violations:
+        except FailedPrecondition as e:
+            if KEY_ORG_POLICY in e.violations:
                 raise UserError(
                     f"The organization policy iam.disableServiceAccountKeyCreation forbids creating keys in "
                     f"project {o.project}: an organization policy administrator must exempt this project "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import role_templates, waiting
-from coiled_setup.cloud import CloudError, run_all
+from coiled_setup.cloud import CloudError, PermissionDenied, Transient, Unauthenticated, run_all
 from coiled_setup.errors import UserError
 from coiled_setup.remedies import command
 from coiled_setup.steps.base import CHECK, Change, Run, Step
@@ -52,7 +52,7 @@ class ConfirmStep(Step):
                 last = missing_permissions(as_account, run.opts)
             except CloudError as e:
                 # A new key or binding may not be usable for a little while.
-                if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or e.transient:
+                if isinstance(e, (Unauthenticated, PermissionDenied, Transient)):
                     last = last or ["(the key is not accepted yet)"]
                     return False
                 raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import AlreadyExists
 from coiled_setup.errors import BadInput
 from coiled_setup.options import INSTANCE_ACCOUNT_ID
 from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
@@ -53,8 +53,7 @@ class InstanceAccountStep(Step):
                 run.opts.project, INSTANCE_ACCOUNT_ID, "Coiled instances",
                 "Attached to Coiled's cluster instances; grant it only the data access your work needs.",
             )
-        except CloudError as e:
-            if e.code != "ALREADY_EXISTS":
-                raise
+        except AlreadyExists:
+            pass
         run.journal.created("instance_account", instance_email(run.opts))
         return "created"

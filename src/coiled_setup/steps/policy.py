@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 
-from coiled_setup import waiting
-from coiled_setup.cloud import Binding, CloudError, Policy
+from coiled_setup import retry, waiting
+from coiled_setup.cloud import Aborted, Binding, InvalidArgument, Policy, Transient
 from coiled_setup.errors import UserError
 
 MAX_CONFLICTS = 12
-MAX_TRANSIENT = 6  # transient errors in a row on the write
 
 
 def holds(policy: Policy, role: str, member: str) -> bool:
@@ -38,7 +36,7 @@ def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], ro
     Answers True when it wrote, False when the member was already there. While a just-created
     account is unknown to IAM ("does not exist"), waits with backoff up to `timeout`.
     """
-    start = time.monotonic()
+    start = retry.now()
     deadline = start + timeout
     conflicts = transient = 0
     waits = waiting.delays()
@@ -49,15 +47,20 @@ def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], ro
         try:
             put(with_member(policy, role, member))
             return True
-        except CloudError as e:
-            # Retried here, not by starting the step over: while a new account propagates this loop may
-            # write many times, and each transient error would use up one of the step's few retries.
-            # (A write that was made but whose answer was lost shows in the next read.)
-            transient = transient + 1 if e.transient else 0
-            if e.transient and transient < MAX_TRANSIENT:
-                time.sleep(next(waits))
+        except (Transient, Aborted, InvalidArgument) as e:
+            # The write is retried here (the adapter does not repeat writes: a policy write needs a fresh etag),
+            # not by starting the step over: while a new account propagates this loop may write many times,
+            # and each transient error would use up one of the step's few retries. (A write that was made but
+            # whose answer was lost shows in the next read.) Transient errors in a row have the retry policy's
+            # attempts; the error given up on is marked, so the step is not started over for it.
+            transient = transient + 1 if isinstance(e, Transient) else 0
+            if isinstance(e, Transient):
+                if transient >= retry.current().attempts:
+                    retry.mark(e)
+                    raise
+                retry.sleep(next(waits))
                 continue
-            if e.code == "ABORTED":
+            if isinstance(e, Aborted):
                 conflicts += 1
                 if on_conflict:
                     on_conflict()
@@ -66,15 +69,15 @@ def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], ro
                         f"The IAM policy kept changing under us ({conflicts} conflicts in a row): "
                         "run again when other changes have settled."
                     ) from None
-                time.sleep(random.uniform(0.05, 0.2) * min(conflicts, 5))
+                retry.sleep(random.uniform(0.05, 0.2) * min(conflicts, 5))
                 continue
-            if e.code == "INVALID_ARGUMENT" and "does not exist" in e.message:
-                left = deadline - time.monotonic()
+            if "does not exist" in e.message:
+                left = deadline - retry.now()
                 if left <= 0:
                     raise
                 if tick:
                     tick(waiting.progress(f"waiting for Google to know {member.split(':', 1)[1]}",
-                                          time.monotonic() - start, timeout))
-                time.sleep(min(next(waits), left))
+                                          retry.now() - start, timeout))
+                retry.sleep(min(next(waits), left))
                 continue
             raise

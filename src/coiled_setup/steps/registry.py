@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import waiting
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import AlreadyExists, CloudError
 from coiled_setup.errors import UserError
 from coiled_setup.steps import policy as policies
 from coiled_setup.steps.apis import ARTIFACT_REGISTRY
@@ -87,9 +87,8 @@ class RegistryStep(Step):
                 waiting.poll(lambda: g.operation_done("registry", op), timeout=o.wait_timeout,
                              what="creating the repository", tick=run.ui.tick)
                 done.append("created repository")
-            except CloudError as e:
-                if e.code != "ALREADY_EXISTS":
-                    raise
+            except AlreadyExists:
+                pass
             run.journal.created("repository", name)
             waiting.poll(lambda: g.get_repository(name), timeout=o.wait_timeout,
                          what="waiting for the repository to appear", tick=run.ui.tick)

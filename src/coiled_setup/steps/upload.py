@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 
 from coiled_setup import context, waiting
-from coiled_setup.cloud import CloudError, run_all
+from coiled_setup.cloud import NotFound, run_all
 from coiled_setup.errors import UserError
 from coiled_setup.remedies import command
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
@@ -195,8 +195,7 @@ class UploadStep(Step):
                 try:
                     run.google.delete_key(run.opts.account_email, kid)
                     n += 1
-                except CloudError as e:
-                    if e.code != "NOT_FOUND":
-                        raise
+                except NotFound:
+                    pass
             run.journal.drop_key(kid)
         return n
