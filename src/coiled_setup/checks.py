@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from coiled_setup import keyfile, role_templates
-from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Policy, Unauthenticated, run_all
+from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Policy, Unauthenticated
 from coiled_setup.coiled_api import CoiledError, CoiledUnreachable
+from coiled_setup.concurrency import run_all
 from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID, repository_name, role_name
 from coiled_setup.remedies import command, explain, granting_role
 from coiled_setup.wording import count

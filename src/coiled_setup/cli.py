@@ -189,7 +189,12 @@ def gcp(
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
             allow_privileged_key=allow_privileged_key,
         )
-        sb = command.start_embedded_sandbox(fresh=sandbox_reset) if sandbox or sandbox_reset else None
+        if sandbox or sandbox_reset:
+            from coiled_setup import rehearsal
+
+            sb = rehearsal.start(fresh=sandbox_reset)
+        else:
+            sb = None
         try:
             return command.run(opts)
         finally:
@@ -239,9 +244,9 @@ def verify(
                       "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
         sb = None
         if sandbox:
-            from coiled_setup.commands.gcp import start_embedded_sandbox
+            from coiled_setup import rehearsal
 
-            sb = start_embedded_sandbox()
+            sb = rehearsal.start()
         try:
             return command.run(command.VerifyOptions(
                 project=project, key_file=key_file, role_id=role_id, region=region, gar=gar,

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 from dataclasses import dataclass, field
 
 from coiled_setup import retry
+from coiled_setup.concurrency import run_all
 
 ENDPOINT_VAR = "COILED_SETUP_GOOGLE_ENDPOINT"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -665,30 +665,3 @@ def _code_name(code: int) -> str:
         if c.value[0] == code:
             return c.name
     return "UNKNOWN"
-
-
-def run_all(fns):
-    """Runs independent calls together; answers their results in order, raising the first error.
-
-    The calls run in daemon threads: Ctrl-C stops the wait at once, and the process can exit without
-    waiting for a call still in flight (a thread pool would be joined first, however long that call takes).
-    """
-    fns = list(fns)
-    if len(fns) <= 1:
-        return [f() for f in fns]
-    answers: queue.Queue = queue.Queue()
-
-    def work(i, fn):
-        try:
-            answers.put((i, True, fn()))
-        except BaseException as e:  # handed to the caller's thread
-            answers.put((i, False, e))
-
-    for i, fn in enumerate(fns):
-        threading.Thread(target=work, args=(i, fn), daemon=True, name=f"coiled-setup-call-{i}").start()
-    got = dict((i, (ok, value)) for i, ok, value in (answers.get() for _ in fns))
-    for i in range(len(fns)):
-        ok, value = got[i]
-        if not ok:
-            raise value
-    return [got[i][1] for i in range(len(fns))]

@@ -6,8 +6,9 @@ import os
 import sys
 
 from coiled_setup import context
-from coiled_setup.cloud import CloudError, Google, NoCredentials, Transient, Unreachable, run_all
+from coiled_setup.cloud import CloudError, Google, NoCredentials, Transient, Unreachable
 from coiled_setup.coiled_api import Coiled, CoiledUnauthorized
+from coiled_setup.concurrency import run_all
 from coiled_setup.errors import BadInput, UserError
 from coiled_setup.remedies import explain
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-import time
 
 from rich.markup import escape
 
-from coiled_setup import context, keyfile, paths, report, role_templates, waiting
-from coiled_setup.cloud import UNREACHABLE, CloudError, Google, run_all
-from coiled_setup.coiled_api import Coiled, CoiledError
+from coiled_setup import context, keyfile, paths, report, role_templates
+from coiled_setup.cloud import UNREACHABLE, CloudError, Google
+from coiled_setup.coiled_api import Coiled
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
-from coiled_setup.errors import BAD_INPUT, INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
+from coiled_setup.concurrency import run_all
+from coiled_setup.engine import Consent, Engine
+from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
@@ -30,7 +31,7 @@ from coiled_setup.options import (
 from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
 from coiled_setup.steps.account import AccountStep
 from coiled_setup.steps.apis import ApisStep, wanted_services
-from coiled_setup.steps.base import NOTHING, Run, Step
+from coiled_setup.steps.base import Run, Step
 from coiled_setup.steps.binding import BindingStep
 from coiled_setup.steps.confirm import ConfirmStep
 from coiled_setup.steps.instance import InstanceAccountStep, instance_email
@@ -40,7 +41,6 @@ from coiled_setup.steps.upload import UploadStep
 from coiled_setup.ui import Ui
 from coiled_setup.wording import count
 
-MAX_ATTEMPTS = 10  # a step is tried this often on transient errors (about 30 s of backoff in all)
 CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
 
 
@@ -116,9 +116,8 @@ class Wizard:
     def __init__(self, opts: Options, ui: Ui):
         self.opts = opts
         self.ui = ui
-        self.results: list[dict] = []
         self.run: Run | None = None
-        self.current: Step | None = None
+        self.engine: Engine | None = None
         self.lock: ProjectLock | None = None
 
     # -- 0. context and validation ----------------------------------------------------------------
@@ -321,74 +320,6 @@ class Wizard:
         o.create_instance_service_account = choice == create
         o.instance_service_account = kept if choice.startswith("keep ") else None
 
-    # -- 2. plan and 3. apply -----------------------------------------------------------------------
-    def _retrying(self, step: Step, fn, *, reobserve: bool):
-        run = self.run
-        delays = waiting.delays(first=0.5, cap=5.0)
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                return fn()
-            except CloudError as e:
-                if not (e.transient or e.code == "ABORTED") or attempt == MAX_ATTEMPTS:
-                    raise
-            except CoiledError as e:
-                if e.status not in (429, 502, 503, 504) or attempt == MAX_ATTEMPTS:
-                    raise
-            self.ui.tick(f"retrying after a temporary error (attempt {attempt + 1})")
-            time.sleep(next(delays))
-            if reobserve:
-                self._retrying(step, lambda: step.observe(run), reobserve=False)
-
-    def observe(self, step: Step) -> None:
-        """Reads what exists for one step; a refusal it cannot get past is one sentence, never a traceback."""
-        try:
-            self._retrying(step, lambda: step.observe(self.run), reobserve=False)
-        except CloudError as e:
-            message, code = explain(e, self.opts.project)
-            if e.code not in message:
-                message = f"{message.rstrip('.')} (Google answered {e.code})."
-            raise UserError(f"Could not read what exists for '{step.title}': {message}", code) from None
-
-    def observe_all(self, steps: list[Step]) -> None:
-        run_all([lambda s=s: self.observe(s) for s in steps])
-
-    def apply_step(self, step: Step) -> str:
-        run = self.run
-        tries = 0
-
-        def attempt():
-            nonlocal tries
-            tries += 1
-            # A retry follows a fresh observation: an earlier try may have made the change but lost the answer.
-            if tries > 1 and step.plan(run).action == NOTHING:
-                return "done"
-            return step.apply(run)
-
-        while True:
-            try:
-                return self._retrying(step, attempt, reobserve=True)
-            except (CloudError, CoiledError, UserError, waiting.TimedOut) as e:
-                message, code = self.describe(e)
-                if not self.opts.interactive:
-                    raise UserError(f"Step '{step.title}' failed: {message}", code) from None
-                self.ui.end("failed", message)
-                choices = ["Retry", "Abort"] + (["Skip"] if step.optional else [])
-                choice = self.ui.select(f"'{step.title}' failed. What now?", choices)
-                if choice == "Abort":
-                    raise UserError(f"Stopped at '{step.title}': {message}", code) from None
-                if choice == "Skip":
-                    return None
-                self.ui.begin(step.title)
-                self.observe(step)
-
-    def describe(self, e: Exception) -> tuple[str, int]:
-        if isinstance(e, CloudError):
-            return explain(e, self.opts.project)
-        if isinstance(e, waiting.TimedOut):
-            return (f"timed out {e.args[0]} after {int(self.opts.wait_timeout)} s: run again (it resumes) or raise "
-                    "--wait-timeout.", 1)
-        return e.message, e.code
-
     def execute(self) -> int:
         o, ui = self.opts, self.ui
         self.resolve()
@@ -418,61 +349,16 @@ class Wizard:
         self.refuse_privileged_account(g)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
         steps = build_steps(o)
-        self.observe_all(steps)
-        plans = {}
-        for s in steps:
-            plans[s.key] = s.plan(self.run)
+        self.engine = engine = Engine(self.run, steps, Consent(interactive=o.interactive, yes=o.yes,
+                                                                dry_run=o.dry_run, wait_timeout=o.wait_timeout),
+                                      o.project)
+        engine.plan()
         self.check_local_files(next(s for s in steps if isinstance(s, AccountStep)),
                                next((s for s in steps if isinstance(s, UploadStep)), None))
-        ui.plan([(s.title, plans[s.key].action, plans[s.key].detail) for s in steps])
-        writes = [s for s in steps if plans[s.key].writes]
-        self.results = [{"step": s.key, "title": s.title, "action": plans[s.key].action,
-                         "detail": plans[s.key].detail, "result": "not run", "outcome": ""} for s in steps]
-        if o.dry_run:
-            ui.info("Dry run: nothing was changed." if writes else "Dry run: nothing to change.")
+        engine.show()
+        if not engine.agreed():
             return OK
-        if not writes:
-            ui.info("Nothing to change: everything is already in place.")
-        elif not o.interactive and not o.yes:
-            # Without a terminal nobody can confirm: only --yes is consent.
-            raise UserError("Nothing was changed: a run that cannot ask (no terminal, --non-interactive or --output "
-                            "json) applies its plan only with --yes, so pass --yes to apply it, or --dry-run to only "
-                            "see it.", BAD_INPUT)
-        elif not o.yes and not ui.confirm("Apply this plan?", default=True):
-            raise UserError("Nothing was changed: the plan was not confirmed.", OK)
-        skipped: dict[str, str] = {}  # step key -> the title of the skipped step it was skipped with
-        for s, res in zip(steps, self.results, strict=True):
-            self.current = s
-            blocked = next((skipped[k] for k in s.after if k in skipped), None)
-            if blocked:
-                # A step that needs a skipped one could only fail (or wait for something that never comes).
-                skipped[s.key] = blocked
-                s.on_skip(self.run)
-                res.update(result="skipped", outcome=f"skipped: depends on {blocked}")
-                ui.begin(s.title)
-                ui.end("skipped", res["outcome"])
-                continue
-            if plans[s.key].action == NOTHING:
-                s.adopt(self.run)
-                res.update(result="ok", outcome="nothing to do")
-                continue
-            ui.begin(s.title)
-            try:
-                outcome = self.apply_step(s)
-            except UserError as e:
-                res.update(result="failed", outcome=e.message)
-                if o.interactive:  # an Abort: what was done, what was not
-                    ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
-                raise
-            if outcome is None:
-                skipped[s.key] = s.title
-                s.on_skip(self.run)
-                res.update(result="skipped", outcome="skipped after a failure")
-                ui.end("skipped", "skipped")
-            else:
-                res.update(result="ok", outcome=outcome)
-                ui.end("ok", outcome)
-        self.current = None
+        engine.apply()
         self.finish()
         return OK
 
@@ -487,7 +373,7 @@ class Wizard:
         except OSError as e:  # the setup itself is done; only verify's defaults are lost
             ui.warn(f"Could not record this run's settings ({e.strerror or e}): pass the same --region, --role-id "
                     "and --no-gar to verify.")
-        ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
+        self.engine.summary()
         if run.key_path:
             ui.info(f"The key of {o.account_email} is in {run.key_path} (mode 0600). Keep it private.")
         if os.environ.get(SANDBOX_VAR):
@@ -521,8 +407,9 @@ def run(opts: Options) -> int:
         ui.error(error)
     except KeyboardInterrupt:
         code = INTERRUPTED
-        done = [r["title"] for r in w.results if r["result"] == "ok" and r["action"] != NOTHING]
-        where = f" during '{w.current.title}'" if w.current else ""
+        done = w.engine.done() if w.engine else []
+        current = w.engine.current if w.engine else None
+        where = f" during '{current.title}'" if current else ""
         error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
                  "to resume where it stopped.")
         ui.error(error)
@@ -542,34 +429,7 @@ def run(opts: Options) -> int:
                 workspace=opts.workspace,
                 service_account=opts.account_email if opts.project else None,
                 key_file=str(w.run.key_path) if w.run and w.run.key_path else None,
-                steps=w.results,
+                steps=w.engine.results if w.engine else [],
                 conflicts_retried=ui.conflicts,
             )
     return code
-
-
-def start_embedded_sandbox(fresh: bool = False):
-    """Starts the rehearsal sandbox in this process, resuming its saved world, and points the environment at it."""
-    import shutil
-
-    from coiled_setup import paths
-    from coiled_setup.sandbox import Config, Sandbox
-
-    where = paths.state_dir() / "sandbox"
-    if fresh:
-        shutil.rmtree(where, ignore_errors=True)
-    cannot = (f"The sandbox's directory {where} cannot be written, {{}}: set COILED_SETUP_HOME (or XDG_STATE_HOME) "
-              "to a writable directory, then run again.")
-    why = paths.unwritable(where / "world.json")
-    if why:
-        raise BadInput(cannot.format(why))
-    # Google-like waits, short enough for a rehearsal.
-    try:
-        sb = Sandbox(config=Config(propagation_delay_s=2.0, operation_s=1.0, infra_s=1.0), state_dir=where,
-                     persist=True).start()
-    except OSError as e:
-        raise BadInput(cannot.format(e.strerror or e)) from None
-    os.environ.update(sb.env)
-    os.environ[SANDBOX_VAR] = str(where)
-    return sb
-

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from coiled_setup import checks, context, keyfile, report
 from coiled_setup.checks import FAILED, OK, SKIPPED, STATUSES, WARNING, Result, Target
-from coiled_setup.cloud import Google, run_all
+from coiled_setup.cloud import Google
 from coiled_setup.coiled_api import CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
+from coiled_setup.concurrency import run_all
 from coiled_setup.errors import INTERRUPTED, STEP_FAILED, BadInput, UserError
 from coiled_setup.errors import OK as OK_CODE
 from coiled_setup.journal import Journal

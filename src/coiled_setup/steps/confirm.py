@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from coiled_setup import role_templates, waiting
-from coiled_setup.cloud import CloudError, PermissionDenied, Transient, Unauthenticated, run_all
+from coiled_setup.cloud import CloudError, PermissionDenied, Transient, Unauthenticated
+from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
 from coiled_setup.remedies import command
 from coiled_setup.steps.base import CHECK, Change, Run, Step

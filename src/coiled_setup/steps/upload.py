@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.markup import escape
 
 from coiled_setup import context, waiting
-from coiled_setup.cloud import NotFound, run_all
+from coiled_setup.cloud import NotFound
+from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
 from coiled_setup.remedies import command
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step

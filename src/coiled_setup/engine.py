@@ -1,0 +1,180 @@
+"""The plan/apply engine any command drives its steps through: observe them together, plan each, show the plan,
+ask for consent, then apply step by step with Retry/Skip/Abort, keeping one result per step."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from coiled_setup import waiting
+from coiled_setup.cloud import CloudError
+from coiled_setup.coiled_api import CoiledError
+from coiled_setup.concurrency import run_all
+from coiled_setup.errors import BAD_INPUT, OK, UserError
+from coiled_setup.remedies import explain
+from coiled_setup.steps.base import NOTHING, Change, Run, Step
+
+MAX_ATTEMPTS = 10  # a step is tried this often on transient errors (about 30 s of backoff in all)
+
+
+@dataclass
+class Consent:
+    """How a run may go ahead: what the user said on the command line and whether someone can be asked."""
+
+    interactive: bool
+    yes: bool = False
+    dry_run: bool = False
+    wait_timeout: float = 600.0
+
+
+class Engine:
+    def __init__(self, run: Run, steps: list[Step], consent: Consent, project: str):
+        self.run = run
+        self.steps = steps
+        self.consent = consent
+        self.project = project
+        self.ui = run.ui
+        self.plans: dict[str, Change] = {}
+        self.results: list[dict] = []
+        self.current: Step | None = None
+
+    # -- observe and plan ------------------------------------------------------------------------------
+    def _retrying(self, step: Step, fn, *, reobserve: bool):
+        delays = waiting.delays(first=0.5, cap=5.0)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return fn()
+            except CloudError as e:
+                if not (e.transient or e.code == "ABORTED") or attempt == MAX_ATTEMPTS:
+                    raise
+            except CoiledError as e:
+                if e.status not in (429, 502, 503, 504) or attempt == MAX_ATTEMPTS:
+                    raise
+            self.ui.tick(f"retrying after a temporary error (attempt {attempt + 1})")
+            time.sleep(next(delays))
+            if reobserve:
+                self._retrying(step, lambda: step.observe(self.run), reobserve=False)
+
+    def observe(self, step: Step) -> None:
+        """Reads what exists for one step; a refusal it cannot get past is one sentence, never a traceback."""
+        try:
+            self._retrying(step, lambda: step.observe(self.run), reobserve=False)
+        except CloudError as e:
+            message, code = explain(e, self.project)
+            if e.code not in message:
+                message = f"{message.rstrip('.')} (Google answered {e.code})."
+            raise UserError(f"Could not read what exists for '{step.title}': {message}", code) from None
+
+    def plan(self) -> dict[str, Change]:
+        """Observes every step together (observations only read), then plans each in order."""
+        run_all([lambda s=s: self.observe(s) for s in self.steps])
+        self.plans = {s.key: s.plan(self.run) for s in self.steps}
+        self.results = [{"step": s.key, "title": s.title, "action": self.plans[s.key].action,
+                         "detail": self.plans[s.key].detail, "result": "not run", "outcome": ""} for s in self.steps]
+        return self.plans
+
+    def show(self) -> None:
+        self.ui.plan([(s.title, self.plans[s.key].action, self.plans[s.key].detail) for s in self.steps])
+
+    @property
+    def writes(self) -> bool:
+        return any(p.writes for p in self.plans.values())
+
+    def agreed(self) -> bool:
+        """Whether to apply the plan: a dry run never does; a run that cannot ask needs --yes."""
+        c, ui = self.consent, self.ui
+        if c.dry_run:
+            ui.info("Dry run: nothing was changed." if self.writes else "Dry run: nothing to change.")
+            return False
+        if not self.writes:
+            ui.info("Nothing to change: everything is already in place.")
+        elif not c.interactive and not c.yes:
+            # Without a terminal nobody can confirm: only --yes is consent.
+            raise UserError("Nothing was changed: a run that cannot ask (no terminal, --non-interactive or --output "
+                            "json) applies its plan only with --yes, so pass --yes to apply it, or --dry-run to only "
+                            "see it.", BAD_INPUT)
+        elif not c.yes and not ui.confirm("Apply this plan?", default=True):
+            raise UserError("Nothing was changed: the plan was not confirmed.", OK)
+        return True
+
+    # -- apply ---------------------------------------------------------------------------------------
+    def apply(self) -> None:
+        ui, run = self.ui, self.run
+        skipped: dict[str, str] = {}  # step key -> the title of the skipped step it was skipped with
+        for s, res in zip(self.steps, self.results, strict=True):
+            self.current = s
+            blocked = next((skipped[k] for k in s.after if k in skipped), None)
+            if blocked:
+                # A step that needs a skipped one could only fail (or wait for something that never comes).
+                skipped[s.key] = blocked
+                s.on_skip(run)
+                res.update(result="skipped", outcome=f"skipped: depends on {blocked}")
+                ui.begin(s.title)
+                ui.end("skipped", res["outcome"])
+                continue
+            if self.plans[s.key].action == NOTHING:
+                s.adopt(run)
+                res.update(result="ok", outcome="nothing to do")
+                continue
+            ui.begin(s.title)
+            try:
+                outcome = self.apply_step(s)
+            except UserError as e:
+                res.update(result="failed", outcome=e.message)
+                if self.consent.interactive:  # an Abort: what was done, what was not
+                    self.summary()
+                raise
+            if outcome is None:
+                skipped[s.key] = s.title
+                s.on_skip(run)
+                res.update(result="skipped", outcome="skipped after a failure")
+                ui.end("skipped", "skipped")
+            else:
+                res.update(result="ok", outcome=outcome)
+                ui.end("ok", outcome)
+        self.current = None
+
+    def apply_step(self, step: Step) -> str | None:
+        run = self.run
+        tries = 0
+
+        def attempt():
+            nonlocal tries
+            tries += 1
+            # A retry follows a fresh observation: an earlier try may have made the change but lost the answer.
+            if tries > 1 and step.plan(run).action == NOTHING:
+                return "done"
+            return step.apply(run)
+
+        while True:
+            try:
+                return self._retrying(step, attempt, reobserve=True)
+            except (CloudError, CoiledError, UserError, waiting.TimedOut) as e:
+                message, code = self.describe(e)
+                if not self.consent.interactive:
+                    raise UserError(f"Step '{step.title}' failed: {message}", code) from None
+                self.ui.end("failed", message)
+                choices = ["Retry", "Abort"] + (["Skip"] if step.optional else [])
+                choice = self.ui.select(f"'{step.title}' failed. What now?", choices)
+                if choice == "Abort":
+                    raise UserError(f"Stopped at '{step.title}': {message}", code) from None
+                if choice == "Skip":
+                    return None
+                self.ui.begin(step.title)
+                self.observe(step)
+
+    def describe(self, e: Exception) -> tuple[str, int]:
+        if isinstance(e, CloudError):
+            return explain(e, self.project)
+        if isinstance(e, waiting.TimedOut):
+            return (f"timed out {e.args[0]} after {int(self.consent.wait_timeout)} s: run again (it resumes) or "
+                    "raise --wait-timeout.", 1)
+        return e.message, e.code
+
+    # -- report --------------------------------------------------------------------------------------
+    def summary(self) -> None:
+        self.ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
+
+    def done(self) -> list[str]:
+        """The titles of the steps that changed something."""
+        return [r["title"] for r in self.results if r["result"] == "ok" and r["action"] != NOTHING]
