@@ -7,7 +7,7 @@ import os
 from rich.markup import escape
 
 from coiled_setup import context, keyfile, paths, report, role_templates
-from coiled_setup.cloud import UNREACHABLE, CloudError, Google
+from coiled_setup.cloud import CloudError, Google, Transient, Unauthenticated, Unreachable
 from coiled_setup.coiled_api import Coiled
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
 from coiled_setup.concurrency import run_all
@@ -233,9 +233,9 @@ class Wizard:
                           + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
         (project, perr), (held, terr) = results[0], results[1]
         if terr is not None and perr is not None:
-            if terr.transient or terr.reason == UNREACHABLE:
+            if isinstance(terr, (Transient, Unreachable)):
                 raise UserError(explain(terr, o.project)[0])
-            if terr.code == "UNAUTHENTICATED":
+            if isinstance(terr, Unauthenticated):
                 raise BadInput(explain(terr, o.project)[0])
             raise BadInput(f"Project {o.project} does not exist, or {g.principal or 'your account'} cannot see it: "
                            "check --project.")
