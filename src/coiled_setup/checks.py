@@ -239,7 +239,7 @@ def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: s
                       f"Could not check: {who} lacks the permission {e.permission} in project {t.project}.",
                       f"Ask a project owner to grant {who} {role} (it includes {e.permission}), or run verify "
                       "with credentials that can read it; then run again.", {"missing_permission": e.permission})
-    if e.reason == "SERVICE_DISABLED":
+    if e.service_disabled:
         svc = e.metadata.get("service", "an API")
         return Result(name, title, FAILED, f"Could not check: the API {svc} is disabled in project {t.project}.",
                       f"gcloud services enable {svc} --project {t.project}")

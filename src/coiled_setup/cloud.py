@@ -66,6 +66,11 @@ class CloudError(Exception):
     def permission(self) -> str:
         return self.metadata.get("permission", "")
 
+    @property
+    def service_disabled(self) -> bool:
+        """The API the call needs is disabled in the project (`metadata["service"]` names it)."""
+        return self.reason == "SERVICE_DISABLED"
+
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
 

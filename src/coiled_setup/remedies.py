@@ -50,7 +50,7 @@ def explain(e: CloudError, project: str) -> tuple[str, int]:
     """(sentence, exit code) for a Google error a step could not get past."""
     if isinstance(e, Unreachable):  # already one sentence: where, for how long, what to check
         return e.message, STEP_FAILED
-    if e.reason == "SERVICE_DISABLED":
+    if e.service_disabled:
         svc = e.metadata.get("service", "an API")
         return (f"The API {svc} is disabled in project {project}: enable it (gcloud services enable {svc} "
                 f"--project {project}) and run again.", STEP_FAILED)

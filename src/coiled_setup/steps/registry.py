@@ -14,7 +14,7 @@ REPO_ROLE = "roles/artifactregistry.repoAdmin"
 
 def _settling(e: CloudError) -> bool:
     """Just after enabling, Artifact Registry may still say it is disabled."""
-    return e.reason == "SERVICE_DISABLED"
+    return e.service_disabled
 
 
 class RegistryStep(Step):
