@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import role_templates, waiting
-from coiled_setup.cloud import CloudError, PermissionDenied, Transient, Unauthenticated
+from coiled_setup.cloud import CloudError, PermissionDenied, Unauthenticated
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
 from coiled_setup.remedies import command
@@ -52,8 +52,9 @@ class ConfirmStep(Step):
             try:
                 last = missing_permissions(as_account, run.opts)
             except CloudError as e:
-                # A new key or binding may not be usable for a little while.
-                if isinstance(e, (Unauthenticated, PermissionDenied, Transient)):
+                # A new key or binding may not be usable for a little while. (A transient error is not waited
+                # out here: the adapter retried the call already.)
+                if isinstance(e, (Unauthenticated, PermissionDenied)):
                     last = last or ["(the key is not accepted yet)"]
                     return False
                 raise
