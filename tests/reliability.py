@@ -932,8 +932,8 @@ def _gcloud_case(name: str, code: int, needle: str, project: str) -> Case:
 
 def operator_permission_cases() -> list[Case]:
     """The operator holding every permission the wizard needs but one, for each in turn; and all of them."""
-    from coiled_setup.commands.gcp import operator_permissions
     from coiled_setup.options import Options
+    from coiled_setup.steps import operator_permissions
 
     perms = operator_permissions(Options(project=P, interactive=False))
 

@@ -188,3 +188,16 @@ def test_a_key_file_whose_private_key_cannot_be_read_is_one_sentence(sandbox, cl
     key_check = next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "key_file")
     assert key_check["status"] == "failed" and "private key" in key_check["detail"]
     assert "replace" in key_check["detail"]
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--role-id", "x"),
+    ("--region", "mars-central1"),
+    ("--instance-service-account", "someone@example.com"),
+])
+def test_gcp_and_verify_refuse_the_same_input_with_the_same_sentence(cli, sandbox, flag, value):
+    """One rule per input: verify does not restate the wizard's validation in other words."""
+    said = {cmd: one_sentence_error(cli(sandbox, cmd, "--project", P, flag, value, check=2).stderr)
+            for cmd in ("gcp", "verify")}
+    assert said["gcp"] == said["verify"]
+    assert value in said["gcp"]

@@ -9,28 +9,38 @@ themselves, so one refusal cannot hide the others and nothing is ever written.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coiled_setup import keyfile, role_templates
-from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Policy, Unauthenticated
+from coiled_setup import keyfile, needs
+from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Unauthenticated
 from coiled_setup.coiled_api import CoiledError, CoiledUnreachable
 from coiled_setup.concurrency import run_all
-from coiled_setup.options import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, DEFAULT_ROLE_ID, repository_name, role_name
+from coiled_setup.needs import (
+    ARTIFACT_REGISTRY,
+    LOG_PERMISSION,
+    LOG_WRITING_ROLES,
+    REPO_PERMISSIONS,
+    REPO_ROLE,
+    bound_roles,
+    conditional_roles,
+    role_diff,
+)
+from coiled_setup.options import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_REGION,
+    DEFAULT_ROLE_ID,
+    is_open,
+    repository_name,
+    role_name,
+)
 from coiled_setup.remedies import command, explain, granting_role
 from coiled_setup.wording import count
 
 OK, FAILED, WARNING, SKIPPED = "ok", "failed", "warning", "skipped"
 STATUSES = (OK, FAILED, WARNING, SKIPPED)
 
-ARTIFACT_REGISTRY = "artifactregistry.googleapis.com"
-REPO_ROLE = "roles/artifactregistry.repoAdmin"
-REPO_PERMISSIONS = ["artifactregistry.repositories.uploadArtifacts", "artifactregistry.repositories.downloadArtifacts"]
-LOG_PERMISSION = "logging.logEntries.create"
-# Predefined roles known to include logging.logEntries.create (read from Google otherwise).
-LOG_WRITING_ROLES = {"roles/owner", "roles/editor", "roles/logging.logWriter", "roles/logging.admin"}
 # Reads that roles/viewer grants: the role to ask for when the operator lacks one of them.
 VIEWER_READS = {
     "iam.serviceAccounts.get", "iam.serviceAccountKeys.list", "iam.roles.get",
@@ -149,16 +159,7 @@ class Facts:
 # -- gathering ----------------------------------------------------------------------------------------
 
 def template_permissions() -> list[str]:
-    return list(role_templates.load().permissions)
-
-
-def bound_roles(policy: Policy, member: str) -> list[str]:
-    """Roles granted to `member` without a condition."""
-    return [b.role for b in policy.bindings if b.condition is None and member in b.members]
-
-
-def conditional_roles(policy: Policy, member: str) -> list[tuple[str, dict]]:
-    return [(b.role, b.condition) for b in policy.bindings if b.condition is not None and member in b.members]
+    return list(needs.control_role().permissions)
 
 
 def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None = None) -> Facts:
@@ -183,7 +184,7 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
         jobs["repository"] = lambda: operator.get_repository(t.repository)
         jobs["repo_policy"] = lambda: operator.get_repo_policy(t.repository)
         if as_key is not None:
-            jobs["repo_held"] = lambda: as_key.test_permissions(t.repository, REPO_PERMISSIONS, repository=True)
+            jobs["repo_held"] = lambda: as_key.test_permissions(t.repository, list(REPO_PERMISSIONS), repository=True)
     if t.instance_flag and t.instance_flag != t.account:
         jobs["instance"] = lambda: operator.get_account(t.instance_flag)
     if coiled is not None:
@@ -344,9 +345,7 @@ def check_role(t: Target, f: Facts) -> Result:
     if r.deleted:
         return Result(name, title, FAILED, f"{t.role_name} is deleted, so its bindings grant nothing.",
                       f"{t.gcp()} (undeletes it), or gcloud iam roles undelete {t.role_id} --project {t.project}")
-    have = set(r.permissions)
-    missing = [p for p in want if p not in have]
-    extra = sorted(have - set(want))
+    missing, extra = role_diff(needs.control_role(), r.permissions)
     if missing or extra:
         parts = []
         if missing:
@@ -603,13 +602,7 @@ def check_firewall(t: Target, f: Facts, config: dict) -> Result:
     rules, source = firewall_rules(t, f, config)
     if rules is None:
         return Result(name, title, SKIPPED, "No firewall settings found in Coiled or the dask config.")
-    open_rules = []
-    for r in rules:
-        try:
-            if ipaddress.ip_network(str(r.get("cidr")), strict=False).prefixlen == 0:
-                open_rules.append(r)
-        except ValueError:
-            continue
+    open_rules = [r for r in rules if is_open(r.get("cidr"))]
     desc = "; ".join(f"ports {','.join(map(str, r.get('ports') or []))} from {r.get('cidr')}" for r in rules)
     if open_rules:
         ports = ",".join(str(p) for r in open_rules for p in (r.get("ports") or []))

@@ -71,10 +71,19 @@ class Engine:
     def plan(self) -> dict[str, Change]:
         """Observes every step together (observations only read), then plans each in order."""
         run_all([lambda s=s: self.observe(s) for s in self.steps])
-        self.plans = {s.key: s.plan(self.run) for s in self.steps}
+        self.plans = {s.key: self.plan_one(s) for s in self.steps}
         self.results = [{"step": s.key, "title": s.title, "action": self.plans[s.key].action,
                          "detail": self.plans[s.key].detail, "result": "not run", "outcome": ""} for s in self.steps]
         return self.plans
+
+    def plan_one(self, step: Step) -> Change:
+        """The step's plan, handing what it settles to the later steps through the run record."""
+        change = step.plan(self.run)
+        for name, value in change.publish.items():
+            if name not in step.publishes:
+                raise TypeError(f"step {step.key} publishes {name}, which it does not declare")
+            setattr(self.run, name, value)
+        return change
 
     def show(self) -> None:
         self.ui.plan([(s.title, self.plans[s.key].action, self.plans[s.key].detail) for s in self.steps])
@@ -145,7 +154,8 @@ class Engine:
             nonlocal tries
             tries += 1
             # A retry follows a fresh observation: an earlier try may have made the change but lost the answer.
-            if tries > 1 and step.plan(run).action == NOTHING:
+            if tries > 1 and self.plan_one(step).action == NOTHING:
+                step.adopt(run)
                 return "done"
             return step.apply(run)
 

@@ -5,7 +5,7 @@ earlier choice it was not asked about."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coiled_setup import context
 from coiled_setup.errors import BadInput
@@ -32,6 +32,8 @@ class InPlace:
     zone: str | None = None
     preemptible: bool | None = None
     gar: bool | None = None  # False: set up without Artifact Registry
+    # Which key Coiled holds ({client_email, private_key_id}); never the private half.
+    coiled_credentials: dict = field(default_factory=dict)
 
 
 def _project_of(email) -> str | None:
@@ -57,6 +59,7 @@ def read(o: Options, coiled, journal) -> InPlace:
     config = context.backend_options_in_config()
     options = ((coiled.backend_options(keep=True) or {}).get("options") or {}) if coiled is not None else {}
     creds = options.get("gcp_service_creds_dict") or {}
+    cur.coiled_credentials = {k: creds.get(k) for k in ("client_email", "private_key_id") if creds.get(k)}
     # The accounts only count for the project they belong to; the firewall and region are the workspace's.
     if _project_of(creds.get("client_email")) == o.project:
         cur.account, cur.account_source = creds["client_email"], "what Coiled uses now"

@@ -108,7 +108,15 @@ class Options:
 
     @property
     def open_firewall(self) -> bool:
-        return ipaddress.ip_network(self.firewall_cidr, strict=False).prefixlen == 0
+        return is_open(self.firewall_cidr)
+
+
+def is_open(cidr) -> bool:
+    """Whether a firewall network admits every address (0.0.0.0/0); a malformed one admits none."""
+    try:
+        return ipaddress.ip_network(str(cidr), strict=False).prefixlen == 0
+    except ValueError:
+        return False
 
 
 def _named(flag: str, value) -> str:
@@ -148,11 +156,11 @@ def role_id_error(role_id: str, flag: str = "--role-id") -> str | None:
 
 
 def region_error(region: str, gar: bool, flag: str = "--region") -> str | None:
+    if region not in REGIONS:
+        return f"{_named(flag, region)} is not a Google Cloud region (for example us-east1)."
     if gar and region not in GAR_REGIONS:
         return (f"{_named(flag, region)} cannot hold Coiled's Artifact Registry repository: use us-east1 or "
                 "us-central1, or pass --no-gar to use another registry.")
-    if region not in REGIONS:
-        return f"{_named(flag, region)} is not a Google Cloud region (for example us-east1)."
     return None
 
 

@@ -6,7 +6,8 @@ import os
 
 from rich.markup import escape
 
-from coiled_setup import context, keyfile, paths, report, role_templates
+from coiled_setup import context, keyfile, paths, report
+from coiled_setup import steps as registry
 from coiled_setup.cloud import CloudError, Google, Transient, Unauthenticated, Unreachable
 from coiled_setup.coiled_api import Coiled
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
@@ -16,9 +17,10 @@ from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
+from coiled_setup.needs import CORE_SERVICES
+from coiled_setup.needs import services as services_needed
 from coiled_setup.options import (
     DEFAULT_ACCOUNT_ID,
-    INSTANCE_ROLE_ID,
     OPEN_CIDR,
     Options,
     account_error,
@@ -29,37 +31,9 @@ from coiled_setup.options import (
     validate,
 )
 from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
-from coiled_setup.steps.account import AccountStep
-from coiled_setup.steps.apis import ApisStep, wanted_services
 from coiled_setup.steps.base import Run, Step
-from coiled_setup.steps.binding import BindingStep
-from coiled_setup.steps.confirm import ConfirmStep
-from coiled_setup.steps.instance import InstanceAccountStep, instance_email
-from coiled_setup.steps.registry import RegistryStep
-from coiled_setup.steps.role import RoleStep
-from coiled_setup.steps.upload import UploadStep
 from coiled_setup.ui import Ui
 from coiled_setup.wording import count
-
-CORE_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com"]
-
-
-def operator_permissions(o: Options) -> list[str]:
-    """What the operator needs for the steps this run will take."""
-    perms = [
-        "resourcemanager.projects.get",
-        "serviceusage.services.get", "serviceusage.services.enable",
-        "iam.serviceAccounts.get", "iam.serviceAccounts.create",
-        "iam.serviceAccountKeys.list", "iam.serviceAccountKeys.create", "iam.serviceAccountKeys.delete",
-        "iam.roles.get", "iam.roles.create", "iam.roles.update", "iam.roles.undelete",
-        "resourcemanager.projects.getIamPolicy", "resourcemanager.projects.setIamPolicy",
-    ]
-    if o.gar:
-        perms += ["artifactregistry.repositories.get", "artifactregistry.repositories.create",
-                  "artifactregistry.repositories.getIamPolicy", "artifactregistry.repositories.setIamPolicy"]
-    if o.interactive and "service_account" not in o.explicit:
-        perms.append("iam.serviceAccounts.list")
-    return perms
 
 
 def print_operator_roles(project: str | None, *, gar: bool, listing: bool) -> int:
@@ -68,43 +42,16 @@ def print_operator_roles(project: str | None, *, gar: bool, listing: bool) -> in
 
     o = Options(project=project or "PROJECT_ID", gar=gar, interactive=listing)
     by_role: dict[str, list[str]] = {}
-    for p in operator_permissions(o):
+    for p in registry.operator_permissions(o):
         by_role.setdefault(granting_role(p), []).append(p)
     print(f"Your account needs these roles in project {o.project} (or roles/owner), for "
-          f"{count(len(operator_permissions(o)), 'permission')}:")
+          f"{count(len(registry.operator_permissions(o)), 'permission')}:")
     for role, perms in by_role.items():
         print(f"  {role}: {', '.join(perms)}")
     print("A project owner grants them with:")
     for role in by_role:
         print(f"  gcloud projects add-iam-policy-binding {o.project} --member=user:YOU@EXAMPLE.COM --role={role}")
     return OK
-
-
-def build_steps(o: Options) -> list[Step]:
-    account = AccountStep()
-    member = lambda run: f"serviceAccount:{run.opts.account_email}"  # noqa: E731
-    steps: list[Step] = [
-        ApisStep(),
-        account,
-        RoleStep(o.role_id),
-        BindingStep(member, lambda run: run.opts.role_name),
-    ]
-    if o.gar:
-        steps.append(RegistryStep())
-    if o.instance_service_account or o.create_instance_service_account:
-        steps.append(InstanceAccountStep())
-        if o.create_instance_service_account:
-            # The role exists for the account alone: skipping the account skips it too.
-            steps.append(RoleStep(INSTANCE_ROLE_ID, role_templates.INSTANCE, key="instance_role",
-                                  title="Instance role", after=("instance",)))
-            steps.append(BindingStep(
-                lambda run: f"serviceAccount:{instance_email(run.opts)}",
-                lambda run: f"projects/{run.opts.project}/roles/{INSTANCE_ROLE_ID}",
-                key="instance_binding", title="Instance IAM binding", after=("instance", "instance_role")))
-    steps.append(ConfirmStep())
-    if o.upload:
-        steps.append(UploadStep(account))
-    return steps
 
 
 def _prompt_rule(rule):
@@ -176,23 +123,18 @@ class Wizard:
             raise BadInput(f"{what}, which holds {', '.join(roles)} in project {o.project}: Coiled needs only the "
                            f"custom role, {fix}")
 
-    def check_local_files(self, account: AccountStep, upload: UploadStep | None) -> None:
+    def check_local_files(self, steps: list[Step]) -> None:
         """Every local file the plan writes can be written, told before the first change (exit 2)."""
-        run = self.run
-        files = []  # the journal's directory was checked before the lock was taken there
-        if account.local_path is not None and account.needs_key(run):
-            files.append((account.local_path, "The key file", "choose another --key-file"))
-        if upload is not None and "dask config" in upload._pending(run):
-            files.append((paths.dask_config_file(), "The dask config file", "fix it or set DASK_CONFIG to a "
-                                                                              "writable directory"))
-        for path, what, fix in files:
-            why = paths.unwritable(path)
+        # (The journal's directory was checked before the lock was taken there.)
+        files = [f for s in steps for f in s.local_files(self.run)]
+        for f in files:
+            why = paths.unwritable(f.path)
             if why:
-                raise BadInput(f"{what} {path} cannot be written, {why}: {fix}, then run again.")
-        key = account.local_path
-        if key is not None and account.needs_key(run) and key.parent.is_dir() and paths.readable_by_others(key.parent):
-            self.ui.warn(f"The key file's directory {escape(str(key.parent))} is readable by other users (the key "
-                         "file itself will be 0600).")
+                raise BadInput(f"{f.what} {f.path} cannot be written, {why}: {f.fix}, then run again.")
+        for f in files:
+            if f.private and f.path.parent.is_dir() and paths.readable_by_others(f.path.parent):
+                self.ui.warn(f"{f.what}'s directory {escape(str(f.path.parent))} is readable by other users (the "
+                             "file itself will be 0600).")
 
     def connect(self) -> tuple[Google, Coiled | None]:
         """Google and Coiled, independent: Coiled's reads run while Google's libraries load and the
@@ -216,7 +158,7 @@ class Wizard:
     # -- 1. preflight ------------------------------------------------------------------------------
     def preflight(self, g: Google) -> dict[str, bool]:
         o = self.opts
-        perms = operator_permissions(o)
+        perms = registry.operator_permissions(o)
 
         def attempt(fn):
             """The answer or the error: preflight reports them together (reads retry transient errors themselves)."""
@@ -227,7 +169,7 @@ class Wizard:
                     return None, e
             return call
 
-        services = CORE_SERVICES + wanted_services(o)
+        services = [*CORE_SERVICES, *services_needed(o.gar)]
         results = run_all([attempt(lambda: g.get_project(o.project)),
                            attempt(lambda: g.test_permissions(o.project, perms))]
                           + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
@@ -347,14 +289,14 @@ class Wizard:
         check_instance_differs(o)
         validate(o)  # the interactive answers and the kept settings too
         self.refuse_privileged_account(g)
-        self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services))
-        steps = build_steps(o)
+        self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
+                       coiled_credentials=cur.coiled_credentials)
+        steps = registry.build(o)
         self.engine = engine = Engine(self.run, steps, Consent(interactive=o.interactive, yes=o.yes,
                                                                 dry_run=o.dry_run, wait_timeout=o.wait_timeout),
                                       o.project)
         engine.plan()
-        self.check_local_files(next(s for s in steps if isinstance(s, AccountStep)),
-                               next((s for s in steps if isinstance(s, UploadStep)), None))
+        self.check_local_files(steps)
         engine.show()
         if not engine.agreed():
             return OK

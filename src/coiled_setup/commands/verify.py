@@ -18,11 +18,12 @@ from coiled_setup.journal import Journal
 from coiled_setup.options import (
     DEFAULT_REGION,
     DEFAULT_ROLE_ID,
-    EMAIL_RE,
-    GAR_REGIONS,
     REGIONS,
     ROLE_ID_RE,
     check_project,
+    instance_account_error,
+    region_error,
+    role_id_error,
 )
 from coiled_setup.remedies import command
 from coiled_setup.ui import Ui
@@ -53,16 +54,12 @@ class VerifyOptions:
 def _validate(o: VerifyOptions) -> None:
     if o.output not in ("text", "json"):
         raise BadInput(f"--output {o.output!r} is not known: use text or json.")
-    if o.role_id is not None and not ROLE_ID_RE.match(o.role_id):
-        raise BadInput(f"--role-id {o.role_id!r} is not valid: use 3 to 64 letters, digits, underscores or periods.")
-    if o.region is not None and o.region not in REGIONS:
-        raise BadInput(f"--region {o.region!r} is not a Google Cloud region (for example us-east1).")
-    if o.region is not None and o.gar and o.region not in GAR_REGIONS:
-        raise BadInput(f"--region {o.region!r} cannot hold Coiled's Artifact Registry repository: use us-east1 or "
-                       "us-central1, or pass --no-gar.")
-    e = o.instance_service_account
-    if e is not None and not (EMAIL_RE.match(e) and e.endswith(".gserviceaccount.com")):
-        raise BadInput(f"--instance-service-account {e!r} is not a service account email.")
+    # The wizard's own rules: an input one command takes, the other takes too.
+    for error in (o.role_id is not None and role_id_error(o.role_id),
+                  o.region is not None and region_error(o.region, bool(o.gar)),
+                  o.instance_service_account is not None and instance_account_error(o.instance_service_account, None)):
+        if error:
+            raise BadInput(error)
 
 
 def _recorded(settings: dict) -> dict:
@@ -170,10 +167,10 @@ def settle(t: Target, o: VerifyOptions, coiled: dict) -> None:
         setattr(t, name, value)
     if t.instance_flag is None and t.recorded.get("instance_service_account"):
         t.instance_flag = t.recorded["instance_service_account"]
-    if t.gar and t.region not in GAR_REGIONS:
+    wrong = region_error(t.region, t.gar)
+    if wrong:
         if t.sources["region"] == "flag" or t.sources["gar"] == "flag":
-            raise BadInput(f"--region {t.region!r} cannot hold Coiled's Artifact Registry repository: use us-east1 "
-                           "or us-central1, or pass --no-gar.")
+            raise BadInput(wrong)
         t.gar = False  # a region without Coiled's repository: another registry is in use
     if not t.account and t.key_path is None:
         raise BadInput(f"No key file or account found for project {t.project}: pass --key-file, or run "

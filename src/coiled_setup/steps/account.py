@@ -11,7 +11,7 @@ from coiled_setup import paths, waiting
 from coiled_setup.cloud import AlreadyExists, CloudError, FailedPrecondition, NotFound
 from coiled_setup.errors import UserError
 from coiled_setup.journal import JournalError
-from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
+from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, Run, Step
 from coiled_setup.wording import count
 
 MAX_USER_KEYS = 10
@@ -43,10 +43,25 @@ def record_account(journal, email: str) -> None:
         journal.set(account=email, key_file=None, key_id=None)
 
 
+def delete_key(run: Run, kid: str) -> bool:
+    """Deletes one of the account's keys and forgets it; answers whether it was still there."""
+    try:
+        run.google.delete_key(run.opts.account_email, kid)
+        gone = True
+    except NotFound:
+        gone = False
+    run.journal.drop_key(kid)
+    return gone
+
+
 class AccountStep(Step):
     key = "account"
     title = "Service account and key"
     after = ("apis",)
+    permissions = ("iam.serviceAccounts.get", "iam.serviceAccounts.create", "iam.serviceAccountKeys.list",
+                   "iam.serviceAccountKeys.create", "iam.serviceAccountKeys.delete")
+    reads = ("coiled_credentials",)
+    publishes = ("key_id", "keyfile", "key_path", "fresh_account")
 
     def __init__(self):
         self.account = None
@@ -102,7 +117,7 @@ class AccountStep(Step):
 
     def _coiled_key(self, run: Run) -> str | None:
         """The key id Coiled holds for this account, when it is still live on Google."""
-        creds = run.coiled_view.get("credentials") or {}
+        creds = run.coiled_credentials
         kid = creds.get("private_key_id")
         if creds.get("client_email") == run.opts.account_email and kid and self._live(kid):
             return kid
@@ -115,11 +130,16 @@ class AccountStep(Step):
             return self._coiled_key(run) is None
         return self.local is None
 
+    def local_files(self, run: Run) -> list[LocalFile]:
+        if self.local_path is None or not self.needs_key(run):
+            return []
+        return [LocalFile(self.local_path, "The key file", "choose another --key-file", private=True)]
+
     # -- plan -----------------------------------------------------------------------------------
     def plan(self, run: Run) -> Change:
         o = run.opts
         if self.account is None:
-            return Change(CREATE, f"create {o.account_email} and a key{self._replacing()}")
+            return Change(CREATE, f"create {o.account_email} and a key{self._replacing()}", {"key_id": None})
         if self.account.disabled:
             raise UserError(
                 f"Service account {o.account_email} is disabled: enable it (gcloud iam service-accounts "
@@ -127,10 +147,10 @@ class AccountStep(Step):
             )
         extra = f"; delete {count(len(self.orphans), 'key')} an interrupted run left behind" if self.orphans else ""
         if self.needs_key(run):
-            return Change(CREATE, f"create a key for {o.account_email}{self._replacing()}{extra}")
+            return Change(CREATE, f"create a key for {o.account_email}{self._replacing()}{extra}", {"key_id": None})
         kid = self._local_id() or self._coiled_key(run)
         where = f"in {self.local_path}" if self.local else "held by Coiled"
-        return Change(UPDATE if self.orphans else NOTHING, f"key {kid[:12]}… {where}{extra}")
+        return Change(UPDATE if self.orphans else NOTHING, f"key {kid[:12]}… {where}{extra}", {"key_id": kid})
 
     def _replacing(self) -> str:
         """The file a new key overwrites, and why: a plan never replaces a file silently."""
@@ -153,7 +173,7 @@ class AccountStep(Step):
         record_account(run.journal, o.account_email)
         if self.orphans:
             for kid in self.orphans:
-                self._delete_key(run, kid)
+                delete_key(run, kid)
             done.append(f"deleted {count(len(self.orphans), 'orphaned key')}")
             self.orphans = []
         run.journal.set(key_pending=None)
@@ -171,13 +191,6 @@ class AccountStep(Step):
                 run.journal.set(account=run.opts.account_email, key_file=run.key_path, key_id=run.key_id)
         else:
             run.key_id = self._coiled_key(run)
-
-    def _delete_key(self, run: Run, kid: str) -> None:
-        try:
-            run.google.delete_key(run.opts.account_email, kid)
-        except NotFound:
-            pass
-        run.journal.drop_key(kid)
 
     def _keys_now(self, run: Run):
         """User-managed keys, waiting while a just-created account is not yet visible."""
@@ -253,5 +266,9 @@ class AccountStep(Step):
         if not run.ui.confirm(f"{message}. Delete the oldest key coiled-setup created ({oldest.key_id[:12]}…)?",
                               default=False):
             raise UserError(f"{message}: delete a key you no longer use and run again.")
-        self._delete_key(run, oldest.key_id)
+        delete_key(run, oldest.key_id)
         return [k for k in keys if k.key_id != oldest.key_id]
+
+
+def steps_for(opts) -> list[Step]:
+    return [AccountStep()]

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-from coiled_setup import waiting
+from coiled_setup import needs, waiting
 from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
-
-COMPUTE = "compute.googleapis.com"
-ARTIFACT_REGISTRY = "artifactregistry.googleapis.com"
 
 
 def wanted_services(opts) -> list[str]:
-    return [COMPUTE] + ([ARTIFACT_REGISTRY] if opts.gar else [])
+    return needs.services(opts.gar)
 
 
 class ApisStep(Step):
     key = "apis"
     title = "Google APIs"
+    permissions = ("serviceusage.services.get", "serviceusage.services.enable")
+    publishes = ("services",)
+
+    def __init__(self):
+        self.enabled: dict[str, bool] = {}
 
     def observe(self, run: Run) -> None:
-        for s in wanted_services(run.opts):
-            if not run.services.get(s):
-                run.services[s] = run.google.service_enabled(run.opts.project, s)
+        # Only what the preflight did not already see on (a retry observes again).
+        self.enabled = {s: bool(run.services.get(s)) or run.google.service_enabled(run.opts.project, s)
+                        for s in wanted_services(run.opts)}
 
     def _missing(self, run: Run) -> list[str]:
-        return [s for s in wanted_services(run.opts) if not run.services.get(s)]
+        return [s for s in wanted_services(run.opts) if not self.enabled.get(s)]
 
     def plan(self, run: Run) -> Change:
         missing = self._missing(run)
@@ -38,5 +40,9 @@ class ApisStep(Step):
             waiting.poll(lambda: run.google.operation_done("usage", op), timeout=run.opts.wait_timeout,
                          what="enabling " + ", ".join(missing), tick=run.ui.tick)
         for s in missing:
-            run.services[s] = True
+            self.enabled[s] = run.services[s] = True
         return "enabled " + ", ".join(missing)
+
+
+def steps_for(opts) -> list[Step]:
+    return [ApisStep()]

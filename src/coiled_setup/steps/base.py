@@ -1,8 +1,23 @@
-"""What every step is, and what a run shares between steps."""
+"""What every step is, and the run record through which steps hand facts to later ones.
+
+A step reads what exists (`observe`, run concurrently with the other steps' observations, so it writes only
+into the step itself), says what it would change (`plan`, without side effects) and makes that change
+(`apply`). What a later step needs from an earlier one goes through the run record only: a step lists the
+fields it `publishes` (in its plan's `publish`, or set by its apply) and the fields it `reads`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the clients load lazily: a type hint must not import them
+    from coiled_setup.cloud import Google
+    from coiled_setup.coiled_api import Coiled
+    from coiled_setup.journal import Journal
+    from coiled_setup.options import Options
+    from coiled_setup.ui import Ui
 
 NOTHING = "nothing"
 CREATE = "create"
@@ -14,6 +29,8 @@ CHECK = "check"
 class Change:
     action: str  # nothing / create / update / check
     detail: str
+    # Run-record fields this plan settles for the later steps' plans (the engine sets them, in step order).
+    publish: dict = field(default_factory=dict)
 
     @property
     def writes(self) -> bool:
@@ -24,18 +41,30 @@ class Change:
 class Run:
     """What the steps share: inputs, the Google and Coiled handles, and what earlier steps produced."""
 
-    opts: object
-    google: object
-    journal: object
-    ui: object
-    coiled: object | None = None
+    opts: Options
+    google: Google
+    journal: Journal
+    ui: Ui
+    coiled: Coiled | None = None
+    # Which APIs are on: the preflight's answers, brought up to date by the APIs step's apply.
     services: dict[str, bool] = field(default_factory=dict)
+    # What Coiled holds now for this project ({client_email, private_key_id}), read before the steps.
+    coiled_credentials: dict = field(default_factory=dict)
     keyfile: dict | None = None  # in memory only, never logged
-    key_id: str | None = None
+    key_id: str | None = None  # the key Coiled gets; None in a plan: a new one
     key_path: str | None = None
     fresh_account: bool = False
     instance_email: str | None = None
-    coiled_view: dict = field(default_factory=dict)
+
+
+@dataclass
+class LocalFile:
+    """A file a step's plan writes on this machine: checked writable before the first change."""
+
+    path: Path
+    what: str  # "The key file"
+    fix: str  # what to do when it cannot be written
+    private: bool = False  # a secret: its directory should not be readable by others
 
 
 class Step:
@@ -44,6 +73,10 @@ class Step:
     optional = False  # may be skipped after a failure
     # Keys of the steps this one needs: when one of them is skipped, this one is skipped with it.
     after: tuple[str, ...] = ()
+    # The operator's permissions its observe and apply use (the preflight tests their union).
+    permissions: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()  # run-record fields earlier steps publish
+    publishes: tuple[str, ...] = ()
 
     def observe(self, run: Run) -> None:
         """Reads what exists; changes nothing."""
@@ -60,3 +93,7 @@ class Step:
 
     def on_skip(self, run: Run) -> None:
         """When skipped: takes back what the plan promised the later steps."""
+
+    def local_files(self, run: Run) -> list[LocalFile]:
+        """The files on this machine its plan writes."""
+        return []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from coiled_setup.needs import holds
 from coiled_setup.steps import policy as policies
 from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
 
@@ -11,6 +12,7 @@ from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
 class BindingStep(Step):
     key = "binding"
     title = "Project IAM binding"
+    permissions = ("resourcemanager.projects.getIamPolicy", "resourcemanager.projects.setIamPolicy")
 
     def __init__(self, member: Callable[[Run], str], role: Callable[[Run], str], key: str = "binding",
                  title: str = "Project IAM binding", after: tuple[str, ...] = ("account", "role")):
@@ -19,7 +21,7 @@ class BindingStep(Step):
         self.present = False
 
     def observe(self, run: Run) -> None:
-        self.present = policies.holds(run.google.get_policy(run.opts.project), self.role(run), self.member(run))
+        self.present = holds(run.google.get_policy(run.opts.project), self.role(run), self.member(run))
 
     def plan(self, run: Run) -> Change:
         what = f"{self.member(run)} → {self.role(run)}"
@@ -33,3 +35,7 @@ class BindingStep(Step):
         )
         self.present = True
         return "bound" if wrote else "already bound"
+
+
+def steps_for(opts) -> list[Step]:
+    return [BindingStep(lambda run: f"serviceAccount:{run.opts.account_email}", lambda run: run.opts.role_name)]

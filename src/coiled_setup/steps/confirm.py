@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from coiled_setup import role_templates, waiting
+from coiled_setup import needs, waiting
 from coiled_setup.cloud import CloudError, PermissionDenied, Unauthenticated
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
+from coiled_setup.needs import REPO_PERMISSIONS
 from coiled_setup.remedies import command
 from coiled_setup.steps.base import CHECK, Change, Run, Step
 from coiled_setup.wording import count
 
-REPO_PERMISSIONS = ["artifactregistry.repositories.uploadArtifacts", "artifactregistry.repositories.downloadArtifacts"]
-
 
 def missing_permissions(google, opts) -> list[str]:
     """Permissions the account (behind `google`) does not hold yet, project and repository."""
-    want = list(role_templates.load().permissions)
+    want = list(needs.control_role().permissions)
     tests = [lambda: google.test_permissions(opts.project, want)]
     if opts.gar:
-        tests.append(lambda: google.test_permissions(opts.repository, REPO_PERMISSIONS, repository=True))
+        tests.append(lambda: google.test_permissions(opts.repository, list(REPO_PERMISSIONS), repository=True))
     held, *rheld = run_all(tests)  # the project and the repository, tested together
     missing = [p for p in want if p not in held]
     if rheld:
@@ -33,7 +32,7 @@ class ConfirmStep(Step):
 
     def plan(self, run: Run) -> Change:
         # Counted as verify counts them: the role's permissions on the project, the registry's on the repository.
-        what = f"the role's {count(len(role_templates.load().permissions), 'permission')} in the project"
+        what = f"the role's {count(len(needs.control_role().permissions), 'permission')} in the project"
         if run.opts.gar:
             what += f" and {len(REPO_PERMISSIONS)} on the registry repository"
         return Change(CHECK, f"check, as the account itself, {what}")
@@ -73,3 +72,6 @@ class ConfirmStep(Step):
             as_account.close()
         return "all permissions in effect"
 
+
+def steps_for(opts) -> list[Step]:
+    return [ConfirmStep()]

@@ -8,12 +8,9 @@ from collections.abc import Callable
 from coiled_setup import retry, waiting
 from coiled_setup.cloud import Aborted, Binding, InvalidArgument, Policy, Transient
 from coiled_setup.errors import UserError
+from coiled_setup.needs import holds
 
 MAX_CONFLICTS = 12
-
-
-def holds(policy: Policy, role: str, member: str) -> bool:
-    return any(b.role == role and b.condition is None and member in b.members for b in policy.bindings)
 
 
 def with_member(policy: Policy, role: str, member: str) -> Policy:

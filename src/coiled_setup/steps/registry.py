@@ -5,11 +5,9 @@ from __future__ import annotations
 from coiled_setup import waiting
 from coiled_setup.cloud import AlreadyExists, CloudError
 from coiled_setup.errors import UserError
+from coiled_setup.needs import ARTIFACT_REGISTRY, REPO_ROLE, holds
 from coiled_setup.steps import policy as policies
-from coiled_setup.steps.apis import ARTIFACT_REGISTRY
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
-
-REPO_ROLE = "roles/artifactregistry.repoAdmin"
 
 
 def _settling(e: CloudError) -> bool:
@@ -21,6 +19,9 @@ class RegistryStep(Step):
     key = "registry"
     title = "Artifact Registry"
     after = ("apis", "account")
+    permissions = ("artifactregistry.repositories.get", "artifactregistry.repositories.create",
+                   "artifactregistry.repositories.getIamPolicy", "artifactregistry.repositories.setIamPolicy")
+    reads = ("services",)
 
     def __init__(self):
         self.format: str | None = None
@@ -32,15 +33,16 @@ class RegistryStep(Step):
 
     def observe(self, run: Run) -> None:
         self.format, self.granted, self.settling = None, False, False
-        if ARTIFACT_REGISTRY not in run.services:
-            run.services[ARTIFACT_REGISTRY] = run.google.service_enabled(run.opts.project, ARTIFACT_REGISTRY)
-        if not run.services[ARTIFACT_REGISTRY]:
+        on = run.services.get(ARTIFACT_REGISTRY)
+        if on is None:
+            on = run.google.service_enabled(run.opts.project, ARTIFACT_REGISTRY)
+        if not on:
             return
         name = run.opts.repository
         try:
             self.format = run.google.get_repository(name)
             if self.format is not None:
-                self.granted = policies.holds(run.google.get_repo_policy(name), REPO_ROLE, self.member(run))
+                self.granted = holds(run.google.get_repo_policy(name), REPO_ROLE, self.member(run))
         except CloudError as e:
             if not _settling(e):
                 raise
@@ -100,3 +102,7 @@ class RegistryStep(Step):
             done.append(f"granted {REPO_ROLE}")
         self.format, self.granted = "DOCKER", True
         return ", ".join(done) or "nothing to do"
+
+
+def steps_for(opts) -> list[Step]:
+    return [RegistryStep()] if opts.gar else []

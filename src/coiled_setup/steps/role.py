@@ -5,6 +5,7 @@ from __future__ import annotations
 from coiled_setup import role_templates
 from coiled_setup.cloud import AlreadyExists, FailedPrecondition
 from coiled_setup.errors import UserError
+from coiled_setup.needs import role_diff
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
 from coiled_setup.wording import count
 
@@ -12,6 +13,7 @@ from coiled_setup.wording import count
 class RoleStep(Step):
     key = "role"
     title = "Custom role"
+    permissions = ("iam.roles.get", "iam.roles.create", "iam.roles.update", "iam.roles.undelete")
 
     def __init__(self, role_id: str, template: str = role_templates.CONTROL_PLANE, key: str = "role",
                  title: str = "Custom role", after: tuple[str, ...] = ()):
@@ -27,9 +29,7 @@ class RoleStep(Step):
         self.role = run.google.get_role(self.name(run))
 
     def diff(self) -> tuple[list[str], list[str]]:
-        want = list(self.template.permissions)
-        have = set(self.role.permissions) if self.role else set()
-        return [p for p in want if p not in have], sorted(have - set(want))
+        return role_diff(self.template, self.role.permissions if self.role else ())
 
     def _drifted(self) -> bool:
         r, t = self.role, self.template
@@ -84,3 +84,7 @@ class RoleStep(Step):
             self.role = g.update_role(self.name(run), etag, *args)
             verbs.append(f"updated (+{len(added)} −{len(removed)})")
         return " and ".join(verbs) or "nothing to do"
+
+
+def steps_for(opts) -> list[Step]:
+    return [RoleStep(opts.role_id)]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from rich.markup import escape
 
-from coiled_setup import context, waiting
-from coiled_setup.cloud import NotFound
+from coiled_setup import context, paths, waiting
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
 from coiled_setup.remedies import command
-from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
+from coiled_setup.steps.account import delete_key
+from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, Run, Step
 from coiled_setup.wording import count
 
 
@@ -73,9 +73,10 @@ class UploadStep(Step):
     title = "Coiled backend"
     # Without the instance account the user chose, Coiled would get another security setting than planned.
     after = ("account", "confirm", "instance")
+    reads = ("key_id", "keyfile", "instance_email")
+    permissions = ("iam.serviceAccountKeys.list", "iam.serviceAccountKeys.delete")  # retiring older keys
 
-    def __init__(self, account_step):
-        self.account_step = account_step
+    def __init__(self):
         self.view: dict = {}
 
     def observe(self, run: Run) -> None:
@@ -93,14 +94,12 @@ class UploadStep(Step):
             "region_name": next((r.get("region") for r in regions if r.get("default")), None),
             "config": context.backend_options_in_config(),
         }
-        run.coiled_view = self.view
 
     def _changes(self, run: Run) -> list[tuple[str, str]]:
         """What Coiled (and the dask config) will be sent: (part, old → new of each setting it changes)."""
         o, v = run.opts, self.view
         creds = v["credentials"]
-        key_id = run.key_id if run.key_id else (None if self.account_step.needs_key(run) else
-                                                self.account_step._local_id() or self.account_step._coiled_key(run))
+        key_id = run.key_id  # None: the account step makes a new one
         todo = []
         said = []
         if creds.get("client_email") != o.account_email:
@@ -134,6 +133,12 @@ class UploadStep(Step):
 
     def _pending(self, run: Run) -> list[str]:
         return [part for part, _ in self._changes(run)]
+
+    def local_files(self, run: Run) -> list[LocalFile]:
+        if "dask config" not in self._pending(run):
+            return []
+        return [LocalFile(paths.dask_config_file(), "The dask config file",
+                          "fix it or set DASK_CONFIG to a writable directory")]
 
     def plan(self, run: Run) -> Change:
         todo = self._changes(run)
@@ -193,10 +198,11 @@ class UploadStep(Step):
         n = 0
         for kid in old:
             if kid in live:
-                try:
-                    run.google.delete_key(run.opts.account_email, kid)
-                    n += 1
-                except NotFound:
-                    pass
-            run.journal.drop_key(kid)
+                n += delete_key(run, kid)
+            else:
+                run.journal.drop_key(kid)
         return n
+
+
+def steps_for(opts) -> list[Step]:
+    return [UploadStep()] if opts.upload else []
