@@ -171,5 +171,8 @@ def _message(status: int, raw: bytes, method: str, path: str) -> str:
     if status in (401, 403) and path.startswith("/api/v2/user/me"):
         return ("Coiled did not accept your token: run `coiled login` (or set DASK_COILED__TOKEN) "
                 "and try again.")
+    if status in RETRY_STATUSES:
+        return (f"Coiled kept answering {status} to {method} {path}" + (f" ({detail.rstrip('.')})" if detail else "")
+                + ": it is busy or restarting; run again in a few minutes.")
     text = f"Coiled answered {status} to {method} {path}"
     return f"{text}: {detail}" if detail else f"{text}."
