@@ -59,7 +59,9 @@ def test_wheel_contains_both_templates(tmp_path):
     # The sandbox's permission catalogue ships; no saved sandbox state does.
     shipped = [n for n in names if "/sandbox/" in n and n.endswith(".json")]
     assert shipped == ["coiled_setup/sandbox/data/permissions.json"]
-    for command in ("common", "gcp", "verify"):  # the JSON contract
+    from coiled_setup import report
+
+    for command in ("common", *report.FIELDS):  # the JSON contract
         assert f"coiled_setup/schemas/{command}.schema.json" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()

@@ -9,11 +9,12 @@ themselves, so one refusal cannot hide the others and nothing is ever written.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coiled_setup import keyfile, needs
+from coiled_setup import context, keyfile, needs
 from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Unauthenticated
 from coiled_setup.coiled_api import CoiledError, CoiledUnreachable
 from coiled_setup.concurrency import run_all
@@ -165,6 +166,7 @@ def template_permissions() -> list[str]:
 def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None = None) -> Facts:
     """Reads everything the checks need, read-only: the tokens, then two rounds of concurrent calls."""
     f = Facts(getattr(operator, "principal", "") or "")
+    f.values["dask_config"] = context.backend_options_in_config()  # the firewall a client may still read
     # The key's token first (the operator's was fetched on connecting): a refused key is a finding.
     if as_key is not None:
         f.fetch({"key_auth": as_key.authenticate})
@@ -248,6 +250,10 @@ def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: s
                   "persists, check your network and Google credentials.")
 
 
+def _age_days(key) -> float | None:
+    return (time.time() - key.created) / 86400 if key is not None and key.created else None
+
+
 def _not_found(e: Exception | None) -> bool:
     return isinstance(e, NotFound)
 
@@ -255,9 +261,10 @@ def _not_found(e: Exception | None) -> bool:
 # -- the checks ----------------------------------------------------------------------------------------
 
 NEEDS_KEY = "needs the key file; pass --key-file"
+ROTATE_AFTER_DAYS = 90  # Google's advice for user-managed keys
 
 
-def check_key_file(t: Target, f: Facts) -> Result:
+def check_key_file(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "key_file", "Key file"
     where = str(t.key_path)
     if t.key_path is None:
@@ -316,7 +323,7 @@ def _privileged(t: Target, f: Facts) -> str:
     return f"which holds {', '.join(roles)} in the project" if roles else ""
 
 
-def check_account(t: Target, f: Facts) -> Result:
+def check_account(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "service_account", "Service account"
     if not t.account:
         return Result(name, title, SKIPPED, "No account to check: the key file is not usable (see Key file).")
@@ -332,7 +339,7 @@ def check_account(t: Target, f: Facts) -> Result:
     return Result(name, title, OK, f"{t.account} exists and is enabled.")
 
 
-def check_role(t: Target, f: Facts) -> Result:
+def check_role(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "custom_role", "Custom role"
     e = f.error("role")
     if e is not None:
@@ -358,7 +365,7 @@ def check_role(t: Target, f: Facts) -> Result:
     return Result(name, title, OK, f"{t.role_name} has exactly the template's {count(len(want), 'permission')}.")
 
 
-def check_binding(t: Target, f: Facts) -> Result:
+def check_binding(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "binding", "Project IAM binding"
     if not t.account:
         return Result(name, title, SKIPPED, "No account to check: the key file is not usable (see Key file).")
@@ -411,7 +418,7 @@ def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     return Result(name, title, OK, f"Tested as {t.account} with the key: all {count(len(want), 'permission')} held.")
 
 
-def check_registry_api(t: Target, f: Facts) -> Result:
+def check_registry_api(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "registry_api", "Artifact Registry API"
     if not t.gar:
         return Result(name, title, SKIPPED, "Not checked (--no-gar).")
@@ -479,7 +486,7 @@ def check_repo_grant(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     return Result(name, title, OK, f"{t.account} holds {REPO_ROLE} on the repository{untested}.")
 
 
-def check_instance(t: Target, f: Facts) -> Result:
+def check_instance(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "instance_account", "Instance service account"
     email = f.get("instance_email")
     if not email:
@@ -528,7 +535,7 @@ def check_instance(t: Target, f: Facts) -> Result:
                   "control-plane account.")
 
 
-def check_coiled_credentials(t: Target, f: Facts) -> Result:
+def check_coiled_credentials(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "coiled_credentials", "Coiled credentials"
     if not t.coiled:
         return Result(name, title, SKIPPED, "Not checked (--no-coiled).")
@@ -551,6 +558,13 @@ def check_coiled_credentials(t: Target, f: Facts) -> Result:
         gone = "no longer exists" if kid not in live else "is disabled"
         return Result(name, title, FAILED, f"Workspace {ws} holds key {_short(kid)} of {email}, which {gone} on "
                       "Google.", f"{upload} (gives Coiled a live key)")
+    age = _age_days(live.get(kid))
+    if age is not None and age > ROTATE_AFTER_DAYS:
+        return Result(name, title, WARNING,
+                      f"Workspace {ws} holds key {_short(kid)} of {email}, created {age:.0f} days ago: Google advises "
+                      f"rotating user-managed keys at least every {ROTATE_AFTER_DAYS} days.",
+                      f"{command('rotate-key')} --project {t.project} (gives Coiled a new key, then deletes this one)",
+                      {"key_age_days": round(age)})
     if t.key_id and kid == t.key_id:
         return Result(name, title, OK, f"Workspace {ws} holds the key file's key {_short(kid)} of {email}.")
     if t.key_id:
@@ -597,8 +611,9 @@ def firewall_rules(t: Target, f: Facts, config: dict) -> tuple[list[dict] | None
     return None, ""
 
 
-def check_firewall(t: Target, f: Facts, config: dict) -> Result:
+def check_firewall(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "firewall", "Scheduler firewall"
+    config = f.get("dask_config") or {}
     rules, source = firewall_rules(t, f, config)
     if rules is None:
         return Result(name, title, SKIPPED, "No firewall settings found in Coiled or the dask config.")
@@ -613,25 +628,16 @@ def check_firewall(t: Target, f: Facts, config: dict) -> Result:
     return Result(name, title, OK, f"Ingress limited to {desc}, per {source}.")
 
 
-def evaluate(t: Target, f: Facts, config: dict | None = None) -> list[Result]:
-    """Every check, in order; later checks see earlier results to skip what cannot be judged."""
+# In order: a check sees the results before it, to skip what cannot be judged without them.
+CHECKS = (check_key_file, check_account, check_role, check_binding, check_effective, check_registry_api,
+          check_repository, check_repo_grant, check_instance, check_coiled_credentials, check_coiled_backend,
+          check_firewall)
+
+
+def evaluate(t: Target, f: Facts) -> list[Result]:
+    """Every check, in order."""
     out: dict[str, Result] = {}
-    for fn in (check_key_file, check_account, check_role, check_binding):
-        r = fn(t, f)
+    for check in CHECKS:
+        r = check(t, f, out)
         out[r.name] = r
-    r = check_effective(t, f, out)
-    out[r.name] = r
-    r = check_registry_api(t, f)
-    out[r.name] = r
-    for fn in (check_repository, check_repo_grant):
-        r = fn(t, f, out)
-        out[r.name] = r
-    r = check_instance(t, f)
-    out[r.name] = r
-    r = check_coiled_credentials(t, f)
-    out[r.name] = r
-    r = check_coiled_backend(t, f, out)
-    out[r.name] = r
-    r = check_firewall(t, f, config or {})
-    out[r.name] = r
     return list(out.values())

@@ -204,6 +204,137 @@ def gcp(
     _finish(_guard(go, "gcp", output))
 
 
+@app.command("rotate-key", epilog=EXIT_CODES, short_help="Give Coiled a new key, then delete the old one.")
+def rotate_key(
+    project: Optional[str] = typer.Option(None, metavar="PROJECT",
+                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
+                                            help="Coiled workspace [default: your only or personal one]."),
+    service_account: Optional[str] = typer.Option(None, metavar="EMAIL",
+                                                  help="Account whose key rotates [default: the one Coiled holds]."),
+    key_file: Optional[Path] = typer.Option(
+        None, metavar="PATH", help="Where the new key is written [default: the key file gcp wrote, if any]."),
+    max_age: Optional[float] = typer.Option(
+        None, metavar="DAYS", help="Rotate only when Coiled's key is older than this (for a scheduler)."),
+    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
+                                                help="Coiled server [default: from your Coiled login]."),
+    wait_timeout: float = typer.Option(600.0, metavar="SECONDS",
+                                       help="Longest wait for Google to accept the new key."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
+    non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
+    output: str = typer.Option("text", metavar="text|json",
+                               help="json: one JSON document on stdout, and never a question."),
+    sandbox: bool = typer.Option(False, "--sandbox", help="Rotate in the sandbox that `gcp --sandbox` set up."),
+) -> None:
+    """Create a new key for Coiled's account, check that Google accepts it, hand it to Coiled, and only then delete
+    the old key (and older ones coiled-setup made; never a key someone else created)."""
+
+    def go() -> int:
+        from coiled_setup.commands import rotate as command
+        from coiled_setup.options import Options, check_account, output_error, refuse_empty
+
+        refuse_empty({"--project": project, "--workspace": workspace, "--service-account": service_account,
+                      "--coiled-server": coiled_server,
+                      "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
+        wrong = output_error(output)
+        if wrong:
+            from coiled_setup.errors import BadInput
+
+            raise BadInput(wrong)
+        opts = Options(project=project or "", workspace=workspace, key_file=key_file, max_age=max_age,
+                       coiled_server=coiled_server, wait_timeout=wait_timeout, dry_run=dry_run, yes=yes,
+                       interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
+                       explicit={"service_account"} if service_account else set())
+        if service_account:
+            if project:
+                check_account(service_account, project)
+            opts.service_account = service_account
+        sb = None
+        if sandbox:
+            from coiled_setup import rehearsal
+
+            sb = rehearsal.start()
+        try:
+            return command.run(opts)
+        finally:
+            if sb is not None:
+                sb.stop()
+
+    _finish(_guard(go, "rotate-key", output))
+
+
+@app.command(epilog=EXIT_CODES, short_help="Remove what coiled-setup created for Coiled in a project.")
+def teardown(
+    ctx: typer.Context,
+    project: Optional[str] = typer.Option(None, metavar="PROJECT",
+                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
+                                            help="Coiled workspace [default: your only or personal one]."),
+    service_account: Optional[str] = typer.Option(None, metavar="ID|EMAIL",
+                                                  help="Coiled's account [default: the one Coiled holds, else the "
+                                                       "one gcp set up]."),
+    role_id: str = typer.Option("coiled", metavar="ROLE_ID", help="Id of the custom role [default: as gcp "
+                                                                  "recorded, else coiled]."),
+    delete_repository: bool = typer.Option(False, "--delete-repository",
+                                           help="Delete the registry repository too, with every image in it."),
+    no_coiled: bool = typer.Option(False, "--no-coiled", help="Leave Coiled's workspace as it is."),
+    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
+                                                help="Coiled server [default: from your Coiled login]."),
+    wait_timeout: float = typer.Option(600.0, metavar="SECONDS", help="Longest wait for Google's operations."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
+    non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
+    output: str = typer.Option("text", metavar="text|json",
+                               help="json: one JSON document on stdout, and never a question."),
+    sandbox: bool = typer.Option(False, "--sandbox", help="Tear down in the sandbox that `gcp --sandbox` set up."),
+) -> None:
+    """Remove what coiled-setup created for Coiled: the workspace's credentials, the bindings, the custom roles,
+    the accounts and their keys (and the repository only with --delete-repository). APIs stay enabled, and
+    nothing coiled-setup did not create is touched."""
+
+    def go() -> int:
+        from coiled_setup.commands import teardown as command
+        from coiled_setup.options import (
+            DEFAULT_ACCOUNT_ID,
+            Options,
+            check_account,
+            output_error,
+            refuse_empty,
+            role_id_error,
+        )
+
+        refuse_empty({"--project": project, "--workspace": workspace, "--service-account": service_account,
+                      "--coiled-server": coiled_server, "--role-id": role_id})
+        for wrong in (output_error(output), role_id_error(role_id)):
+            if wrong:
+                from coiled_setup.errors import BadInput
+
+                raise BadInput(wrong)
+        given = {name for name in ("service_account", "role_id")
+                 if ctx.get_parameter_source(name).name != "DEFAULT"}
+        opts = Options(project=project or "", workspace=workspace,
+                       service_account=service_account or DEFAULT_ACCOUNT_ID, role_id=role_id,
+                       delete_repository=delete_repository, upload=not no_coiled,
+                       coiled_server=coiled_server, wait_timeout=wait_timeout, dry_run=dry_run, yes=yes,
+                       interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
+                       explicit=given)
+        if service_account and project:
+            check_account(service_account, project)
+        sb = None
+        if sandbox:
+            from coiled_setup import rehearsal
+
+            sb = rehearsal.start()
+        try:
+            return command.run(opts)
+        finally:
+            if sb is not None:
+                sb.stop()
+
+    _finish(_guard(go, "teardown", output))
+
+
 VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "
                      "2 bad input (for example an unknown project), 130 interrupted.")
 

@@ -132,6 +132,7 @@ class Account:
     unique_id: str
     disabled: bool
     display_name: str = ""
+    description: str = ""
 
 
 @dataclass
@@ -501,7 +502,7 @@ class Google:
                 name=f"projects/-/serviceAccounts/{email}", **_CALL))
         except NotFound:
             return None
-        return Account(a.email, a.unique_id, a.disabled, a.display_name)
+        return Account(a.email, a.unique_id, a.disabled, a.display_name, a.description)
 
     def list_accounts(self, project: str) -> list[Account]:
         # The largest page Google serves: one round trip for most projects instead of one per 20 accounts.
@@ -517,6 +518,11 @@ class Google:
                 service_account={"display_name": display_name, "description": description}, **_WRITE
             )
         return Account(a.email, a.unique_id, a.disabled, a.display_name)
+
+    def delete_account(self, email: str) -> None:
+        """Deletes the account (and its keys); its bindings stay, shown as deleted:serviceAccount:...?uid=..."""
+        with self._calling():
+            self.iam.delete_service_account(name=f"projects/-/serviceAccounts/{email}")
 
     def list_user_keys(self, email: str) -> list[Key]:
         resp = self._read(lambda: self.iam.list_service_account_keys(
@@ -570,6 +576,11 @@ class Google:
         with self._calling():
             return _role(self.iam.undelete_role(request={"name": name, "etag": etag}, **_WRITE))
 
+    def delete_role(self, name: str, etag: bytes) -> Role:
+        """Soft-deletes a custom role: undeletable for 7 days, its id reserved for up to 37."""
+        with self._calling():
+            return _role(self.iam.delete_role(request={"name": name, "etag": etag}))
+
     # -- artifact registry ---------------------------------------------------------------------------
     def get_repository(self, name: str) -> str | None:
         """The repository's format, or None when there is none."""
@@ -588,6 +599,11 @@ class Google:
                 repository_id=repo_id,
                 repository={"format_": Repository.Format.DOCKER, "description": description}, **_WRITE
             )
+        return op.operation.name
+
+    def start_delete_repository(self, name: str) -> str:
+        with self._calling():
+            op = self.registry.delete_repository(name=name)
         return op.operation.name
 
     def get_repo_policy(self, name: str) -> Policy:

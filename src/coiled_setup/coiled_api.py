@@ -139,6 +139,12 @@ class Coiled:
         self.call("POST", f"/api/v2/cloud-credentials/{self.workspace}/gcp",
                   {"credentials": keyfile, "instance_service_account": instance_account})
 
+    def drop_credentials(self) -> None:
+        self.call("DELETE", f"/api/v2/cloud-credentials/{self.workspace}/gcp")
+
+    def drop_infrastructure(self) -> None:
+        self.call("DELETE", f"/api/v2/setup/account/{self.workspace}/gcp")
+
     def settings(self, values: dict) -> None:
         self.call("PATCH", f"/api/v2/setup/account/{self.workspace}/gcp/settings", values)
 

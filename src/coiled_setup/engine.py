@@ -22,6 +22,7 @@ class Consent:
     yes: bool = False
     dry_run: bool = False
     wait_timeout: float = 600.0
+    idle: str = "Nothing to change: everything is already in place."  # what a plan without writes says
 
 
 class Engine:
@@ -99,7 +100,7 @@ class Engine:
             ui.info("Dry run: nothing was changed." if self.writes else "Dry run: nothing to change.")
             return False
         if not self.writes:
-            ui.info("Nothing to change: everything is already in place.")
+            ui.info(c.idle)
         elif not c.interactive and not c.yes:
             # Without a terminal nobody can confirm: only --yes is consent.
             raise UserError("Nothing was changed: a run that cannot ask (no terminal, --non-interactive or --output "

@@ -46,6 +46,12 @@ class Journal:
         self.data.setdefault("created", {})[kind] = name
         self.set()
 
+    def forget(self, kind: str) -> None:
+        """What was created is gone again (teardown)."""
+        if kind in self.data.get("created", {}):
+            del self.data["created"][kind]
+            self.set()
+
     def our_keys(self) -> list[str]:
         """Key ids this tool created, oldest first."""
         return list(self.data.get("keys", []))

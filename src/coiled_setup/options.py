@@ -77,6 +77,8 @@ class Options:
     wait_timeout: float = 600.0
     coiled_server: str | None = None
     allow_privileged_key: bool = False  # hand Coiled a key of an owner/editor/IAM-admin account anyway
+    max_age: float | None = None  # rotate-key: rotate only a key older than this many days
+    delete_repository: bool = False  # teardown: the repository too (it holds images)
     explicit: set[str] = field(default_factory=set)  # flags the user gave
 
     @property
@@ -196,6 +198,12 @@ def instance_account_error(email: str, account_email: str | None,
     return None
 
 
+def output_error(output: str) -> str | None:
+    if output not in ("text", "json"):
+        return f"--output {output!r} is not known: use text or json."
+    return None
+
+
 def _check(error: str | None) -> None:
     if error:
         raise BadInput(error)
@@ -241,8 +249,7 @@ def validate(o: Options, *, accounts_known: bool = True) -> None:
         parent = o.key_file.parent
         if not o.key_file.exists() and parent.exists() and not parent.is_dir():
             raise BadInput(f"--key-file {str(o.key_file)!r} cannot be written: its parent is not a directory.")
-    if o.output not in ("text", "json"):
-        raise BadInput(f"--output {o.output!r} is not known: use text or json.")
+    _check(output_error(o.output))
     if o.wait_timeout <= 0:
         raise BadInput("--wait-timeout must be a positive number of seconds.")
     check_wait_timeout(o.wait_timeout)

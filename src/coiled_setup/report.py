@@ -1,4 +1,4 @@
-"""The one JSON document `--output json` prints on every exit of `gcp` and `verify`, usage errors included."""
+"""The one JSON document `--output json` prints on every exit of a command, usage errors included."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ SCHEMA_VERSION = 1
 FIELDS = {
     "gcp": {"project": None, "workspace": None, "service_account": None, "key_file": None, "steps": [],
             "conflicts_retried": 0},
+    "rotate-key": {"project": None, "workspace": None, "service_account": None, "key_file": None, "steps": [],
+                   "conflicts_retried": 0},
+    "teardown": {"project": None, "workspace": None, "service_account": None, "key_file": None, "steps": [],
+                 "conflicts_retried": 0},
     "verify": {"project": None, "service_account": None, "key_file": None, "workspace": None, "checks": [],
                "summary": None},
 }

@@ -53,10 +53,13 @@ def no_credentials_sentence(reason: str) -> str:
             "credentials file, or unset it and run `gcloud auth application-default login`.")
 
 
-def coiled_client(server_flag: str | None, workspace_flag: str | None, skip_flag: str) -> tuple[Coiled, str | None]:
+def coiled_client(server_flag: str | None, workspace_flag: str | None,
+                  skip_flag: str | None) -> tuple[Coiled, str | None]:
     """A Coiled client for the user's login, and the workspace asked for (if any)."""
     token, server, workspace = context.coiled_login(server_flag, workspace_flag)
     if not token:
+        if not skip_flag:
+            raise BadInput("No Coiled login found: run `coiled login` or set DASK_COILED__TOKEN.")
         raise BadInput(f"No Coiled login found: run `coiled login`, set DASK_COILED__TOKEN, or pass {skip_flag}.")
     c = Coiled(server, token)
     c.notify = notice
@@ -93,3 +96,127 @@ def choose_workspace(c: Coiled, wanted: str | None, ask=None, reads: tuple[dict,
         raise BadInput(f"You belong to several Coiled workspaces ({', '.join(slugs)}): pass --workspace.")
     c.workspace = choice
     return choice
+
+
+class Session:
+    """What a plan/apply command holds while it runs (its lock, its run record, its engine): released, and the
+    ending told in one sentence (and the JSON document), however the command ends."""
+
+    idle = ""  # what a plan without writes says, when not the engine's default
+
+    def __init__(self, command: str, opts, ui):
+        self.command, self.opts, self.ui = command, opts, ui
+        self.lock = None
+        self.run = None
+        self.engine = None
+
+    def check_local_files(self, steps) -> None:
+        """Every local file the plan writes can be written, told before the first change (exit 2)."""
+        from rich.markup import escape
+
+        from coiled_setup import paths
+
+        files = [f for s in steps for f in s.local_files(self.run)]
+        for f in files:
+            why = paths.unwritable(f.path)
+            if why:
+                raise BadInput(f"{f.what} {f.path} cannot be written, {why}: {f.fix}, then run again.")
+        for f in files:
+            if f.private and f.path.parent.is_dir() and paths.readable_by_others(f.path.parent):
+                self.ui.warn(f"{f.what}'s directory {escape(str(f.path.parent))} is readable by other users (the "
+                             "file itself will be 0600).")
+
+    def connect(self, skip_flag: str | None):
+        """The operator's Google and, unless --no-upload / --no-coiled, Coiled's workspace (chosen as gcp does)."""
+        o = self.opts
+
+        def coiled():
+            if not o.upload:
+                return None
+            c, wanted = coiled_client(o.coiled_server, o.workspace, skip_flag)
+            return c, wanted, workspace_reads(c)
+
+        g, found = run_all([connect_google, coiled])
+        if found is None:
+            return g, None
+        c, wanted, reads = found
+        ask = (lambda slugs: self.ui.select("Coiled workspace:", slugs)) if o.interactive else None
+        o.workspace = choose_workspace(c, wanted, ask, reads)
+        return g, c
+
+    def check_permissions(self, g, steps) -> None:
+        """The operator holds every permission the steps use (one call), before the first write; exit 3 if not."""
+        from coiled_setup.errors import MISSING_PERMISSION
+        from coiled_setup.remedies import missing_permissions_sentence
+
+        project = self.opts.project
+        perms = list(dict.fromkeys(p for s in steps for p in s.permissions))
+        try:
+            held = g.test_permissions(project, perms)
+        except CloudError as e:
+            raise UserError(*explain(e, project)) from None
+        missing = [p for p in perms if p not in held]
+        if missing:
+            raise UserError(missing_permissions_sentence(g.principal, project, missing), MISSING_PERMISSION)
+
+    def plan_and_apply(self, steps) -> bool:
+        """Plans the steps, checks the files they write, shows the plan and, with consent, applies it; answers
+        whether it applied."""
+        from coiled_setup.engine import Consent, Engine
+
+        o = self.opts
+        consent = Consent(interactive=o.interactive, yes=o.yes, dry_run=o.dry_run, wait_timeout=o.wait_timeout,
+                          **({"idle": self.idle} if self.idle else {}))
+        self.engine = engine = Engine(self.run, steps, consent, o.project)
+        engine.plan()
+        self.check_local_files(steps)
+        engine.show()
+        if not engine.agreed():
+            return False
+        engine.apply()
+        return True
+
+    def report_fields(self) -> dict:
+        o, run, engine = self.opts, self.run, self.engine
+        return {"project": o.project or None, "workspace": o.workspace,
+                "service_account": o.account_email if o.project else None,
+                "key_file": str(run.key_path) if run and run.key_path else None,
+                "steps": engine.results if engine else [], "conflicts_retried": self.ui.conflicts}
+
+    def drive(self, execute) -> int:
+        from coiled_setup import report
+        from coiled_setup.errors import INTERRUPTED, OK, STEP_FAILED
+
+        ui = self.ui
+        code, error = OK, None
+        try:
+            code = execute()
+        except UserError as e:
+            code, error = e.code, e.message
+            if code != OK:
+                ui.error(e.message)
+            else:
+                ui.info(e.message)
+        except CloudError as e:  # a refusal no step could place: still one sentence
+            error, code = explain(e, self.opts.project)
+            ui.error(error)
+        except KeyboardInterrupt:
+            code = INTERRUPTED
+            done = self.engine.done() if self.engine else []
+            current = self.engine.current if self.engine else None
+            where = f" during '{current.title}'" if current else ""
+            error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
+                     "to resume where it stopped.")
+            ui.error(error)
+        except Exception as e:
+            code, error = STEP_FAILED, report.unexpected(e)
+            raise
+        finally:
+            ui.stop()
+            if self.lock is not None:
+                self.lock.release()
+            if self.run is not None:
+                self.run.google.close()
+            if self.opts.output == "json":
+                report.emit(self.command, code, error, **self.report_fields())
+        return code

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 
-from rich.markup import escape
-
-from coiled_setup import context, keyfile, paths, report
+from coiled_setup import context, keyfile, paths
 from coiled_setup import steps as registry
 from coiled_setup.cloud import CloudError, Google, Transient, Unauthenticated, Unreachable
-from coiled_setup.coiled_api import Coiled
-from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
+from coiled_setup.commands.common import Session
 from coiled_setup.concurrency import run_all
-from coiled_setup.engine import Consent, Engine
-from coiled_setup.errors import INTERRUPTED, MISSING_PERMISSION, OK, STEP_FAILED, BadInput, UserError
+from coiled_setup.engine import Engine
+from coiled_setup.errors import MISSING_PERMISSION, OK, BadInput, UserError
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
@@ -31,7 +28,7 @@ from coiled_setup.options import (
     validate,
 )
 from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
-from coiled_setup.steps.base import Run, Step
+from coiled_setup.steps.base import Run
 from coiled_setup.ui import Ui
 from coiled_setup.wording import count
 
@@ -59,13 +56,16 @@ def _prompt_rule(rule):
     return lambda text: rule(text.strip()) or True
 
 
-class Wizard:
+class Wizard(Session):
     def __init__(self, opts: Options, ui: Ui):
-        self.opts = opts
-        self.ui = ui
+        super().__init__("gcp", opts, ui)
+        self.opts: Options = opts
         self.run: Run | None = None
         self.engine: Engine | None = None
         self.lock: ProjectLock | None = None
+
+    def drive(self) -> int:
+        return super().drive(self.execute)
 
     # -- 0. context and validation ----------------------------------------------------------------
     def resolve(self) -> None:
@@ -122,38 +122,6 @@ class Wizard:
         if roles:
             raise BadInput(f"{what}, which holds {', '.join(roles)} in project {o.project}: Coiled needs only the "
                            f"custom role, {fix}")
-
-    def check_local_files(self, steps: list[Step]) -> None:
-        """Every local file the plan writes can be written, told before the first change (exit 2)."""
-        # (The journal's directory was checked before the lock was taken there.)
-        files = [f for s in steps for f in s.local_files(self.run)]
-        for f in files:
-            why = paths.unwritable(f.path)
-            if why:
-                raise BadInput(f"{f.what} {f.path} cannot be written, {why}: {f.fix}, then run again.")
-        for f in files:
-            if f.private and f.path.parent.is_dir() and paths.readable_by_others(f.path.parent):
-                self.ui.warn(f"{f.what}'s directory {escape(str(f.path.parent))} is readable by other users (the "
-                             "file itself will be 0600).")
-
-    def connect(self) -> tuple[Google, Coiled | None]:
-        """Google and Coiled, independent: Coiled's reads run while Google's libraries load and the
-        credentials are checked (Google's refusal is still told first); the workspace is chosen after."""
-        o = self.opts
-
-        def coiled():
-            if not o.upload:
-                return None
-            c, wanted = coiled_client(o.coiled_server, o.workspace, "--no-upload")
-            return c, wanted, workspace_reads(c)
-
-        g, found = run_all([connect_google, coiled])
-        if found is None:
-            return g, None
-        c, wanted, reads = found
-        ask = (lambda slugs: self.ui.select("Coiled workspace:", slugs)) if o.interactive else None
-        o.workspace = choose_workspace(c, wanted, ask, reads)
-        return g, c
 
     # -- 1. preflight ------------------------------------------------------------------------------
     def preflight(self, g: Google) -> dict[str, bool]:
@@ -265,7 +233,7 @@ class Wizard:
     def execute(self) -> int:
         o, ui = self.opts, self.ui
         self.resolve()
-        g, coiled = self.connect()
+        g, coiled = self.connect("--no-upload")
         journal = Journal(o.project)
         why = paths.unwritable(journal.path)
         if why:
@@ -292,16 +260,8 @@ class Wizard:
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
                        coiled_credentials=cur.coiled_credentials)
         steps = registry.build(o)
-        self.engine = engine = Engine(self.run, steps, Consent(interactive=o.interactive, yes=o.yes,
-                                                                dry_run=o.dry_run, wait_timeout=o.wait_timeout),
-                                      o.project)
-        engine.plan()
-        self.check_local_files(steps)
-        engine.show()
-        if not engine.agreed():
-            return OK
-        engine.apply()
-        self.finish()
+        if self.plan_and_apply(steps):
+            self.finish()
         return OK
 
     def finish(self) -> None:
@@ -334,44 +294,4 @@ class Wizard:
 
 def run(opts: Options) -> int:
     ui = Ui(interactive=opts.interactive, output=opts.output)
-    w = Wizard(opts, ui)
-    code, error = OK, None
-    try:
-        code = w.execute()
-    except UserError as e:
-        code, error = e.code, e.message
-        if code != OK:
-            ui.error(e.message)
-        else:
-            ui.info(e.message)
-    except CloudError as e:  # a refusal no step could place: still one sentence
-        error, code = explain(e, opts.project)
-        ui.error(error)
-    except KeyboardInterrupt:
-        code = INTERRUPTED
-        done = w.engine.done() if w.engine else []
-        current = w.engine.current if w.engine else None
-        where = f" during '{current.title}'" if current else ""
-        error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
-                 "to resume where it stopped.")
-        ui.error(error)
-    except Exception as e:
-        code, error = STEP_FAILED, report.unexpected(e)
-        raise
-    finally:
-        ui.stop()
-        if w.lock is not None:
-            w.lock.release()
-        if w.run is not None:
-            w.run.google.close()
-        if opts.output == "json":
-            report.emit(
-                "gcp", code, error,
-                project=opts.project or None,
-                workspace=opts.workspace,
-                service_account=opts.account_email if opts.project else None,
-                key_file=str(w.run.key_path) if w.run and w.run.key_path else None,
-                steps=w.engine.results if w.engine else [],
-                conflicts_retried=ui.conflicts,
-            )
-    return code
+    return Wizard(opts, ui).drive()

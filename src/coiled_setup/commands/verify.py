@@ -22,6 +22,7 @@ from coiled_setup.options import (
     ROLE_ID_RE,
     check_project,
     instance_account_error,
+    output_error,
     region_error,
     role_id_error,
 )
@@ -52,10 +53,9 @@ class VerifyOptions:
 # -- inputs --------------------------------------------------------------------------------------------
 
 def _validate(o: VerifyOptions) -> None:
-    if o.output not in ("text", "json"):
-        raise BadInput(f"--output {o.output!r} is not known: use text or json.")
     # The wizard's own rules: an input one command takes, the other takes too.
-    for error in (o.role_id is not None and role_id_error(o.role_id),
+    for error in (output_error(o.output),
+                  o.role_id is not None and role_id_error(o.role_id),
                   o.region is not None and region_error(o.region, bool(o.gar)),
                   o.instance_service_account is not None and instance_account_error(o.instance_service_account, None)):
         if error:
@@ -259,7 +259,7 @@ def verify(o: VerifyOptions, ui: Ui) -> tuple[Target, list[Result], str]:
         operator.close()
         if as_key is not None:
             as_key.close()
-    results = checks.evaluate(t, facts, context.backend_options_in_config())
+    results = checks.evaluate(t, facts)
     workspace = (facts.get("coiled") or {}).get("workspace")
     return t, results, workspace
 

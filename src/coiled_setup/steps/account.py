@@ -15,6 +15,8 @@ from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, 
 from coiled_setup.wording import count
 
 MAX_USER_KEYS = 10
+# In the description of every account this tool creates: teardown on another machine recognises them by it.
+MARKER = "(created by coiled-setup)"
 KEY_ORG_POLICY = "constraints/iam.disableServiceAccountKeyCreation"
 
 
@@ -163,8 +165,9 @@ class AccountStep(Step):
         if self.account is None:
             try:
                 self.account = g.create_account(o.project, o.account_id, "Coiled",
-                                                "Used by Coiled to run Dask clusters (created by coiled-setup).")
+                                                f"Used by Coiled to run Dask clusters {MARKER}.")
                 run.fresh_account = True
+                run.journal.created("account", o.account_email)
                 done.append("created account")
             except AlreadyExists:
                 # Unseen a moment ago, yet there: most likely our own earlier create whose answer was lost,
@@ -206,51 +209,12 @@ class AccountStep(Step):
         return keys
 
     def _create_key(self, run: Run) -> None:
-        o, g = run.opts, run.google
+        o = run.opts
         keys = self._keys_now(run)
         if len(keys) >= MAX_USER_KEYS:
             keys = self._make_room(run, keys)
-        # Written before the key exists, so a crash between here and the file leaves a trace to clean up.
-        run.journal.set(key_pending={"email": o.account_email, "known": [k.key_id for k in keys],
-                                     "started": time.time()})
-        try:
-            data = g.create_key(o.account_email)
-        except FailedPrecondition as e:
-            if KEY_ORG_POLICY in e.violations:
-                raise UserError(
-                    f"The organization policy iam.disableServiceAccountKeyCreation forbids creating keys in "
-                    f"project {o.project}: an organization policy administrator must exempt this project "
-                    f"(gcloud resource-manager org-policies disable-enforce iam.disableServiceAccountKeyCreation "
-                    f"--project {o.project}) before Coiled can get a key."
-                ) from None
-            raise
-        kid = data["private_key_id"]
         path = None if o.no_local_key else (self.local_path or paths.default_key_path(o.project, o.account_id))
-        try:
-            run.journal.add_key(kid)
-            if path is not None:
-                paths.write_private(path, json.dumps(data, indent=2) + "\n")
-                run.key_path = str(path)
-                run.journal.set(key_file=str(path))
-            run.journal.set(key_pending=None, key_id=kid)
-        except (OSError, JournalError) as e:
-            reason = e.reason if isinstance(e, JournalError) else \
-                f"could not write the key file {path} ({e.strerror or e})"
-            self._discard(run, kid)
-            raise UserError(f"C{reason[1:]}, so the new key was deleted on Google again: fix that, then run "
-                            "again.") from None
-        run.keyfile, run.key_id = data, kid
-
-    def _discard(self, run: Run, kid: str) -> None:
-        """A key whose private half could not be kept: deleted, so none is left that nobody holds."""
-        try:
-            run.google.delete_key(run.opts.account_email, kid)
-        except CloudError:
-            return  # the journal's key_pending still names it: the next run deletes it
-        try:
-            run.journal.set(key_pending=None, keys=[k for k in run.journal.our_keys() if k != kid])
-        except JournalError:
-            pass
+        create_key(run, path, [k.key_id for k in keys])
 
     def _make_room(self, run: Run, keys):
         o = run.opts
@@ -272,3 +236,52 @@ class AccountStep(Step):
 
 def steps_for(opts) -> list[Step]:
     return [AccountStep()]
+
+
+def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
+    """A new key of the account, its private half kept (in `path`, when given) before anything else happens.
+
+    `known` are the account's keys before it: a crash between the create and the file leaves the journal's
+    pending record, from which the next run deletes the one key nobody holds."""
+    o, g = run.opts, run.google
+    # Written before the key exists, so a crash between here and the file leaves a trace to clean up.
+    run.journal.set(key_pending={"email": o.account_email, "known": list(known), "started": time.time()})
+    try:
+        data = g.create_key(o.account_email)
+    except CloudError as e:
+        if isinstance(e, FailedPrecondition) and KEY_ORG_POLICY in e.violations:
+            raise UserError(
+                f"The organization policy iam.disableServiceAccountKeyCreation forbids creating keys in "
+                f"project {o.project}: an organization policy administrator must exempt this project "
+                f"(gcloud resource-manager org-policies disable-enforce iam.disableServiceAccountKeyCreation "
+                f"--project {o.project}) before Coiled can get a key."
+            ) from None
+        raise
+    kid = data["private_key_id"]
+    try:
+        run.journal.add_key(kid)
+        if path is not None:
+            paths.write_private(path, json.dumps(data, indent=2) + "\n")
+            run.key_path = str(path)
+            run.journal.set(key_file=str(path))
+        run.journal.set(key_pending=None, key_id=kid)
+    except (OSError, JournalError) as e:
+        reason = e.reason if isinstance(e, JournalError) else \
+            f"could not write the key file {path} ({e.strerror or e})"
+        _discard(run, kid)
+        raise UserError(f"C{reason[1:]}, so the new key was deleted on Google again: fix that, then run "
+                        "again.") from None
+    run.keyfile, run.key_id = data, kid
+    return data
+
+
+def _discard(run: Run, kid: str) -> None:
+    """A key whose private half could not be kept: deleted, so none is left that nobody holds."""
+    try:
+        run.google.delete_key(run.opts.account_email, kid)
+    except CloudError:
+        return  # the journal's key_pending still names it: the next run deletes it
+    try:
+        run.journal.set(key_pending=None, keys=[k for k in run.journal.our_keys() if k != kid])
+    except JournalError:
+        pass

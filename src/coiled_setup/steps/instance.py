@@ -6,6 +6,7 @@ from coiled_setup import role_templates
 from coiled_setup.cloud import AlreadyExists
 from coiled_setup.errors import BadInput
 from coiled_setup.options import INSTANCE_ACCOUNT_ID, INSTANCE_ROLE_ID, role_name
+from coiled_setup.steps.account import MARKER
 from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
 from coiled_setup.steps.binding import BindingStep
 from coiled_setup.steps.role import RoleStep
@@ -55,7 +56,7 @@ class InstanceAccountStep(Step):
         try:
             self.account = run.google.create_account(
                 run.opts.project, INSTANCE_ACCOUNT_ID, "Coiled instances",
-                "Attached to Coiled's cluster instances; grant it only the data access your work needs.",
+                f"Attached to Coiled's cluster instances; grant it only the data access your work needs {MARKER}.",
             )
         except AlreadyExists:
             pass

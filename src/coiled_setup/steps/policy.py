@@ -1,4 +1,4 @@
-"""Adding one member to one role in an IAM policy without losing anyone else's bindings."""
+"""Adding or removing one member of one role in an IAM policy without losing anyone else's bindings."""
 
 from __future__ import annotations
 
@@ -26,6 +26,21 @@ def with_member(policy: Policy, role: str, member: str) -> Policy:
     return Policy(3, policy.etag, bindings)
 
 
+def without(policy: Policy, role: str, gone: Callable[[str], bool]) -> Policy | None:
+    """The same policy without the members `gone` picks from the unconditional binding of `role`, or None when
+    there is none; conditional bindings, other roles and other members are kept as they are."""
+    bindings, dropped = [], False
+    for b in policy.bindings:
+        members = list(b.members)
+        if b.role == role and b.condition is None:
+            kept = [m for m in members if not gone(m)]
+            dropped = dropped or len(kept) != len(members)
+            members = kept
+        if members:
+            bindings.append(Binding(b.role, members, b.condition))
+    return Policy(3, policy.etag, bindings) if dropped else None
+
+
 def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], role: str, member: str, *,
                   timeout: float, tick=None, on_conflict=None) -> bool:
     """Read-modify-write with the etag, the whole cycle retried on a conflict.
@@ -33,16 +48,30 @@ def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], ro
     Answers True when it wrote, False when the member was already there. While a just-created
     account is unknown to IAM ("does not exist"), waits with backoff up to `timeout`.
     """
+    return rewrite(get, put, lambda p: None if holds(p, role, member) else with_member(p, role, member),
+                   timeout=timeout, tick=tick, on_conflict=on_conflict, member=member)
+
+
+def ensure_removed(get: Callable[[], Policy], put: Callable[[Policy], Policy], role: str,
+                   gone: Callable[[str], bool], *, timeout: float, tick=None, on_conflict=None) -> bool:
+    """As ensure_member, taking the members `gone` picks out of the unconditional binding of `role`."""
+    return rewrite(get, put, lambda p: without(p, role, gone), timeout=timeout, tick=tick, on_conflict=on_conflict)
+
+
+def rewrite(get: Callable[[], Policy], put: Callable[[Policy], Policy], change: Callable[[Policy], Policy | None],
+            *, timeout: float, tick=None, on_conflict=None, member: str = "") -> bool:
+    """Reads the policy, writes `change(policy)` with its etag (None: nothing to write), and starts over on a
+    conflict. Answers whether it wrote."""
     start = retry.now()
     deadline = start + timeout
     conflicts = transient = 0
     waits = waiting.delays()
     while True:
-        policy = get()
-        if holds(policy, role, member):
+        new = change(get())
+        if new is None:
             return False
         try:
-            put(with_member(policy, role, member))
+            put(new)
             return True
         except (Transient, Aborted, InvalidArgument) as e:
             # The write is retried here (the adapter does not repeat writes: a policy write needs a fresh etag),
@@ -68,7 +97,7 @@ def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], ro
                     ) from None
                 retry.sleep(random.uniform(0.05, 0.2) * min(conflicts, 5))
                 continue
-            if "does not exist" in e.message:
+            if member and "does not exist" in e.message:
                 left = deadline - retry.now()
                 if left <= 0:
                     raise

@@ -66,6 +66,7 @@ class RoleStep(Step):
         if self.role is None:
             try:
                 g.create_role(run.opts.project, self.role_id, *args)
+                run.journal.created(self.key, self.name(run))
                 return "created"
             except (AlreadyExists, FailedPrecondition) as e:
                 self.observe(run)  # someone else made it, or it is soft-deleted: converge below
