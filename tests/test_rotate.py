@@ -43,6 +43,22 @@ def key_file(sb) -> Path:
     return Path(journal(sb)["key_file"])
 
 
+def killed_when(sb, home, until) -> None:
+    """Runs a rotation and kills it (SIGKILL) once until() holds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sb.env, HOME=str(home), GRPC_VERBOSITY="ERROR")
+    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *ROTATE], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not until():
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.wait(timeout=30)
+    sb.world.config.hold_method, sb.world.config.hold_s = "", 0
+
+
 @pytest.fixture
 def setup(make_sandbox, cli):
     """A project set up by the wizard, plus a key of the account that someone else created."""
@@ -104,18 +120,7 @@ def test_a_rotation_killed_after_coiled_took_the_new_key_is_finished_not_repeate
     old = held(sb)
     # Coiled stores the new key, then its answer is held: the rotation is killed before deleting the old key.
     sb.world.config.hold_method, sb.world.config.hold_s = "POST /api/v2/cloud-credentials/{ws}/gcp", 30
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
-    env.update(sb.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR")
-    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *ROTATE], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and held(sb) == old:
-            time.sleep(0.02)
-        proc.kill()
-    finally:
-        proc.wait(timeout=30)
-    sb.world.config.hold_method, sb.world.config.hold_s = "", 0
+    killed_when(sb, tmp_path, lambda: held(sb) != old)
     new = held(sb)
     assert new != old and sorted(user_keys(c)) == sorted([old, new, foreign])
     mark = len(calls(sb))
@@ -130,18 +135,7 @@ def test_a_rotation_killed_before_the_key_reached_the_file_leaves_no_key_nobody_
     sb, c, foreign = setup
     old = held(sb)
     sb.world.config.hold_method, sb.world.config.hold_s = "CreateServiceAccountKey", 30
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
-    env.update(sb.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR")
-    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *ROTATE], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(user_keys(c)) < 3:
-            time.sleep(0.02)
-        proc.kill()  # the key exists on Google; its private half never reached the file
-    finally:
-        proc.wait(timeout=30)
-    sb.world.config.hold_method, sb.world.config.hold_s = "", 0
+    killed_when(sb, tmp_path, lambda: len(user_keys(c)) >= 3)  # the key exists; its private half never reached the file
     assert len(user_keys(c)) == 3 and held(sb) == old
     cli(sb, *ROTATE, check=0)
     new = held(sb)

@@ -75,6 +75,19 @@ def _finish(code: int) -> None:
     raise typer.Exit(code)
 
 
+def _rehearsing(sandbox: bool, fn, fresh: bool = False) -> int:
+    """Runs the command, against the rehearsal sandbox (started in this process) when asked."""
+    if not sandbox:
+        return fn()
+    from coiled_setup import rehearsal
+
+    sb = rehearsal.start(fresh=fresh)
+    try:
+        return fn()
+    finally:
+        sb.stop()
+
+
 def _guard(fn, command: str, output: str):
     """Expected failures print one sentence and exit with their code, never a traceback; with --output json
     every exit also prints the command's JSON document (once: a run that got far enough printed its own)."""
@@ -189,17 +202,7 @@ def gcp(
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
             allow_privileged_key=allow_privileged_key,
         )
-        if sandbox or sandbox_reset:
-            from coiled_setup import rehearsal
-
-            sb = rehearsal.start(fresh=sandbox_reset)
-        else:
-            sb = None
-        try:
-            return command.run(opts)
-        finally:
-            if sb is not None:
-                sb.stop()
+        return _rehearsing(sandbox or sandbox_reset, lambda: command.run(opts), fresh=sandbox_reset)
 
     _finish(_guard(go, "gcp", output))
 
@@ -250,16 +253,7 @@ def rotate_key(
             if project:
                 check_account(service_account, project)
             opts.service_account = service_account
-        sb = None
-        if sandbox:
-            from coiled_setup import rehearsal
-
-            sb = rehearsal.start()
-        try:
-            return command.run(opts)
-        finally:
-            if sb is not None:
-                sb.stop()
+        return _rehearsing(sandbox, lambda: command.run(opts))
 
     _finish(_guard(go, "rotate-key", output))
 
@@ -321,16 +315,7 @@ def teardown(
                        explicit=given)
         if service_account and project:
             check_account(service_account, project)
-        sb = None
-        if sandbox:
-            from coiled_setup import rehearsal
-
-            sb = rehearsal.start()
-        try:
-            return command.run(opts)
-        finally:
-            if sb is not None:
-                sb.stop()
+        return _rehearsing(sandbox, lambda: command.run(opts))
 
     _finish(_guard(go, "teardown", output))
 
@@ -373,20 +358,11 @@ def verify(
                       "--workspace": workspace, "--coiled-server": coiled_server, "--region": region,
                       "--role-id": role_id,
                       "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
-        sb = None
-        if sandbox:
-            from coiled_setup import rehearsal
-
-            sb = rehearsal.start()
-        try:
-            return command.run(command.VerifyOptions(
-                project=project, key_file=key_file, role_id=role_id, region=region, gar=gar,
-                instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
-                coiled_server=coiled_server, strict=strict, output=output,
-            ))
-        finally:
-            if sb is not None:
-                sb.stop()
+        return _rehearsing(sandbox, lambda: command.run(command.VerifyOptions(
+            project=project, key_file=key_file, role_id=role_id, region=region, gar=gar,
+            instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
+            coiled_server=coiled_server, strict=strict, output=output,
+        )))
 
     _finish(_guard(go, "verify", output))
 

@@ -29,6 +29,7 @@ class ConfirmStep(Step):
     key = "confirm"
     title = "Permissions in effect"
     after = ("account", "role", "binding", "registry")
+    reads = ("keyfile",)  # tests as the account, with the key the account step made or kept
 
     def plan(self, run: Run) -> Change:
         # Counted as verify counts them: the role's permissions on the project, the registry's on the repository.
