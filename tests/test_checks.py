@@ -35,7 +35,7 @@ from coiled_setup.checks import (
     gather,
 )
 from coiled_setup.cloud import CloudError, Google
-from coiled_setup.coiled_api import Coiled, CoiledError
+from coiled_setup.coiled_api import Coiled, CoiledUnauthorized, CoiledUnreachable
 from coiled_setup.options import INSTANCE_ROLE_ID
 from coiled_setup.sandbox import Config, Sandbox
 from tests.helpers import calls, clients
@@ -499,10 +499,10 @@ def test_coiled_credentials_states(world):
 
 def test_coiled_unreadable_names_the_login(world):
     def refused():
-        raise CoiledError("Coiled refused the token.", 401)
+        raise CoiledUnauthorized("Coiled refused the token.", 401)
 
     def silent():
-        raise CoiledError("Coiled did not answer.")
+        raise CoiledUnreachable("Coiled did not answer.")
 
     r = check(world, check_coiled_credentials, target("good", coiled=True), refused)
     assert (r.status, r.detail) == (FAILED, "Could not read Coiled: Coiled refused the token.")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from coiled_setup import keyfile, needs
-from coiled_setup.cloud import CloudError
-from coiled_setup.coiled_api import CoiledError
+from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Unauthenticated
+from coiled_setup.coiled_api import CoiledError, CoiledUnreachable
 from coiled_setup.concurrency import run_all
 from coiled_setup.needs import (
     ARTIFACT_REGISTRY,
@@ -48,7 +48,6 @@ VIEWER_READS = {
     "resourcemanager.projects.get", "resourcemanager.projects.getIamPolicy", "serviceusage.services.get",
     "artifactregistry.repositories.get", "artifactregistry.repositories.getIamPolicy",
 }
-TRANSIENT_ATTEMPTS = 5
 
 
 @dataclass
@@ -147,23 +146,14 @@ class Facts:
         return self.errors.get(name)
 
     def fetch(self, jobs: dict[str, Callable[[], object]]) -> None:
-        """Runs the jobs together; a Google or Coiled refusal is kept, anything else is raised."""
+        """Runs the jobs together; a Google or Coiled refusal is kept, anything else is raised.
+
+        Not retried here: the Google adapter and the Coiled client have retried each call already."""
         def one(name, fn):
-            delay = 0.1
-            for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
-                try:
-                    self.values[name] = fn()
-                    return
-                except CloudError as e:
-                    if e.transient and attempt < TRANSIENT_ATTEMPTS:
-                        time.sleep(delay)
-                        delay *= 2
-                        continue
-                    self.errors[name] = e
-                    return
-                except CoiledError as e:
-                    self.errors[name] = e
-                    return
+            try:
+                self.values[name] = fn()
+            except (CloudError, CoiledError) as e:
+                self.errors[name] = e
 
         run_all([lambda n=n, f=f: one(n, f) for n, f in jobs.items()])
 
@@ -258,16 +248,17 @@ def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: s
     """A check that could not be made: who lacks what, or what Google or Coiled said."""
     who = who or f.operator or "your account"
     if isinstance(e, CoiledError):
-        remedy = ("Check your network connection, proxy settings and --coiled-server, then run again." if not e.status
+        remedy = ("Check your network connection, proxy settings and --coiled-server, then run again."
+                  if isinstance(e, CoiledUnreachable)
                   else "Check your Coiled login (coiled login) and --coiled-server, then run again.")
         return Result(name, title, FAILED, f"Could not read Coiled: {e.message}", remedy)
-    if e.code == "PERMISSION_DENIED" and e.permission:
+    if isinstance(e, PermissionDenied) and e.permission:
         role = "roles/viewer" if e.permission in VIEWER_READS else granting_role(e.permission)
         return Result(name, title, FAILED,
                       f"Could not check: {who} lacks the permission {e.permission} in project {t.project}.",
                       f"Ask a project owner to grant {who} {role} (it includes {e.permission}), or run verify "
                       "with credentials that can read it; then run again.", {"missing_permission": e.permission})
-    if e.reason == "SERVICE_DISABLED":
+    if e.service_disabled:
         svc = e.metadata.get("service", "an API")
         return Result(name, title, FAILED, f"Could not check: the API {svc} is disabled in project {t.project}.",
                       f"gcloud services enable {svc} --project {t.project}")
@@ -280,7 +271,7 @@ def _age_days(key) -> float | None:
 
 
 def _not_found(e: Exception | None) -> bool:
-    return isinstance(e, CloudError) and e.code == "NOT_FOUND"
+    return isinstance(e, NotFound)
 
 
 # -- the checks ----------------------------------------------------------------------------------------
@@ -434,7 +425,7 @@ def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
         return Result(name, title, SKIPPED, "Cannot act as the account (see Service account).")
     e = f.error("held")
     if e is not None:
-        if isinstance(e, CloudError) and e.code == "UNAUTHENTICATED":
+        if isinstance(e, Unauthenticated):
             return Result(name, title, FAILED, f"Google did not accept the key of {t.account}: {e.message}",
                           f"{t.gcp()} (creates a new key)")
         return cannot_read(name, title, e, t, f, who=t.account)

@@ -10,9 +10,9 @@ what the tests reach through `from tests import reliability as R`. Every run tal
 is seeded. Wizard runs happen in this process (typer's CliRunner, with the environment a user would have),
 except where a real process has to die (SIGKILL, SIGINT).
 
-In-process runs scale the back-off sleeps of the product (and of the client libraries' retries) by
-SLEEP_SCALE: the sandbox answers at once, so the waits only cost time; the calls made, their order and
-the retry budgets are unchanged.
+In-process runs scale the back-off sleeps of the product by SLEEP_SCALE (through the sleep of its retry
+policy, coiled_setup.retry): the sandbox answers at once, so the waits only cost time; the calls made, their
+order and the retry budgets are unchanged.
 """
 
 from tests.helpers import calls, state

@@ -6,8 +6,8 @@ import os
 import sys
 
 from coiled_setup import context
-from coiled_setup.cloud import UNREACHABLE, CloudError, Google, NoCredentials
-from coiled_setup.coiled_api import Coiled, CoiledError
+from coiled_setup.cloud import CloudError, Google, NoCredentials, Transient, Unreachable
+from coiled_setup.coiled_api import Coiled, CoiledUnauthorized
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import BadInput, UserError
 from coiled_setup.remedies import explain
@@ -31,7 +31,7 @@ def connect_google(notify=notice) -> Google:
         g.wait_reachable()
     except CloudError as e:
         g.close()
-        if e.transient or e.reason == UNREACHABLE:
+        if isinstance(e, (Transient, Unreachable)):
             raise UserError(explain(e, "")[0]) from None
         raise BadInput(explain(e, "")[0]) from None
     return g
@@ -89,10 +89,8 @@ def workspace_reads(c: Coiled) -> tuple[dict, list]:
     """Who the user is and the workspaces they belong to: two independent reads, made together."""
     try:
         me, memberships = run_all([c.me, c.memberships])
-    except CoiledError as e:
-        if e.status in (401, 403):
-            raise BadInput(e.message) from None
-        raise
+    except CoiledUnauthorized as e:
+        raise BadInput(e.message) from None
     return me, memberships
 
 

@@ -6,7 +6,7 @@ import os
 
 from coiled_setup import context, keyfile, paths
 from coiled_setup import steps as registry
-from coiled_setup.cloud import UNREACHABLE, CloudError, Google
+from coiled_setup.cloud import CloudError, Google, Transient, Unauthenticated, Unreachable
 from coiled_setup.commands.common import Session
 from coiled_setup.concurrency import run_all
 from coiled_setup.engine import Engine
@@ -143,9 +143,9 @@ class Wizard(Session):
                           + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
         (project, perr), (held, terr) = results[0], results[1]
         if terr is not None and perr is not None:
-            if terr.transient or terr.reason == UNREACHABLE:
+            if isinstance(terr, (Transient, Unreachable)):
                 raise UserError(explain(terr, o.project)[0])
-            if terr.code == "UNAUTHENTICATED":
+            if isinstance(terr, Unauthenticated):
                 raise BadInput(explain(terr, o.project)[0])
             raise BadInput(f"Project {o.project} does not exist, or {g.principal or 'your account'} cannot see it: "
                            "check --project.")

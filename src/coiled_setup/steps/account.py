@@ -8,7 +8,7 @@ from pathlib import Path
 
 from coiled_setup import keyfile as keyfiles
 from coiled_setup import paths, waiting
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import AlreadyExists, CloudError, FailedPrecondition, NotFound
 from coiled_setup.errors import UserError
 from coiled_setup.journal import JournalError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, Run, Step
@@ -50,9 +50,7 @@ def delete_key(run: Run, kid: str) -> bool:
     try:
         run.google.delete_key(run.opts.account_email, kid)
         gone = True
-    except CloudError as e:
-        if e.code != "NOT_FOUND":
-            raise
+    except NotFound:
         gone = False
     run.journal.drop_key(kid)
     return gone
@@ -196,9 +194,7 @@ class AccountStep(Step):
                 run.fresh_account = True
                 run.journal.created("account", o.account_email)
                 done.append("created account")
-            except CloudError as e:
-                if e.code != "ALREADY_EXISTS":
-                    raise
+            except AlreadyExists:
                 # Unseen a moment ago, yet there: most likely our own earlier create whose answer was lost,
                 # so Google may not show it everywhere yet either.
                 run.fresh_account = True
@@ -229,8 +225,8 @@ class AccountStep(Step):
         def attempt():
             try:
                 return run.google.list_user_keys(run.opts.account_email), True
-            except CloudError as e:
-                if e.code == "NOT_FOUND" and run.fresh_account:
+            except NotFound:
+                if run.fresh_account:
                     return None
                 raise
         keys, _ = waiting.poll(attempt, timeout=run.opts.wait_timeout, what="waiting for the new account to appear",
@@ -278,7 +274,7 @@ def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
     try:
         data = g.create_key(o.account_email)
     except CloudError as e:
-        if e.code == "FAILED_PRECONDITION" and KEY_ORG_POLICY in e.violations:
+        if isinstance(e, FailedPrecondition) and KEY_ORG_POLICY in e.violations:
             raise UserError(
                 f"The organization policy iam.disableServiceAccountKeyCreation forbids creating keys in "
                 f"project {o.project}: an organization policy administrator must exempt this project "
