@@ -8,13 +8,15 @@ from pathlib import Path
 
 from coiled_setup import keyfile as keyfiles
 from coiled_setup import paths, waiting
-from coiled_setup.cloud import AlreadyExists, CloudError, FailedPrecondition, NotFound
+from coiled_setup.cloud import AlreadyExists, CloudError, FailedPrecondition, NotFound, Transient, Unreachable
 from coiled_setup.errors import UserError
 from coiled_setup.journal import JournalError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, Run, Step
 from coiled_setup.wording import count
 
 MAX_USER_KEYS = 10
+# How long Google's key list may lag behind a new key (its own samples wait 5 s before listing one).
+LIST_SETTLE_S = 5.0
 # In the description of every account this tool creates: teardown on another machine recognises them by it.
 MARKER = "(created by coiled-setup)"
 KEY_ORG_POLICY = "constraints/iam.disableServiceAccountKeyCreation"
@@ -204,11 +206,11 @@ class AccountStep(Step):
                 delete_key(run, kid)
             done.append(f"deleted {count(len(self.orphans), 'orphaned key')}")
             self.orphans = []
-        run.journal.set(key_pending=None)
         if self.needs_key(run):
-            self._create_key(run)
+            self._create_key(run)  # settles what an earlier attempt may have left first
             done.append(f"created key {run.key_id[:12]}…")
         else:
+            run.journal.set(key_pending=None)
             self.adopt(run)
         return ", ".join(done) or "nothing to do"
 
@@ -269,11 +271,18 @@ def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
     `known` are the account's keys before it: a crash between the create and the file leaves the journal's
     pending record, from which the next run deletes the one key nobody holds."""
     o, g = run.opts, run.google
+    known = list(known)
+    n = settle_unlisted(run, known)
+    if n:
+        run.ui.tick(f"deleted {count(n, 'key')} an earlier attempt made, whose answer was lost")
     # Written before the key exists, so a crash between here and the file leaves a trace to clean up.
-    run.journal.set(key_pending={"email": o.account_email, "known": list(known), "started": time.time()})
+    run.journal.set(key_pending={"email": o.account_email, "known": known, "started": time.time()})
     try:
         data = g.create_key(o.account_email)
     except CloudError as e:
+        if isinstance(e, (Transient, Unreachable)):
+            # The key may have been made, its answer lost: the next attempt first looks for it.
+            run.journal.set(key_pending={**run.journal.get("key_pending"), "uncertain": True})
         if isinstance(e, FailedPrecondition) and KEY_ORG_POLICY in e.violations:
             raise UserError(
                 f"The organization policy iam.disableServiceAccountKeyCreation forbids creating keys in "
@@ -298,6 +307,32 @@ def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
                         "again.") from None
     run.keyfile, run.key_id = data, kid
     return data
+
+
+def settle_unlisted(run: Run, known: list[str]) -> int:
+    """A key an earlier attempt of this run may have made (the journal's pending record says its answer was lost)
+    can be missing from Google's key list for a few seconds after it was made. Until LIST_SETTLE_S after
+    that attempt, watch the list for a key that is neither known then nor now, and delete it (nobody holds its
+    private half); answers how many. Without a recent pending record, nothing to wait for."""
+    pending = run.journal.get("key_pending") or {}
+    started = pending.get("started")
+    if (pending.get("email") != run.opts.account_email or not pending.get("uncertain")
+            or not isinstance(started, (int, float))):
+        return 0
+    keep = set(pending.get("known", [])) | set(known)
+    deadline = started + LIST_SETTLE_S
+    found: list[str] = []
+
+    def settled():
+        found[:] = [k.key_id for k in run.google.list_user_keys(run.opts.account_email) if k.key_id not in keep]
+        return bool(found) or time.time() >= deadline
+
+    if time.time() < deadline:
+        waiting.poll(settled, timeout=max(0.0, deadline - time.time()) + 1,
+                     what="waiting for Google to list a key an earlier attempt may have made", tick=run.ui.tick)
+    for kid in found:
+        delete_key(run, kid)
+    return len(found)
 
 
 def _discard(run: Run, kid: str) -> None:
