@@ -88,14 +88,31 @@ def _rehearsing(sandbox: bool, fn, fresh: bool = False) -> int:
         sb.stop()
 
 
-def _guard(fn, command: str, output: str):
+VERBOSE_HELP = "Print each Google and Coiled call on stderr (service, method, resource, outcome, time)."
+LOG_FILE_HELP = "Append each Google and Coiled call to this file (0600); failures name it."
+
+
+def _start_log(verbose: bool, log_file: Path | None, command: str) -> None:
+    if not verbose and log_file is None:
+        return
+    from coiled_setup import calllog, paths
+    from coiled_setup.errors import BadInput
+
+    why = paths.unwritable(log_file) if log_file is not None else None
+    if why:
+        raise BadInput(f"--log-file {str(log_file)!r} cannot be written, {why}: choose another path.")
+    calllog.configure(verbose, log_file, command)
+
+
+def _guard(fn, command: str, output: str, log: tuple[bool, Path | None] = (False, None)):
     """Expected failures print one sentence and exit with their code, never a traceback; with --output json
     every exit also prints the command's JSON document (once: a run that got far enough printed its own)."""
-    from coiled_setup import report
+    from coiled_setup import calllog, report
     from coiled_setup.errors import STEP_FAILED, UserError
 
     report.reset()
     try:
+        _start_log(*log, command)
         return fn()
     except UserError as e:
         from coiled_setup.ui import Ui
@@ -113,6 +130,8 @@ def _guard(fn, command: str, output: str):
 
         traceback.print_exc()
         code, error = STEP_FAILED, report.unexpected(e)
+    finally:
+        calllog.close()
     if output == "json":
         report.emit(command, code, error)
     return code
@@ -161,6 +180,8 @@ def gcp(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rehearse against a local sandbox, not Google."),
@@ -208,7 +229,7 @@ def gcp(
         )
         return _rehearsing(sandbox or sandbox_reset, lambda: command.run(opts), fresh=sandbox_reset)
 
-    _finish(_guard(go, "gcp", output))
+    _finish(_guard(go, "gcp", output, (verbose, log_file)))
 
 
 @app.command("rotate-key", epilog=EXIT_CODES, short_help="Give Coiled a new key, then delete the old one.")
@@ -230,6 +251,8 @@ def rotate_key(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rotate in the sandbox that `gcp --sandbox` set up."),
@@ -259,7 +282,7 @@ def rotate_key(
             opts.service_account = service_account
         return _rehearsing(sandbox, lambda: command.run(opts))
 
-    _finish(_guard(go, "rotate-key", output))
+    _finish(_guard(go, "rotate-key", output, (verbose, log_file)))
 
 
 @app.command(epilog=EXIT_CODES, short_help="Remove what coiled-setup created for Coiled in a project.")
@@ -283,6 +306,8 @@ def teardown(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Tear down in the sandbox that `gcp --sandbox` set up."),
@@ -321,7 +346,7 @@ def teardown(
             check_account(service_account, project)
         return _rehearsing(sandbox, lambda: command.run(opts))
 
-    _finish(_guard(go, "teardown", output))
+    _finish(_guard(go, "teardown", output, (verbose, log_file)))
 
 
 VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "
@@ -349,6 +374,8 @@ def verify(
     coiled_server: Optional[str] = typer.Option(None, metavar="URL",
                                                 help="Coiled server [default: from your Coiled login]."),
     strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
     output: str = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Check the sandbox that `gcp --sandbox` set up."),
 ) -> None:
@@ -368,7 +395,7 @@ def verify(
             coiled_server=coiled_server, strict=strict, output=output,
         )))
 
-    _finish(_guard(go, "verify", output))
+    _finish(_guard(go, "verify", output, (verbose, log_file)))
 
 
 @app.command("sandbox", short_help="Run a local Google Cloud and Coiled to rehearse against.")

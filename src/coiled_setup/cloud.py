@@ -686,3 +686,17 @@ def _code_name(code: int) -> str:
         if c.value[0] == code:
             return c.name
     return "UNKNOWN"
+
+
+def _log_calls(cls):
+    """Each call of the adapter gets a line in the call log (--verbose, --log-file)."""
+    from coiled_setup import calllog
+
+    not_calls = {"where", "from_environment", "from_key", "close", "iam", "projects", "usage", "registry"}
+    for name, fn in list(vars(cls).items()):
+        if not name.startswith("_") and name not in not_calls and callable(fn) and not isinstance(fn, type):
+            setattr(cls, name, calllog.logged("google", name, fn))
+    return cls
+
+
+_log_calls(Google)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from coiled_setup import retry
+from coiled_setup import calllog, retry
 from coiled_setup.cloud import GIVE_UP_S, Reachability
 from coiled_setup.errors import BadInput, UserError
 
@@ -93,6 +94,19 @@ class Coiled:
 
         def once():
             started = retry.now()
+            timer = time.monotonic()
+            try:
+                answer = attempt(started)
+            except _Silent:
+                raise
+            except Exception as e:
+                calllog.record("coiled", method, path, str(getattr(e, "status", "") or type(e).__name__),
+                               time.monotonic() - timer)
+                raise
+            calllog.record("coiled", method, path, "OK", time.monotonic() - timer)
+            return answer
+
+        def attempt(started):
             req = urllib.request.Request(url[0], data=data, method=method)
             req.add_header("Authorization", self._auth())
             req.add_header("Accept", "application/json")
