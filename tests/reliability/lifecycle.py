@@ -98,10 +98,12 @@ def run_lifecycle_faults(lab: Lab, runs: int = 10, rate: float = 0.2, seed: int 
         mark = len(calls(sb))
         configure(sb, fault_rate=rate, seed=seed + i)
         out = lab.run(sb, *ROTATE, what=f"rotation under faults {i}")
+        configure(sb, fault_rate=0)  # the checks' own calls must not meet a fault
         problems = [f"exit {out.code}: {out.stderr.strip()[-300:]}{out.crash[-600:]}"] if out.code else []
         problems = problems or rotated(sb, before)
         rotations += not problems
         fig.problems += [f"rotation, seed {seed + i}: {p}" for p in problems]
+        configure(sb, fault_rate=rate, seed=seed + 1000 + i)
         out = lab.run(sb, *TEARDOWN, what=f"teardown under faults {i}")
         injected += sum(1 for c in calls(sb, mark) if c["fault"])
         configure(sb, fault_rate=0)
