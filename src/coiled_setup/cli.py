@@ -320,6 +320,25 @@ def teardown(
     _finish(_guard(go, "teardown", output))
 
 
+@app.command(short_help="A report of what coiled-setup would create and why, for a security reviewer.")
+def review(
+    project: Optional[str] = typer.Option(None, metavar="PROJECT", help="Read this project (read-only) to say what "
+                                                                        "exists [default: offline, no project]."),
+    format: str = typer.Option("markdown", "--format", metavar="markdown|json", help="Markdown (for a ticket or a "
+                                                                                     "pull request) or JSON."),
+    output_file: Optional[Path] = typer.Option(None, metavar="PATH", help="Write the report here [default: stdout]."),
+) -> None:
+    """Each permission of the bundled roles and what Coiled uses it for, then each resource, binding, API and key a
+    run would create; changes nothing."""
+
+    def go() -> int:
+        from coiled_setup.commands import review as command
+
+        return command.run(command.ReviewOptions(project=project, format=format, output_file=output_file))
+
+    _finish(_guard(go, "review", "json" if format == "json" and output_file is None else "text"))
+
+
 VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "
                      "2 bad input (for example an unknown project), 130 interrupted.")
 
