@@ -164,6 +164,11 @@ def gcp(
     print_operator_roles: bool = typer.Option(
         False, "--print-operator-roles",
         help="Print the roles your own account needs for this run (with its other flags), and change nothing."),
+    export: Optional[tuple[str, Path]] = typer.Option(
+        None, metavar="terraform DIR|gcloud FILE",
+        help="Write this run's plan as Terraform or as a gcloud script, and change nothing."),
+    terraform_key: bool = typer.Option(False, "--terraform-key",
+                                       help="With --export terraform: the key too (its private half in the state)."),
 ) -> None:
     """Create the service account, key, role, binding and registry Coiled needs, then configure Coiled."""
 
@@ -202,7 +207,10 @@ def gcp(
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
             allow_privileged_key=allow_privileged_key,
         )
-        return _rehearsing(sandbox or sandbox_reset, lambda: command.run(opts), fresh=sandbox_reset)
+        if export is not None:
+            opts.dry_run = True  # an export changes nothing
+        return _rehearsing(sandbox or sandbox_reset, lambda: command.run(opts, export, terraform_key),
+                           fresh=sandbox_reset)
 
     _finish(_guard(go, "gcp", output))
 
