@@ -12,7 +12,7 @@ from importlib import resources
 import pytest
 import yaml
 
-from tests.helpers import calls
+from tests.helpers import calls, clients
 
 hcl2 = pytest.importorskip("hcl2")
 
@@ -174,6 +174,18 @@ def test_a_converged_project_exports_imports_not_creations_and_the_key_only_when
         "projects/${var.project}/locations/${var.region}/repositories/coiled"
     assert [_s(p) for p in got["resources"]["google_project_iam_custom_role.coiled_instance"]["permissions"]] == \
         INSTANCE_ROLE["includedPermissions"]
+    # What the run made is what the export describes, setting for setting.
+    real = clients(sb)
+    for label, account_id in (("coiled", "coiled"), ("coiled_instance", "coiled-instance")):
+        exported = got["resources"][f"google_service_account.{label}"]
+        made = real.iam.get_service_account(
+            name=f"projects/{sb.project}/serviceAccounts/{account_id}@{sb.project}.iam.gserviceaccount.com")
+        assert (_s(exported["display_name"]), _s(exported["description"])) == (made.display_name, made.description)
+        exported = got["resources"][f"google_project_iam_custom_role.{label}"]
+        made = real.iam.get_role(request={"name": f"projects/{sb.project}/roles/{label}"})
+        assert (_s(exported["title"]), _s(exported["description"]), _s(exported["stage"])) == \
+            (made.title, made.description, made.stage.name)
+        assert sorted(_s(p) for p in exported["permissions"]) == sorted(made.included_permissions)
     assert got["outputs"]["coiled_key_json"]["sensitive"] is True
     assert "in the Terraform state" in (tf / "main.tf").read_text()
     assert "(exists now: kept)" in sh.read_text() and "(missing now" not in sh.read_text()

@@ -13,6 +13,7 @@ from coiled_setup import inventory
 from coiled_setup.errors import BadInput
 from coiled_setup.needs import ARTIFACT_REGISTRY
 from coiled_setup.options import Options
+from coiled_setup.wording import count
 
 KINDS = ("terraform", "gcloud")
 PROVIDER_VERSION = ">= 5.0"
@@ -263,7 +264,7 @@ def gcloud(items: list[inventory.Resource], o: Options, version: str) -> str:
             var = "PERMISSIONS_" + label(r).upper()
             common = (f'--project "${{PROJECT}}" --title {_sh(a["title"])} --description {_sh(a["description"])} '
                       f'--stage {_sh(a["stage"])} --permissions "${{{var}}}"')
-            lines += ["", head, f"# exactly these {len(a['permissions'])} permissions:",
+            lines += ["", head, f"# exactly these {count(len(a['permissions']), 'permission')}:",
                       f"{var}={_sh(','.join(a['permissions']))}",
                       f'if deleted=$(gcloud iam roles describe {rid} --project "${{PROJECT}}" '
                       "--format='value(deleted)' 2>/dev/null); then",

@@ -15,6 +15,7 @@ from pathlib import Path
 from coiled_setup import inventory, needs, role_templates
 from coiled_setup.errors import OK, BadInput, UserError
 from coiled_setup.options import INSTANCE_ROLE_ID, Options, project_error
+from coiled_setup.wording import count
 
 EXPLAINED = "permissions-explained.yaml"
 INSTANCE_STEPS = ("instance", "instance_role", "instance_binding")
@@ -150,7 +151,7 @@ def _cell(text) -> str:
 def _resource_line(r: dict) -> str:
     a = r["attrs"]
     if r["kind"] == "custom_role":
-        what = f"`{r['name']}` ({len(a['permissions'])} permissions, title {a['title']}, stage {a['stage']})"
+        what = f"`{r['name']}` ({count(len(a['permissions']), 'permission')}, title {a['title']}, stage {a['stage']})"
     elif r["kind"] in ("project_binding", "repository_binding"):
         where = "the project" if r["kind"] == "project_binding" else f"`{a['repository']}`"
         what = f"`{a['member']}` → `{a['role']}` on {where}, without a condition"
@@ -188,9 +189,9 @@ def markdown(f: dict, version: str) -> str:
         "",
         f"- Coiled gets a service account, `{s['service_account']}`, and one JSON key of it, held by Coiled.",
         f"- The account is bound on the project, without a condition, to the custom role `{s['role']}`: "
-        f"{control['permissions']} permissions (template `{control['template']}`).",
+        f"{count(control['permissions'], 'permission')} (template `{control['template']}`).",
         f"- Optional, with `--create-instance-service-account`: an account for cluster instances, bound to the "
-        f"custom role `{instance['role_id']}` with {instance['permissions']} permission "
+        f"custom role `{instance['role_id']}` with {count(instance['permissions'], 'permission')} "
         f"(template `{instance['template']}`).",
     ]
     if s["artifact_registry"]:
