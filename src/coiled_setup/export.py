@@ -13,6 +13,7 @@ from coiled_setup import inventory
 from coiled_setup.errors import BadInput
 from coiled_setup.needs import ARTIFACT_REGISTRY
 from coiled_setup.options import Options
+from coiled_setup.remedies import command
 from coiled_setup.wording import count
 
 KINDS = ("terraform", "gcloud")
@@ -170,13 +171,13 @@ def terraform(items: list[inventory.Resource], o: Options, with_key: bool, versi
     if key is not None:
         blocks.append(f'output "{label(key)}_key_json" {{\n  description = "The key file Coiled gets (JSON)."\n'
                       f"  value       = base64decode({address(key)}.private_key)\n  sensitive   = true\n}}\n")
-    main = ("# The Google Cloud resources `coiled-setup gcp` would make for Coiled, written by "
+    main = (f"# The Google Cloud resources `{command('gcp')}` would make for Coiled, written by "
             f"{_header(o, version)}.\n"
             "# Resources that exist already are imported (imports.tf), not created. The key Coiled needs is "
             + ("managed here too (see its resource).\n" if with_key else
                "not in this configuration, so its\n# private half never reaches the Terraform state; after `terraform "
                "apply`, make it and hand it to Coiled with\n"
-               f"#   coiled-setup gcp --project {o.project} --region {o.region}\n"
+               f"#   {command('gcp')} --project {o.project} --region {o.region}\n"
                "# (it finds everything in place, writes the key 0600 and sends it to Coiled), or with "
                "`--terraform-key` to manage the key here.\n")
             + "\nterraform {\n"
@@ -232,7 +233,7 @@ def gcloud(items: list[inventory.Resource], o: Options, version: str) -> str:
     items = exported(items, with_key=True)
     lines = [
         "#!/usr/bin/env bash",
-        "# The Google Cloud resources `coiled-setup gcp` would make for Coiled, as gcloud commands, written by",
+        f"# The Google Cloud resources `{command('gcp')}` would make for Coiled, as gcloud commands, written by",
         f"# {_header(o, version)}.",
         "# Review it, then run it as an account that may make these changes. Each step looks for what it makes",
         "# first (describe) and creates only what is missing, so running it again changes nothing more.",
@@ -301,7 +302,7 @@ def gcloud(items: list[inventory.Resource], o: Options, version: str) -> str:
                       f'gcloud iam service-accounts keys create "${{KEY_FILE}}" --iam-account {_shp(r.name, o)} '
                       '--project "${PROJECT}")',
                       "fi",
-                      'echo "Now hand the key to Coiled: coiled-setup gcp --project ${PROJECT} --region ${REGION} '
+                      f'echo "Now hand the key to Coiled: {command("gcp")} --project ${{PROJECT}} --region ${{REGION}} '
                       '--key-file ${KEY_FILE}"']
     return "\n".join(lines) + "\n"
 

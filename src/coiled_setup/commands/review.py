@@ -15,6 +15,7 @@ from pathlib import Path
 from coiled_setup import inventory, needs, role_templates
 from coiled_setup.errors import OK, BadInput, UserError
 from coiled_setup.options import INSTANCE_ROLE_ID, Options, project_error
+from coiled_setup.remedies import command
 from coiled_setup.wording import count
 
 EXPLAINED = "permissions-explained.yaml"
@@ -218,7 +219,7 @@ def markdown(f: dict, version: str) -> str:
               f"One user-managed JSON key of `{k['account']}` ({now}): "
               f"{where}, and sent to Coiled's workspace (its GCP credentials), which starts clusters with it. "
               "The private key is never printed, logged or stored in coiled-setup's journal. "
-              "`coiled-setup rotate-key` replaces it; `coiled-setup teardown` deletes it.",
+              f"`{command('rotate-key')}` replaces it; `{command('teardown')}` deletes it.",
               "", "## Organisation policies", "", "coiled-setup does not read organisation policies; these are the "
               "ones known to matter:", ""]
     lines += [f"- `{p['constraint']}`: {p['finding']}" for p in f["org_policies"]]
