@@ -189,6 +189,11 @@ def gcp(
     print_operator_roles: bool = typer.Option(
         False, "--print-operator-roles",
         help="Print the roles your own account needs for this run (with its other flags), and change nothing."),
+    export: Optional[tuple[str, Path]] = typer.Option(
+        None, metavar="terraform DIR|gcloud FILE",
+        help="Write this run's plan as Terraform or as a gcloud script, and change nothing."),
+    terraform_key: bool = typer.Option(False, "--terraform-key",
+                                       help="With --export terraform: the key too (its private half in the state)."),
 ) -> None:
     """Create the service account, key, role, binding and registry Coiled needs, then configure Coiled."""
 
@@ -227,7 +232,10 @@ def gcp(
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
             allow_privileged_key=allow_privileged_key,
         )
-        return _rehearsing(sandbox or sandbox_reset, lambda: command.run(opts), fresh=sandbox_reset)
+        if export is not None:
+            opts.dry_run = True  # an export changes nothing
+        return _rehearsing(sandbox or sandbox_reset, lambda: command.run(opts, export, terraform_key),
+                           fresh=sandbox_reset)
 
     _finish(_guard(go, "gcp", output, (verbose, log_file)))
 
@@ -347,6 +355,25 @@ def teardown(
         return _rehearsing(sandbox, lambda: command.run(opts))
 
     _finish(_guard(go, "teardown", output, (verbose, log_file)))
+
+
+@app.command(short_help="A report of what coiled-setup would create and why, for a security reviewer.")
+def review(
+    project: Optional[str] = typer.Option(None, metavar="PROJECT", help="Read this project (read-only) to say what "
+                                                                        "exists [default: offline, no project]."),
+    format: str = typer.Option("markdown", "--format", metavar="markdown|json", help="Markdown (for a ticket or a "
+                                                                                     "pull request) or JSON."),
+    output_file: Optional[Path] = typer.Option(None, metavar="PATH", help="Write the report here [default: stdout]."),
+) -> None:
+    """Each permission of the bundled roles and what Coiled uses it for, then each resource, binding, API and key a
+    run would create; changes nothing."""
+
+    def go() -> int:
+        from coiled_setup.commands import review as command
+
+        return command.run(command.ReviewOptions(project=project, format=format, output_file=output_file))
+
+    _finish(_guard(go, "review", "json" if format == "json" and output_file is None else "text"))
 
 
 VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "

@@ -20,6 +20,8 @@ FIELDS = {
                  "conflicts_retried": 0},
     "verify": {"project": None, "service_account": None, "key_file": None, "workspace": None, "checks": [],
                "summary": None},
+    "review": {"project": None, "source": None, "note": None, "generated": None, "settings": None, "roles": [],
+               "permissions": [], "resources": [], "apis": [], "key": None, "org_policies": []},
 }
 
 _printed = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from coiled_setup import context, keyfile, paths
 from coiled_setup import steps as registry
@@ -57,9 +58,10 @@ def _prompt_rule(rule):
 
 
 class Wizard(Session):
-    def __init__(self, opts: Options, ui: Ui):
+    def __init__(self, opts: Options, ui: Ui, export: tuple[str, Path] | None = None, terraform_key: bool = False):
         super().__init__("gcp", opts, ui)
         self.opts: Options = opts
+        self.export, self.terraform_key = export, terraform_key
         self.run: Run | None = None
         self.engine: Engine | None = None
         self.lock: ProjectLock | None = None
@@ -156,7 +158,7 @@ class Wizard(Session):
         if terr is not None:
             raise UserError(*explain(terr, o.project))
         missing = [p for p in perms if p not in held]
-        if missing:
+        if missing and not self.export:  # an export is applied by others: reading the project is enough
             raise UserError(missing_permissions_sentence(g.principal, o.project, missing), MISSING_PERMISSION)
         if perr is not None:
             raise UserError(*explain(perr, o.project))
@@ -260,8 +262,28 @@ class Wizard(Session):
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
                        coiled_credentials=cur.coiled_credentials)
         steps = registry.build(o)
+        if self.export:
+            return self.write_export(steps)
         if self.plan_and_apply(steps):
             self.finish()
+        return OK
+
+    def write_export(self, steps) -> int:
+        """The plan, observed read-only, written as Terraform or a gcloud script; nothing in the project changes."""
+        from rich.markup import escape
+
+        from coiled_setup import __version__, export, inventory
+        from coiled_setup.engine import Consent
+
+        kind, target = self.export
+        self.engine = engine = Engine(self.run, steps, Consent(interactive=False, dry_run=True), self.opts.project)
+        engine.plan()
+        engine.show()
+        items = inventory.collect(self.run, steps, observed=True)
+        written = export.write(kind, target, items, self.opts, self.terraform_key, __version__)
+        self.ui.info(f"Wrote this plan as {'Terraform' if kind == 'terraform' else 'a gcloud script'}: "
+                     f"{escape(', '.join(map(str, written)))} (the checks and Coiled's part are not in it). Nothing "
+                     "was changed.")
         return OK
 
     def finish(self) -> None:
@@ -294,6 +316,13 @@ class Wizard(Session):
             )
 
 
-def run(opts: Options) -> int:
+def run(opts: Options, export: tuple[str, Path] | None = None, terraform_key: bool = False) -> int:
+    from coiled_setup.export import kind_error
+
+    wrong = kind_error(export[0]) if export else None
+    if terraform_key and (not export or export[0] != "terraform"):
+        wrong = "--terraform-key goes with --export terraform DIR: add it, or drop --terraform-key."
+    if wrong:
+        raise BadInput(wrong)
     ui = Ui(interactive=opts.interactive, output=opts.output)
-    return Wizard(opts, ui).drive()
+    return Wizard(opts, ui, export, terraform_key).drive()
