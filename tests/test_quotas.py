@@ -156,3 +156,24 @@ def test_a_new_project_without_the_api_is_told_in_one_sentence_and_gcp_goes_on(n
     assert "--enable-api" in doc["error"]
     doc = _json(cli(new_project, "quotas", "--enable-api", "--output", "json", check=0))
     assert doc["quotas"]["workers"] == 5
+
+
+def test_an_interactive_run_offers_the_request_when_the_warning_fires(sb, tmp_path):
+    import os
+    import sys
+
+    import pexpect
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sb.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR", COLUMNS="160", NO_COLOR="1")
+    child = pexpect.spawn(sys.executable, ["-m", "coiled_setup", "quotas", "--region", "europe-west1"], env=env,
+                          encoding="utf-8", timeout=60, dimensions=(50, 160))
+    child.expect(r"Ask Google for 44 vCPUs, 11 addresses in europe-west1 \(enough for 10 workers\)\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Contact email")
+    child.sendline("")
+    child.expect("In-use IPv4 addresses in europe-west1: asked for 11 addresses: granted")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert _limit(sb, "europe-west1") == 44 and _limit(sb, "europe-west1", "IN-USE-ADDRESSES-per-project-region") == 11
