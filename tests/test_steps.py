@@ -363,7 +363,8 @@ def test_the_whole_registry_through_the_engine_touches_only_declared_fields_then
     again_ = Engine(Run(opts=o, google=google, journal=Journal(o.project), ui=run.ui, coiled=run.coiled,
                         coiled_credentials={"client_email": o.account_email, "private_key_id": run.key_id}),
                     build(o), Consent(interactive=False, yes=True), o.project)
-    assert {k: c.action for k, c in again_.plan().items() if c.action != NOTHING} == {"confirm": CHECK}
+    assert {k: c.action for k, c in again_.plan().items() if c.action != NOTHING} == {"confirm": CHECK,
+                                                                                     "quotas": CHECK}
 
 
 def one_of(steps, key: str):

@@ -112,7 +112,8 @@ def test_json_output_has_every_step_and_no_secret(make_sandbox, cli):
     out = cli(sb, *ARGS, "--output", "json", check=0)
     doc = json.loads(out.stdout)
     assert doc["exit_code"] == 0 and doc["error"] is None
-    assert [s["step"] for s in doc["steps"]] == ["apis", "account", "role", "binding", "registry", "confirm", "upload"]
+    assert [s["step"] for s in doc["steps"]] == ["apis", "account", "role", "binding", "registry", "confirm", "upload",
+                                               "quotas"]
     assert all(s["result"] == "ok" for s in doc["steps"])
     assert "PRIVATE KEY" not in out.stdout and sb.coiled_token not in out.stdout + out.stderr
 

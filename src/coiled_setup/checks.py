@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coiled_setup import keyfile, needs
+from coiled_setup import keyfile, needs, quotas
 from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Unauthenticated
 from coiled_setup.coiled_api import CoiledError, CoiledUnreachable
 from coiled_setup.concurrency import run_all
@@ -191,6 +191,7 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
         jobs["instance"] = lambda: operator.get_account(t.instance_flag)
     if coiled is not None:
         jobs["coiled"] = coiled
+    jobs["quotas"] = lambda: quotas.read(operator, t.project, t.region)
     f.fetch(jobs)
 
     # Second round: what the first answers point to (the instance account and the roles it holds).
@@ -680,10 +681,25 @@ def check_firewall(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     return Result(name, title, OK, f"Ingress limited to {desc}, per {source}.")
 
 
+def check_quotas(t: Target, f: Facts, before: dict[str, Result]) -> Result:
+    """How big a cluster the region's quotas allow: a warning at most, never a failure."""
+    name, title = "quotas", "Quotas"
+    reading = f.get("quotas")
+    if reading is None:
+        return Result(name, title, SKIPPED, "The quotas were not read.")
+    data = reading.as_dict()
+    if reading.problem:
+        return Result(name, title, SKIPPED, reading.problem, data=data)
+    if reading.warning:
+        return Result(name, title, WARNING, reading.sentence() + ".",
+                      f"{command('quotas')} --region {t.region} {reading.hint()}", data)
+    return Result(name, title, OK, reading.sentence() + ".", data=data)
+
+
 # In order: a check sees the results before it, to skip what cannot be judged without them.
 CHECKS = (check_key_file, check_account, check_role, check_binding, check_effective, check_registry_api,
           check_repository, check_repo_grant, check_instance, check_coiled_credentials, check_coiled_backend,
-          check_firewall)
+          check_firewall, check_quotas)
 
 
 def evaluate(t: Target, f: Facts) -> list[Result]:

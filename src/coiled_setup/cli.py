@@ -425,6 +425,38 @@ def verify(
     _finish(_guard(go, "verify", output, (verbose, log_file)))
 
 
+@app.command(epilog=EXIT_CODES, short_help="Show the quotas that bound a cluster, and ask Google for more.")
+def quotas(
+    project: Optional[str] = typer.Option(None, metavar="PROJECT",
+                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    region: Optional[str] = typer.Option(None, metavar="REGION",
+                                         help="Region of the clusters [default: as gcp recorded, else us-east1]."),
+    request: list[str] = typer.Option([], "--request", metavar="QUOTA=N",
+                                      help="Ask Google for this limit: cpus, ssd_gb or addresses (repeatable)."),
+    email: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Contact email for a request [default: your "
+                                                                       "account]."),
+    justification: Optional[str] = typer.Option(None, metavar="TEXT", help="Why, for Google's review."),
+    enable_api: bool = typer.Option(False, "--enable-api", help="Enable the Cloud Quotas API first."),
+    non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (and never request unless "
+                                                                          "--request says so)."),
+    output: str = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout."),
+    sandbox: bool = typer.Option(False, "--sandbox", help="Use the sandbox that `gcp --sandbox` set up."),
+) -> None:
+    """Show the regional quotas that bound a Coiled cluster, in workers; with --request, ask Google for more."""
+
+    def go() -> int:
+        from coiled_setup.commands import quotas as command
+        from coiled_setup.options import refuse_empty
+
+        refuse_empty({"--project": project, "--region": region, "--email": email, "--justification": justification})
+        return _rehearsing(sandbox, lambda: command.run(command.QuotasOptions(
+            project=project, region=region, requests=list(request), email=email, justification=justification,
+            enable_api=enable_api, interactive=not non_interactive and output != "json" and sys.stdin.isatty(),
+            output=output)))
+
+    _finish(_guard(go, "quotas", output))
+
+
 @app.command("sandbox", short_help="Run a local Google Cloud and Coiled to rehearse against.")
 def sandbox_cmd(
     scenario: Optional[Path] = typer.Option(None, metavar="PATH", help="YAML or JSON file with the starting state "

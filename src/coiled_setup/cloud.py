@@ -174,6 +174,25 @@ class Project:
     state: str
 
 
+@dataclass
+class QuotaPreference:
+    name: str
+    service: str
+    quota_id: str
+    region: str
+    preferred: int
+    granted: int
+    reconciling: bool  # pending Google's review
+    etag: str
+    state_detail: str = ""
+
+
+def _preference(q) -> QuotaPreference:
+    c = q.quota_config
+    return QuotaPreference(q.name, q.service, q.quota_id, dict(q.dimensions).get("region", ""),
+                           int(c.preferred_value), int(c.granted_value), bool(q.reconciling), q.etag, c.state_detail)
+
+
 def _convert(exc: BaseException) -> CloudError:
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as aexc
@@ -392,6 +411,10 @@ class Google:
                 from google.cloud import service_usage_v1 as mod
 
                 cls = mod.ServiceUsageClient
+            elif name == "quotas":
+                from google.cloud import cloudquotas_v1 as mod
+
+                cls = mod.CloudQuotasClient
             else:
                 from google.cloud import artifactregistry_v1 as mod
 
@@ -436,6 +459,10 @@ class Google:
     @property
     def registry(self):
         return self._make("registry")
+
+    @property
+    def quotas(self):
+        return self._make("quotas")
 
     # -- projects and permissions --------------------------------------------------------------
     def get_project(self, project: str) -> Project:
@@ -617,6 +644,43 @@ class Google:
             pb = self.registry.set_iam_policy(request={"resource": name, "policy": _policy_to_pb(policy)},
                                               **_WRITE)
         return _policy_from_pb(pb)
+
+    # -- cloud quotas ---------------------------------------------------------------------------------
+    def quota_limit(self, project: str, service: str, quota_id: str, region: str) -> int:
+        """The quota's limit in `region` (its own entry, else the one for every other region); -1: unlimited."""
+        info = self._read(lambda: self.quotas.get_quota_info(
+            name=f"projects/{project}/locations/global/services/{service}/quotaInfos/{quota_id}", **_CALL))
+        fallback = -1
+        for d in info.dimensions_infos:
+            dims = dict(d.dimensions)
+            if dims.get("region") == region:
+                return int(d.details.value)
+            if not dims:
+                fallback = int(d.details.value)
+        return fallback
+
+    def list_quota_preferences(self, project: str) -> list[QuotaPreference]:
+        return self._read(lambda: [_preference(q) for q in self.quotas.list_quota_preferences(
+            request={"parent": f"projects/{project}/locations/global", "page_size": 100}, **_CALL)])
+
+    def create_quota_preference(self, project: str, pref_id: str, service: str, quota_id: str, region: str,
+                                value: int, email: str, justification: str) -> QuotaPreference:
+        with self._calling():
+            q = self.quotas.create_quota_preference(request={
+                "parent": f"projects/{project}/locations/global", "quota_preference_id": pref_id,
+                "quota_preference": {"service": service, "quota_id": quota_id, "dimensions": {"region": region},
+                                     "quota_config": {"preferred_value": value}, "contact_email": email,
+                                     "justification": justification}})
+        return _preference(q)
+
+    def update_quota_preference(self, pref: QuotaPreference, value: int, email: str,
+                                justification: str) -> QuotaPreference:
+        with self._calling():
+            q = self.quotas.update_quota_preference(request={"quota_preference": {
+                "name": pref.name, "etag": pref.etag, "service": pref.service, "quota_id": pref.quota_id,
+                "dimensions": {"region": pref.region}, "quota_config": {"preferred_value": value},
+                "contact_email": email, "justification": justification}})
+        return _preference(q)
 
     # -- credentials and connection ---------------------------------------------------------------------
     def wait_reachable(self) -> None:

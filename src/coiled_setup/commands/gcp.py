@@ -300,6 +300,7 @@ class Wizard(Session):
             ui.warn(f"Could not record this run's settings ({e.strerror or e}): pass the same --region, --role-id "
                     "and --no-gar to verify.")
         self.engine.summary()
+        self.offer_quota()
         if run.key_path:
             ui.info(f"The key of {o.account_email} is in {run.key_path} (mode 0600). Keep it private.")
         if os.environ.get(SANDBOX_VAR):
@@ -314,6 +315,15 @@ class Wizard(Session):
                 + (f", and set the instance service account {run.instance_email}" if run.instance_email else "")
                 + "."
             )
+
+
+    def offer_quota(self) -> None:
+        """Interactive only: when fewer than 10 workers fit, offers to ask Google for more (never forced)."""
+        reading = next((getattr(s, "reading", None) for s in self.engine.steps if s.key == "quotas"), None)
+        if self.opts.interactive and reading is not None and reading.warning:
+            from coiled_setup.commands.quotas import offer
+
+            offer(self.run.google, reading, self.ui)
 
 
 def run(opts: Options, export: tuple[str, Path] | None = None, terraform_key: bool = False) -> int:

@@ -20,6 +20,10 @@ A scenario is YAML or JSON:
           - role: roles/storage.objectViewer
             members: [group:data@example.com]
             condition: {title: expires, expression: 'request.time < timestamp("2030-01-01T00:00:00Z")'}
+        quotas:                     # Compute Engine limits: quota id -> region ("default": other regions)
+          CPUS-per-project-region: {default: 24, us-east1: 8}   # defaults: 24 vCPUs, 500 GB SSD, 8 addresses
+        quota_grant_up_to:          # a QuotaPreference up to this is granted at once, above it pending review
+          CPUS-per-project-region: 100                          # defaults: 100, 2048 and 32
         audit_configs:              # data access logs, as google.iam.v1.AuditConfig
           - {service: allServices, audit_log_configs: [{log_type: DATA_READ}]}
         repositories:
@@ -203,12 +207,30 @@ def _operation_error(value, where: str) -> None:
              ("method", "code", "message"))
 
 
+_QUOTA_IDS = ("CPUS-per-project-region", "SSD-TOTAL-GB-per-project-region", "IN-USE-ADDRESSES-per-project-region")
+
+
+def _region_counts(value, where: str) -> None:
+    if not isinstance(value, dict):
+        _fail(where, "must be a mapping of region (or default) to a whole number")
+    for region, n in value.items():
+        _text(region, _at(where, region))
+        _count(n, _at(where, region))
+
+
+def _quota_map(check):
+    def run(value, where: str) -> None:
+        _mapping(value, where, {q: check for q in _QUOTA_IDS})
+    return run
+
+
 def _project(value, where: str) -> None:
     _mapping(value, where, {
         "id": _text, "number": _number, "billing": _bool, "state": _one_of(*_STATES),
         "disable_key_creation": _bool, "services": _list_of(_text), "service_accounts": _list_of(_account),
         "roles": _list_of(_role), "bindings": _list_of(_binding), "repositories": _list_of(_repository),
-        "audit_configs": _list_of(_audit_config),
+        "audit_configs": _list_of(_audit_config), "quotas": _quota_map(_region_counts),
+        "quota_grant_up_to": _quota_map(_count),
     }, ("id",))
 
 
@@ -272,6 +294,9 @@ def to_world(scenario: dict) -> dict:
             "key_creation_disabled": spec.get("disable_key_creation", False),
             "services": list(spec.get("services", DEFAULT_SERVICES)),
             "policy": _policy(spec.get("bindings", []), spec.get("audit_configs", [])),
+            "quotas": {q: {("" if r == "default" else r): n for r, n in per.items()}
+                       for q, per in spec.get("quotas", {}).items()},
+            "quota_grant_up_to": dict(spec.get("quota_grant_up_to", {})),
         }
         for sa in spec.get("service_accounts", []):
             accounts[f"{sa['id']}@{pid}.{SA_DOMAIN}"] = {

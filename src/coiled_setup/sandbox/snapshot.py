@@ -94,6 +94,9 @@ def to_dict(world: World, *, full: bool = False) -> dict:
                     "key_creation_disabled": p.key_creation_disabled,
                     "services": sorted(s for s, t in p.services.items() if t <= now),
                     "policy": _policy(p.policy, full),
+                    **({"quotas": p.quotas} if p.quotas or full else {}),
+                    **({"quota_preferences": p.quota_preferences} if p.quota_preferences or full else {}),
+                    **({"quota_grant_up_to": p.quota_grant_up_to} if full else {}),
                 }
                 for pid, p in world.projects.items()
             },
@@ -133,6 +136,9 @@ def load(world: World, data: dict) -> None:
                                      key_creation_disabled=p.get("key_creation_disabled", False))
             proj.services = {s: 0.0 for s in p.get("services", [])}
             proj.policy = _policy_back(p.get("policy", {}), f"projects/{pid}")
+            proj.quotas = {q: dict(v) for q, v in p.get("quotas", {}).items()}
+            proj.quota_preferences = {n: dict(v) for n, v in p.get("quota_preferences", {}).items()}
+            proj.quota_grant_up_to = dict(p.get("quota_grant_up_to", {}))
         for email, a in data.get("service_accounts", {}).items():
             sa = ServiceAccount(a["project_id"], email.split("@", 1)[0], a.get("unique_id") or world.new_unique_id(),
                                 a.get("display_name", ""), a.get("description", ""), a.get("disabled", False),

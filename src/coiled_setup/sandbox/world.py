@@ -48,7 +48,13 @@ SERVICE_TITLES = {
     "serviceusage.googleapis.com": "Service Usage API",
     "compute.googleapis.com": "Compute Engine API",
     "logging.googleapis.com": "Cloud Logging API",
+    "cloudquotas.googleapis.com": "Cloud Quotas API",
 }
+# What a new project gets in every region (Compute Engine's regional quotas), and what Google grants at once.
+DEFAULT_QUOTAS = {"CPUS-per-project-region": 24, "SSD-TOTAL-GB-per-project-region": 500,
+                  "IN-USE-ADDRESSES-per-project-region": 8}
+DEFAULT_GRANT_UP_TO = {"CPUS-per-project-region": 100, "SSD-TOTAL-GB-per-project-region": 2048,
+                       "IN-USE-ADDRESSES-per-project-region": 32}
 
 
 def _etag(counter: int, salt: str) -> bytes:
@@ -123,6 +129,11 @@ class Project:
     # service -> monotonic time it became (or becomes) enabled; absent = disabled
     services: dict[str, float] = field(default_factory=dict)
     policy: Policy = None  # type: ignore[assignment]
+    # Cloud Quotas: quota id -> region ("" for every other region) -> limit; preferences by full name.
+    quotas: dict[str, dict[str, int]] = field(default_factory=dict)
+    quota_preferences: dict[str, dict] = field(default_factory=dict)
+    # A preference up to this value is granted at once; above it, it waits for review (quota id -> value).
+    quota_grant_up_to: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
