@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import CloudError, PermissionDenied
 from coiled_setup.concurrency import run_all
 from coiled_setup.remedies import command
 
@@ -49,11 +49,11 @@ def requests_url(project: str) -> str:
 
 
 def service_disabled(e: CloudError) -> bool:
-    return e.reason == "SERVICE_DISABLED"
+    return e.service_disabled
 
 
 def permission_denied(e: CloudError) -> bool:
-    return e.code == "PERMISSION_DENIED" and not service_disabled(e)
+    return isinstance(e, PermissionDenied) and not e.service_disabled
 
 
 @dataclass
