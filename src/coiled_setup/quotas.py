@@ -128,7 +128,7 @@ def problem_sentence(e: CloudError, project: str) -> str:
     """One sentence for a refusal that leaves the quotas unread."""
     if service_disabled(e):
         return (f"The Cloud Quotas API is disabled in project {project}, so its quotas were not read: enable it "
-                f"with `coiled-setup quotas --enable-api` (or gcloud services enable {API} --project {project}).")
+                f"with `{command('quotas')} --enable-api` (or gcloud services enable {API} --project {project}).")
     if permission_denied(e):
         return (f"Your account cannot read quotas in project {project} (it lacks {READ_PERMISSION}, granted by "
                 "roles/cloudquotas.viewer), so they were not read.")
