@@ -61,3 +61,45 @@ def test_a_saved_world_resumes_as_it_was(tmp_path):
 def test_a_file_of_another_format_is_not_resumed(tmp_path):
     (tmp_path / "world.json").write_text('{"format": 1, "projects": {}}')
     assert persist.load(tmp_path / "world.json", Config()) is None
+
+
+def _leave_time_wait(port: int) -> None:
+    """A connection to `port` closed by the listening side first: Linux keeps it in TIME_WAIT on that port, as
+    the sandbox's own servers leave their ports when a rehearsal ends."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = listener.accept()
+        conn.close()  # the listening side closes first
+        client.recv(1)
+        client.close()
+
+
+def test_a_saved_world_resumes_on_its_ports_while_they_hold_closed_connections(tmp_path):
+    from coiled_setup.sandbox import Sandbox
+
+    first = Sandbox(config=Config(), state_dir=tmp_path, persist=True).start()
+    ports = first.google_endpoint, first.env["DASK_COILED__SERVER"]
+    first.stop()
+    _, (grpc_port, http_port) = persist.load(tmp_path / "world.json", Config())
+    for port in (grpc_port, http_port):
+        _leave_time_wait(port)
+    again = Sandbox(config=Config(), state_dir=tmp_path, persist=True).start()
+    try:
+        assert again.resumed and (again.google_endpoint, again.env["DASK_COILED__SERVER"]) == ports
+    finally:
+        again.stop()
+    # A port someone listens on is taken, though: a world is not resumed there.
+    import socket
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", grpc_port))
+        other.listen()
+        third = Sandbox(config=Config(), state_dir=tmp_path, persist=True).start()
+        third.stop()
+    assert not third.resumed

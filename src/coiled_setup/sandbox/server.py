@@ -25,8 +25,10 @@ ENDPOINT_VAR = "COILED_SETUP_GOOGLE_ENDPOINT"
 
 
 def _refuse_in_use(port: int) -> None:
-    """OSError when the port is in use, found by a plain bind so that gRPC logs nothing."""
+    """OSError when the port is in use, found by a plain bind so that gRPC logs nothing. Connections closed
+    there lately (TIME_WAIT, as a rehearsal that just ended leaves them) do not count, as for the servers."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
 
 
