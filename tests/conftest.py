@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 
@@ -7,6 +8,10 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 # its poller thread restarts in the child, whose fds the child closes before exec, and the child can die there
 # ("epoll_wait error: Bad file descriptor") before it runs the CLI.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# The tests press Ctrl-C in the CLIs they start. A suite started in the background of a shell ignores SIGINT, and
+# its children would inherit that and never hear Ctrl-C; a handler of our own is reset to the default at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

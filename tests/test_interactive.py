@@ -106,7 +106,13 @@ def test_ctrl_c_exits_130_with_a_resume_hint(make_sandbox, terminal):
     sb = make_sandbox(propagation_delay_s=30)
     child = terminal(sb)
     answer_defaults_until_plan(child)
-    child.expect("waiting for the new account to appear")
+    # In the wait for the new account (known from the sandbox's record, not from the spinner's redrawn line).
+    waiting = lambda: any(x["method"] == "ListServiceAccountKeys" and x["code"] == "NOT_FOUND"  # noqa: E731
+                          for x in calls(sb))
+    deadline = time.monotonic() + 60
+    while not waiting() and time.monotonic() < deadline:
+        child.expect([pexpect.TIMEOUT, pexpect.EOF], timeout=0.1)  # keeps reading the screen meanwhile
+    assert waiting() and child.isalive(), child.before
     child.sendintr()
     child.expect("Run the same command again")
     assert finish(child) == 130
