@@ -47,12 +47,18 @@ def test_templates_dir_is_the_packaged_one():
         (ROOT / "src" / "coiled_setup" / "templates" / "coiled-role.yaml").read_text()
 
 
-def test_wheel_contains_both_templates(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path),
-                           str(ROOT)],
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel of this checkout, built once for the tests of this module."""
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out),
+                           str(ROOT)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = tmp_path.glob("*.whl")
+    (built,) = out.glob("*.whl")
+    return built
+
+
+def test_wheel_contains_both_templates(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "coiled_setup/templates/coiled-role.yaml" in names
     assert "coiled_setup/templates/coiled-instance-role.yaml" in names
@@ -183,27 +189,48 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
-def test_the_wheel_in_a_fresh_venv_runs_the_readmes_first_command(tmp_path):
+def _venv_with(wheel: Path, venv: Path, python: str = sys.executable, borrow_dependencies: bool = False) -> Path:
+    """A new venv with the wheel installed (not editable); its `coiled-setup` command. With
+    `borrow_dependencies` the venv reads the dependencies from this interpreter's site-packages rather than
+    installing them again: what is tested is the wheel itself (that its declared dependencies are complete
+    is test_every_import_is_a_declared_dependency's job, and the opt-in test below installs them for real)."""
+    import sysconfig
+
+    if borrow_dependencies:
+        subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        (site,) = venv.glob("lib/python*/site-packages")
+        # A plain path line: that directory's own .pth files (the editable install of this checkout) are not run.
+        (site / "_borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        install = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                   "--no-deps", str(wheel)]
+    else:
+        subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+        install = [str(venv / "bin" / "pip"), "install", "-q", str(wheel)]
+    pip = subprocess.run(install, capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import coiled_setup; print(coiled_setup.__file__)"],
+                           capture_output=True, text=True, timeout=60)
+    assert where.stdout.startswith(str(venv)), (where.stdout, where.stderr[-1000:])  # the wheel's, not the checkout's
+    return venv / "bin" / "coiled-setup"
+
+
+def _clean_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_", "CLOUDSDK_"))}
+    env.update(HOME=str(home), TERM="dumb", GRPC_VERBOSITY="ERROR", COLUMNS="120")
+    return env
+
+
+def test_the_wheel_in_a_fresh_venv_runs_the_readmes_first_command(wheel, tmp_path):
     """Installed as users install it (a wheel, not editable, in a new venv), README's first command rehearses
     a setup in a terminal, answering Enter at every question, and verify then passes."""
     import pexpect
 
-    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path),
-                           str(ROOT)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = tmp_path.glob("*.whl")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True, text=True,
-                         timeout=600)
-    assert pip.returncode == 0, pip.stderr[-2000:]
+    exe = _venv_with(wheel, tmp_path / "venv", borrow_dependencies=True)
     first = re.findall(r"```\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)[0]
     command = first.split("&&")[-1].split()
     assert command[0] == ".venv/bin/coiled-setup", first
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_", "CLOUDSDK_"))}
-    env.update(HOME=str(tmp_path / "home"), TERM="dumb", GRPC_VERBOSITY="ERROR", COLUMNS="120")
-    exe = str(venv / "bin" / "coiled-setup")
-    child = pexpect.spawn(exe, command[1:], env=env, cwd=str(tmp_path), encoding="utf-8", timeout=120)
+    env = _clean_env(tmp_path / "home")
+    child = pexpect.spawn(str(exe), command[1:], env=env, cwd=str(tmp_path), encoding="utf-8", timeout=120)
     asked = 0
     while child.expect([r"\]: ", pexpect.EOF]) == 0:
         asked += 1
@@ -211,6 +238,37 @@ def test_the_wheel_in_a_fresh_venv_runs_the_readmes_first_command(tmp_path):
         child.sendline("")
     child.close()
     assert child.exitstatus == 0 and asked >= 3, child.before
-    done = subprocess.run([exe, "verify", "--sandbox"], env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+    done = subprocess.run([str(exe), "verify", "--sandbox"], env=env, cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def _interpreter(version: str) -> str | None:
+    """An interpreter of that version on this machine (on PATH or under pyenv), or None."""
+    import glob
+    import shutil
+
+    for candidate in [shutil.which(f"python{version}"),
+                      *sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))]:
+        if candidate and subprocess.run([candidate, "-c", "import venv"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+EVERY_PYTHON = "COILED_SETUP_TEST_EVERY_PYTHON"
+
+
+@pytest.mark.skipif(not os.environ.get(EVERY_PYTHON), reason=f"opt-in, about a minute per Python: {EVERY_PYTHON}=1")
+@pytest.mark.parametrize("version", ["3.10", "3.11", "3.12", "3.13"])
+def test_every_supported_python_installs_the_wheel_and_runs_it(wheel, tmp_path, version):
+    """Each supported Python installs the wheel and its dependencies from the package index into a new venv,
+    then runs --help, a non-interactive rehearsal and verify."""
+    python = _interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version} on this machine")
+    exe = _venv_with(wheel, tmp_path / "venv", python=python)
+    env = _clean_env(tmp_path / "home")
+    for args in (["--help"], ["gcp", "--sandbox", "--non-interactive", "--yes"], ["verify", "--sandbox"]):
+        proc = subprocess.run([str(exe), *args], env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, (version, args, proc.stdout[-2000:], proc.stderr[-2000:])
