@@ -3,7 +3,14 @@
 Each module names its gRPC service (`PATH`) and lists its `METHODS` as (method, handler, request class, writes?).
 """
 
-from coiled_setup.sandbox.services import artifact_registry, iam, operations, resource_manager, service_usage
+from coiled_setup.sandbox.services import (
+    artifact_registry,
+    iam,
+    operations,
+    org_policy,
+    resource_manager,
+    service_usage,
+)
 
 # (module, short name used in the call record and quota messages, API host)
 SERVICES = [
@@ -12,4 +19,5 @@ SERVICES = [
     (service_usage, "serviceusage", "serviceusage.googleapis.com"),
     (artifact_registry, "artifactregistry", "artifactregistry.googleapis.com"),
     (operations, "operations", "serviceusage.googleapis.com"),
+    (org_policy, "orgpolicy", "orgpolicy.googleapis.com"),
 ]

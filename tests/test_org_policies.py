@@ -1,0 +1,160 @@
+"""Organization policies and VPC Service Controls: the sandbox's Org Policy v2 service and its enforcement, checked
+against Google's public shapes, and the wizard's prediction before the first write (end to end, real CLI).
+
+Sources:
+- Org Policy v2 reference (OrgPolicyClient: GetEffectivePolicy, GetPolicy, CreatePolicy, UpdatePolicy, DeletePolicy;
+  PolicySpec rules of values, allow_all, deny_all, enforce; inherit_from_parent, reset).
+- Key creation refused: public gcloud transcripts (google/create-service-account #21, GaloyMoney/galoy-infra #242):
+  FAILED_PRECONDITION "Key creation is not allowed on this service account.", PreconditionFailure violation of type
+  constraints/iam.disableServiceAccountKeyCreation; organizations created since 3 May 2024 enforce the managed
+  iam.managed.disableServiceAccountKeyCreation (hashicorp-education/learn-terraform-google-workspace #9).
+- Locations refused: firebase/firebase-tools #6454: FAILED_PRECONDITION "Constraint constraints/gcp.resourceLocations
+  violated for [orgpolicy:projects/NUMBER] attempting to create a secret in [global]. ...", violation type
+  constraints/gcp.resourceLocations, subject orgpolicy:projects/NUMBER.
+- Domain restricted sharing: terraform-google-modules/terraform-example-foundation #1454, MicrosoftDocs/azure-docs
+  #117449: FAILED_PRECONDITION "One or more users named in the policy do not belong to a permitted customer.",
+  violation subject orgpolicy:projects/PID?configvalue=EMAIL, description "User EMAIL is not in permitted
+  organization.".
+- VPC Service Controls: cloudquery/cloudquery #1062: PERMISSION_DENIED "Request is prohibited by organization's
+  policy. vpcServiceControlsUniqueIdentifier: UID", PreconditionFailure violation type VPC_SERVICE_CONTROLS, ErrorInfo
+  reason SECURITY_POLICY_VIOLATED (domain googleapis.com, metadata service, uid, consumer).
+"""
+
+import copy
+
+import pytest
+from google.api_core import exceptions as gx
+from google.cloud.orgpolicy_v2 import types as op
+from google.rpc import error_details_pb2
+
+from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
+from coiled_setup.sandbox.world import DEFAULT_SERVICES
+from tests.helpers import calls, clients
+
+P = "coiled-demo"
+ARGS = ("gcp", "--non-interactive", "--yes")
+CUSTOMER = "C01abc234"
+
+
+def scenario(policies=None, perimeter=None, **project) -> dict:
+    s = copy.deepcopy(DEFAULT_SCENARIO)
+    s["projects"][0].update(project)
+    s["organization"] = {"id": "123456789", "customer_id": CUSTOMER, "domain": "example.com",
+                         "policies": policies or {}}
+    if perimeter:
+        s["perimeter"] = perimeter
+    return s
+
+
+def writes(sb, since=0):
+    return [c for c in calls(sb, since) if c["write"]]
+
+
+def _detail(err, cls):
+    return next(d for d in err.details if isinstance(d, cls))
+
+
+# -- the sandbox service, through the real client ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def org(tmp_path_factory):
+    from coiled_setup.sandbox import Config, Sandbox
+
+    sb = Sandbox(scenario({"iam.managed.disableServiceAccountKeyCreation": {"enforce": True},
+                           "gcp.resourceLocations": {"allowed_values": ["in:eu-locations"]},
+                           "iam.allowedPolicyMemberDomains": {"allowed_values": [CUSTOMER]}},
+                          service_accounts=[{"id": "coiled"}],
+                          services=[*DEFAULT_SERVICES, "artifactregistry.googleapis.com"]),
+                 Config(), state_dir=tmp_path_factory.mktemp("org")).start()
+    yield sb
+    sb.stop()
+
+
+def test_effective_policies_are_inherited_from_the_organization(org):
+    c = clients(org)
+    eff = c.orgpolicy.get_effective_policy(name=f"projects/{P}/policies/iam.managed.disableServiceAccountKeyCreation")
+    assert [r.enforce for r in eff.spec.rules] == [True]
+    loc = c.orgpolicy.get_effective_policy(name=f"projects/{P}/policies/gcp.resourceLocations")
+    assert list(loc.spec.rules[0].values.allowed_values) == ["in:eu-locations"]
+    # Nothing set anywhere: no rules (the constraint's default).
+    assert not c.orgpolicy.get_effective_policy(name=f"projects/{P}/policies/compute.vmExternalIpAccess").spec.rules
+    with pytest.raises(gx.NotFound):
+        c.orgpolicy.get_policy(name=f"projects/{P}/policies/gcp.resourceLocations")
+
+
+def test_key_creation_refused_with_the_managed_constraint_named(org):
+    c = clients(org)
+    email = f"coiled@{P}.iam.gserviceaccount.com"
+    with pytest.raises(gx.FailedPrecondition) as e:
+        c.iam.create_service_account_key(name=f"projects/{P}/serviceAccounts/{email}")
+    assert e.value.message == "Key creation is not allowed on this service account."
+    v = _detail(e.value, error_details_pb2.PreconditionFailure).violations
+    assert [(x.type, x.subject) for x in v] == [
+        ("constraints/iam.managed.disableServiceAccountKeyCreation",
+         f"projects/{P}/serviceAccounts/{email}?configvalue={email.replace('@', '%40')}")]
+
+
+def test_repository_outside_the_allowed_locations_is_refused(org):
+    c = clients(org)
+    with pytest.raises(gx.FailedPrecondition) as e:
+        c.registry.create_repository(parent=f"projects/{P}/locations/us-east1", repository_id="r1",
+                                     repository={"format_": 1})
+    v = _detail(e.value, error_details_pb2.PreconditionFailure).violations[0]
+    assert v.type == "constraints/gcp.resourceLocations" and v.subject == "orgpolicy:projects/123456789012"
+    assert "attempting to create a repository in [us-east1]" in e.value.message
+
+
+def test_granting_outside_the_allowed_customers_is_refused(org):
+    c = clients(org)
+    pol = c.projects.get_iam_policy(request={"resource": f"projects/{P}", "options": {"requested_policy_version": 3}})
+    pol.bindings.add(role="roles/viewer", members=["user:eve@elsewhere.example"])
+    with pytest.raises(gx.FailedPrecondition) as e:
+        c.projects.set_iam_policy(request={"resource": f"projects/{P}", "policy": pol})
+    assert e.value.message == "One or more users named in the policy do not belong to a permitted customer."
+    v = _detail(e.value, error_details_pb2.PreconditionFailure).violations[0]
+    assert (v.type, v.subject, v.description) == (
+        "constraints/iam.allowedPolicyMemberDomains", f"orgpolicy:projects/{P}?configvalue=eve@elsewhere.example",
+        "User eve@elsewhere.example is not in permitted organization.")
+    # A member of the organization's own domain is granted.
+    pol = c.projects.get_iam_policy(request={"resource": f"projects/{P}", "options": {"requested_policy_version": 3}})
+    pol.bindings.add(role="roles/viewer", members=["user:bob@example.com"])
+    c.projects.set_iam_policy(request={"resource": f"projects/{P}", "policy": pol})
+
+
+def test_project_policy_create_get_update_delete_and_its_enforcement(org):
+    c = clients(org)
+    name = f"projects/{P}/policies/gcp.resourceLocations"
+    made = c.orgpolicy.create_policy(parent=f"projects/{P}", policy=op.Policy(name=name, spec=op.PolicySpec(
+        inherit_from_parent=True,
+        rules=[op.PolicySpec.PolicyRule(values=op.PolicySpec.PolicyRule.StringValues(
+            allowed_values=["in:us-west1-locations"]))])))
+    assert made.etag
+    with pytest.raises(gx.AlreadyExists):
+        c.orgpolicy.create_policy(parent=f"projects/{P}", policy=op.Policy(name=name, spec=op.PolicySpec()))
+    eff = c.orgpolicy.get_effective_policy(name=name)
+    assert set(eff.spec.rules[0].values.allowed_values) == {"in:eu-locations", "in:us-west1-locations"}
+    op_ = c.registry.create_repository(parent=f"projects/{P}/locations/us-west1", repository_id="r2",
+                                       repository={"format_": 1})
+    assert op_.operation.name
+    got = c.orgpolicy.get_policy(name=name)
+    got.spec.rules[0].values.allowed_values.append("in:us-east1-locations")
+    with pytest.raises(gx.Aborted):  # a stale etag
+        c.orgpolicy.update_policy(policy=op.Policy(name=name, spec=got.spec, etag="stale"))
+    updated = c.orgpolicy.update_policy(policy=op.Policy(name=name, spec=got.spec, etag=got.etag))
+    assert updated.etag != got.etag
+    c.orgpolicy.delete_policy(name=name)
+    with pytest.raises(gx.NotFound):
+        c.orgpolicy.get_policy(name=name)
+
+
+def test_vpc_service_controls_refuse_with_googles_shape(make_sandbox):
+    sb = make_sandbox(scenario(perimeter=["cloudresourcemanager.googleapis.com"]))
+    c = clients(sb)
+    with pytest.raises(gx.PermissionDenied) as e:
+        c.projects.get_project(name=f"projects/{P}")
+    assert e.value.message.startswith("Request is prohibited by organization's policy. "
+                                      "vpcServiceControlsUniqueIdentifier: ")
+    assert e.value.reason == "SECURITY_POLICY_VIOLATED"
+    assert [v.type for v in _detail(e.value, error_details_pb2.PreconditionFailure).violations] == [
+        "VPC_SERVICE_CONTROLS"]
+
