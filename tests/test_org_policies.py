@@ -21,8 +21,10 @@ Sources:
 """
 
 import copy
+import json
 
 import pytest
+import yaml
 from google.api_core import exceptions as gx
 from google.cloud.orgpolicy_v2 import types as op
 from google.rpc import error_details_pb2
@@ -157,4 +159,83 @@ def test_vpc_service_controls_refuse_with_googles_shape(make_sandbox):
     assert e.value.reason == "SECURITY_POLICY_VIOLATED"
     assert [v.type for v in _detail(e.value, error_details_pb2.PreconditionFailure).violations] == [
         "VPC_SERVICE_CONTROLS"]
+
+
+# -- the wizard: predicted before the first write ---------------------------------------------------------------
+
+def test_key_policy_is_predicted_before_any_write_and_its_exception_lets_the_rerun_through(make_sandbox, cli,
+                                                                                          tmp_path):
+    sb = make_sandbox(scenario({"iam.managed.disableServiceAccountKeyCreation": {"enforce": True}}))
+    out = cli(sb, *ARGS, check=5)
+    assert writes(sb) == []
+    err = out.stdout + out.stderr
+    assert "constraints/iam.managed.disableServiceAccountKeyCreation" in err and "forbids creating" in err
+    assert "roles/orgpolicy.policyAdmin" in err and "gcloud org-policies set-policy" in err
+    assert "nothing was changed" in err
+    path = next(tmp_path.rglob("iam.managed.disableServiceAccountKeyCreation.yaml"))
+    assert path.parent.name == P and path.parent.parent.name == "org-policies"
+    doc = yaml.safe_load(path.read_text())
+    assert doc == {"name": f"projects/{P}/policies/iam.managed.disableServiceAccountKeyCreation",
+                   "spec": {"rules": [{"enforce": False}]}}
+    # What `gcloud org-policies set-policy FILE` does with it, through the real client (JSON names as in the file).
+    c = clients(sb)
+    c.orgpolicy.create_policy(parent=f"projects/{P}", policy=op.Policy.from_json(json.dumps(doc)))
+    cli(sb, *ARGS, check=0)
+    assert any(x["method"] == "CreateServiceAccountKey" and x["code"] == "OK" for x in calls(sb))
+    # The policy file sits beside the key directory.
+    assert (path.parent.parent.parent / "keys" / P / "coiled.json").exists()
+
+
+def test_legacy_key_policy_on_an_existing_key_does_not_block(make_sandbox, cli):
+    sb = make_sandbox(scenario())
+    cli(sb, *ARGS, check=0)  # the key exists now
+    c = clients(sb)
+    c.orgpolicy.create_policy(parent=f"projects/{P}", policy=op.Policy(
+        name=f"projects/{P}/policies/iam.disableServiceAccountKeyCreation",
+        spec=op.PolicySpec(rules=[op.PolicySpec.PolicyRule(enforce=True)])))
+    out = cli(sb, *ARGS, check=0)
+    assert "iam.disableServiceAccountKeyCreation forbids" in out.stdout  # said, as a warning
+
+
+def test_region_outside_allowed_locations_blocks_dry_run_and_run_alike(make_sandbox, cli, tmp_path):
+    sb = make_sandbox(scenario({"gcp.resourceLocations": {"allowed_values": ["in:us-central1-locations"]},
+                                "compute.vmExternalIpAccess": {"deny_all": True}}))
+    dry = cli(sb, *ARGS, "--dry-run", check=5)
+    out = cli(sb, *ARGS, check=5)
+    assert writes(sb) == []
+    for text in (dry.stdout, out.stdout):
+        assert "constraints/gcp.resourceLocations does not allow region us-east1" in text
+        assert "constraints/compute.vmExternalIpAccess refuses external IP" in text
+    doc = yaml.safe_load(next(tmp_path.rglob("gcp.resourceLocations.yaml")).read_text())
+    assert doc["spec"] == {"inheritFromParent": True,
+                           "rules": [{"values": {"allowedValues": ["in:us-east1-locations"]}}]}
+    # The external-IP constraint stops Coiled's clusters, not this setup: no file for it.
+    assert not list(tmp_path.rglob("compute.vmExternalIpAccess.yaml"))
+    # In a region the organization allows, the run goes through.
+    cli(sb, *ARGS, "--region", "us-central1", check=0)
+    v = json.loads(cli(sb, "verify", "--output", "json", check=None).stdout)
+    check = next(x for x in v["checks"] if x["name"] == "org_policies")
+    assert check["status"] == "warning" and check["data"]["constraints"] == ["compute.vmExternalIpAccess"]
+
+
+def test_operator_who_cannot_read_org_policies_is_told_the_check_was_skipped(make_sandbox, cli):
+    s = scenario({"iam.disableServiceAccountKeyCreation": {"enforce": False}})
+    from coiled_setup import steps
+    from coiled_setup.options import Options
+
+    # Exactly what a run needs, and nothing of Org Policy's.
+    s["projects"][0]["roles"] = [{"id": "setup", "permissions": steps.operator_permissions(Options(project=P))}]
+    s["operator"]["roles"] = [f"projects/{P}/roles/setup"]
+    sb = make_sandbox(s)
+    out = cli(sb, *ARGS, check=0)
+    assert "Skipped the check of organization policies" in out.stdout and "orgpolicy.policy.get" in out.stdout
+    v = json.loads(cli(sb, "verify", "--output", "json", check=None).stdout)
+    assert next(x for x in v["checks"] if x["name"] == "org_policies")["status"] == "skipped"
+
+
+def test_vpc_service_controls_are_one_sentence_in_preflight(make_sandbox, cli):
+    sb = make_sandbox(scenario(perimeter=["cloudresourcemanager.googleapis.com"]))
+    out = cli(sb, *ARGS, check=1)
+    assert "VPC Service Controls perimeter refused" in out.stderr and "network administrator" in out.stderr
+    assert "does not exist" not in out.stderr and writes(sb) == []
 

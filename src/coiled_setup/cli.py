@@ -12,7 +12,8 @@ import typer
 from coiled_setup import __version__
 
 EXIT_CODES = ("Exit codes: 0 done (or nothing to do), 1 a step failed, 2 bad input, "
-              "3 your account lacks a needed permission, 4 another run is changing the project, 130 interrupted.")
+              "3 your account lacks a needed permission, 4 another run is changing the project, "
+              "5 an organization policy blocks the setup (nothing was changed), 130 interrupted.")
 
 app = typer.Typer(
     name="coiled-setup",

@@ -342,6 +342,10 @@ class Google:
                 from google.cloud import service_usage_v1 as mod
 
                 cls = mod.ServiceUsageClient
+            elif name == "orgpolicy":
+                from google.cloud import orgpolicy_v2 as mod
+
+                cls = mod.OrgPolicyClient
             else:
                 from google.cloud import artifactregistry_v1 as mod
 
@@ -571,6 +575,24 @@ class Google:
         with self._calling():
             pb = self.registry.set_iam_policy(request={"resource": name, "policy": _policy_to_pb(policy)})
         return _policy_from_pb(pb)
+
+    # -- organization policies ---------------------------------------------------------------------------
+    def effective_org_policy(self, project: str, constraint: str) -> list[dict]:
+        """The rules in force on the project for a constraint (Org Policy v2), as plain data: {"enforce": bool},
+        {"allow_all": True}, {"deny_all": True} or {"allowed_values": [...], "denied_values": [...]}."""
+        client = self._make("orgpolicy")
+        pb = self._read(lambda: client.get_effective_policy(name=f"projects/{project}/policies/{constraint}", **_CALL))
+        rules = []
+        for r in pb.spec.rules:
+            kind = type(r).pb(r).WhichOneof("kind")
+            if kind == "enforce":
+                rules.append({"enforce": r.enforce})
+            elif kind in ("allow_all", "deny_all"):
+                rules.append({kind: True})
+            elif kind == "values":
+                rules.append({"allowed_values": list(r.values.allowed_values),
+                              "denied_values": list(r.values.denied_values)})
+        return rules
 
     # -- credentials and connection ---------------------------------------------------------------------
     def wait_reachable(self) -> None:

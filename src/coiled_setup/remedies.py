@@ -46,10 +46,23 @@ def missing_permissions_sentence(principal: str, project: str, missing: list[str
             f"({parts}): ask a project owner for those roles and run again; nothing was changed.")
 
 
+def vpc_refusal(e: CloudError) -> bool:
+    """A VPC Service Controls perimeter said no (ErrorInfo reason, or the PreconditionFailure violation type)."""
+    return e.reason == "SECURITY_POLICY_VIOLATED" or "VPC_SERVICE_CONTROLS" in e.violations
+
+
 def explain(e: CloudError, project: str) -> tuple[str, int]:
     """(sentence, exit code) for a Google error a step could not get past."""
     if e.reason == "UNREACHABLE":  # already one sentence: where, for how long, what to check
         return e.message, STEP_FAILED
+    if vpc_refusal(e):
+        svc = e.metadata.get("service") or "a Google API"
+        uid = e.metadata.get("uid") or ""
+        return (f"A VPC Service Controls perimeter refused this machine's call to {svc}"
+                + (f" (vpcServiceControlsUniqueIdentifier {uid})" if uid else "")
+                + f": ask your network administrator to let this machine or your account into the perimeter around "
+                f"project {project} (an access level or ingress rule), or run from inside it, then run again.",
+                STEP_FAILED)
     if e.reason == "SERVICE_DISABLED":
         svc = e.metadata.get("service", "an API")
         return (f"The API {svc} is disabled in project {project}: enable it (gcloud services enable {svc} "
