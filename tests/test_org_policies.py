@@ -239,3 +239,35 @@ def test_vpc_service_controls_are_one_sentence_in_preflight(make_sandbox, cli):
     assert "VPC Service Controls perimeter refused" in out.stderr and "network administrator" in out.stderr
     assert "does not exist" not in out.stderr and writes(sb) == []
 
+
+# -- enterprise credentials ----------------------------------------------------------------------------------------
+
+def _user_adc(tmp_path, monkeypatch, **extra):
+    gcloud = tmp_path / "gcloud"
+    gcloud.mkdir(parents=True)
+    (gcloud / "application_default_credentials.json").write_text(json.dumps({
+        "type": "authorized_user", "client_id": "id.apps.googleusercontent.com", "client_secret": "s",
+        "refresh_token": "r", **extra}))
+    for var in ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_QUOTA_PROJECT", "COILED_SETUP_GOOGLE_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(gcloud))
+
+
+def test_user_credentials_get_the_target_project_as_quota_project_without_googles_raw_warning(tmp_path, monkeypatch):
+    import warnings
+
+    from coiled_setup.cloud import Google
+
+    _user_adc(tmp_path, monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # google-auth's UserWarning would raise here
+        g = Google.from_environment()
+    assert g.use_quota_project(P) == P and g.credentials.quota_project_id == P
+    # Already set: the ADC file's quota_project_id, or GOOGLE_CLOUD_QUOTA_PROJECT, is kept.
+    _user_adc(tmp_path / "b", monkeypatch, quota_project_id="billing-proj")
+    g = Google.from_environment()
+    assert g.use_quota_project(P) == "" and g.credentials.quota_project_id == "billing-proj"
+    _user_adc(tmp_path / "c", monkeypatch)
+    monkeypatch.setenv("GOOGLE_CLOUD_QUOTA_PROJECT", "env-proj")
+    g = Google.from_environment()
+    assert g.use_quota_project(P) == "" and g.credentials.quota_project_id == "env-proj"

@@ -10,6 +10,7 @@ import contextlib
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from coiled_setup.concurrency import run_all
@@ -312,7 +313,11 @@ class Google:
         from google.auth import exceptions as aexc
 
         try:
-            creds, _ = google.auth.default(scopes=SCOPES)
+            with warnings.catch_warnings():
+                # google-auth's warning about user credentials without a quota project (with a file path):
+                # use_quota_project() sets one and says so in one sentence instead.
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"google\.auth")
+                creds, _ = google.auth.default(scopes=SCOPES)
         except aexc.DefaultCredentialsError as e:
             raise NoCredentials(_first_line(e)) from None
         principal = getattr(creds, "service_account_email", "") or ""
@@ -325,6 +330,19 @@ class Google:
         creds = service_account.Credentials.from_service_account_info(keyfile, scopes=SCOPES)
         return cls(creds, endpoint if endpoint is not None else os.environ.get(ENDPOINT_VAR) or None,
                    keyfile.get("client_email", ""))
+
+    def use_quota_project(self, project: str) -> str:
+        """User credentials need a quota project for APIs such as Service Usage: the ADC file's quota_project_id or
+        GOOGLE_CLOUD_QUOTA_PROJECT (google-auth reads both), else the target project. Answers the project this
+        method chose ("" when the credentials had one, or are not a user's)."""
+        from google.oauth2 import credentials as user
+
+        creds = self.credentials
+        if not isinstance(creds, user.Credentials) or creds.quota_project_id or not project:
+            return ""
+        self.credentials = creds.with_quota_project(os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") or project)
+        self.close()  # clients and channel are rebuilt with the new credentials
+        return "" if os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") else project
 
     def _make(self, name: str):
         with self._lock:
