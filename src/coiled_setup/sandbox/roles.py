@@ -43,6 +43,8 @@ PREDEFINED_ROLES: dict[str, list[str]] = {
     "roles/orgpolicy.policyViewer": ["orgpolicy.policy.get", "orgpolicy.policies.list", "orgpolicy.constraints.list"],
     "roles/orgpolicy.policyAdmin": ["orgpolicy.*"],
     "roles/browser": ["resourcemanager.projects.get"],
+    "roles/iam.serviceAccountTokenCreator": ["iam.serviceAccounts.getAccessToken", "iam.serviceAccounts.signBlob",
+                                             "iam.serviceAccounts.signJwt"],
     "roles/iam.serviceAccountAdmin": [
         "iam.serviceAccounts.*",
         "resourcemanager.projects.get",
