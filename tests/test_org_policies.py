@@ -233,6 +233,15 @@ def test_operator_who_cannot_read_org_policies_is_told_the_check_was_skipped(mak
     assert next(x for x in v["checks"] if x["name"] == "org_policies")["status"] == "skipped"
 
 
+def test_vpc_service_controls_are_one_sentence_at_a_step_too(make_sandbox, cli):
+    sb = make_sandbox(scenario(perimeter=["artifactregistry.googleapis.com", "orgpolicy.googleapis.com"]))
+    out = cli(sb, *ARGS, check=1)
+    assert "perimeter refused the call to the Org Policy API" in out.stdout
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "VPC Service Controls perimeter refused this machine's call to " \
+        "artifactregistry.googleapis.com" in err[0] and "network administrator" in err[0]
+
+
 def test_vpc_service_controls_are_one_sentence_in_preflight(make_sandbox, cli):
     sb = make_sandbox(scenario(perimeter=["cloudresourcemanager.googleapis.com"]))
     out = cli(sb, *ARGS, check=1)
@@ -271,3 +280,50 @@ def test_user_credentials_get_the_target_project_as_quota_project_without_google
     monkeypatch.setenv("GOOGLE_CLOUD_QUOTA_PROJECT", "env-proj")
     g = Google.from_environment()
     assert g.use_quota_project(P) == "" and g.credentials.quota_project_id == "env-proj"
+
+
+DEPLOYER = f"deployer@{P}.iam.gserviceaccount.com"
+
+
+def _deployer_scenario(operator_roles):
+    s = scenario(service_accounts=[{"id": "deployer"}])
+    s["projects"][0]["bindings"].append({"role": "roles/owner", "members": [f"serviceAccount:{DEPLOYER}"]})
+    s["operator"]["roles"] = operator_roles
+    return s
+
+
+def test_impersonated_run_calls_google_as_the_impersonated_account(make_sandbox, cli):
+    sb = make_sandbox(_deployer_scenario(["roles/iam.serviceAccountTokenCreator"]))
+    out = cli(sb, *ARGS, "--impersonate-service-account", DEPLOYER, check=0)
+    assert f"as {DEPLOYER}" in out.stdout
+    google = [x for x in calls(sb) if x["service"] not in ("coiled", "iamcredentials")]
+    # Every operator call is the impersonated account's (the new key of Coiled's account is checked as itself).
+    assert google and {x["caller"] for x in google} == {DEPLOYER, f"coiled@{P}.iam.gserviceaccount.com"}
+    minted = [x for x in calls(sb) if x["service"] == "iamcredentials"]
+    assert minted and {(x["caller"], x["code"]) for x in minted} == {(sb.operator_email, "OK")}
+    # verify too, through gcloud's property this time.
+    gcloud = sb.state_dir / "gcloud-config"
+    (gcloud / "configurations").mkdir(parents=True)
+    (gcloud / "configurations" / "config_default").write_text(f"[auth]\nimpersonate_service_account = {DEPLOYER}\n")
+    mark = len(calls(sb))
+    cli(sb, "verify", env={"CLOUDSDK_CONFIG": str(gcloud)}, check=None)
+    assert {x["caller"] for x in calls(sb, mark) if x["service"] not in ("coiled", "iamcredentials")} <= {
+        DEPLOYER, f"coiled@{P}.iam.gserviceaccount.com"}
+
+
+def test_impersonation_without_the_token_creator_role_is_one_sentence(make_sandbox, cli):
+    sb = make_sandbox(_deployer_scenario(["roles/viewer"]))
+    out = cli(sb, *ARGS, "--impersonate-service-account", DEPLOYER, check=2)
+    assert "roles/iam.serviceAccountTokenCreator" in out.stderr and DEPLOYER in out.stderr
+    assert not [c for c in calls(sb) if c["write"]]
+
+
+def test_gclouds_compute_region_and_zone_are_the_defaults(make_sandbox, cli, tmp_path):
+    sb = make_sandbox(scenario())
+    gcloud = tmp_path / "gcloud-config"
+    (gcloud / "configurations").mkdir(parents=True)
+    (gcloud / "configurations" / "config_default").write_text("[compute]\nregion = us-central1\nzone = us-central1-f\n")
+    cli(sb, *ARGS, "--no-upload", env={"CLOUDSDK_CONFIG": str(gcloud)}, check=0)
+    assert any(x["method"] == "CreateRepository" and "/locations/us-central1" in x["resource"] for x in calls(sb))
+    recorded = json.loads((sb.state_dir / "home" / "state" / f"journal-{P}.json").read_text())
+    assert json.dumps(recorded).count("us-central1-f") >= 1

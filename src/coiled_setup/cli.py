@@ -119,6 +119,14 @@ def _guard(fn, command: str, output: str):
     return code
 
 
+def _impersonate(email: str | None) -> None:
+    """--impersonate-service-account, passed on as gcloud's own variable for the same property."""
+    if email:
+        from coiled_setup.cloud import IMPERSONATE_VAR
+
+        os.environ[IMPERSONATE_VAR] = email
+
+
 @app.command(epilog=EXIT_CODES, short_help="Set up a project for Coiled, then configure Coiled.")
 def gcp(
     ctx: typer.Context,
@@ -165,12 +173,24 @@ def gcp(
     print_operator_roles: bool = typer.Option(
         False, "--print-operator-roles",
         help="Print the roles your own account needs for this run (with its other flags), and change nothing."),
+    impersonate_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL",
+        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
 ) -> None:
     """Create the service account, key, role, binding and registry Coiled needs, then configure Coiled."""
+    _impersonate(impersonate_service_account)
 
     def go() -> int:
+        from coiled_setup import context
         from coiled_setup.commands import gcp as command
-        from coiled_setup.options import DEFAULT_ACCOUNT_ID, OPEN_CIDR, Options, parse_ports, refuse_empty
+        from coiled_setup.options import (
+            DEFAULT_ACCOUNT_ID,
+            OPEN_CIDR,
+            Options,
+            parse_ports,
+            refuse_empty,
+            region_error,
+        )
 
         if print_operator_roles:
             return command.print_operator_roles(project, gar=not no_gar, listing=not service_account)
@@ -190,8 +210,16 @@ def gcp(
             given.add("instance")
         if ctx.get_parameter_source("no_gar").name != "DEFAULT":
             given.add("gar")
+        use_region, use_zone = region, zone
+        if "region" not in given:
+            # gcloud's compute/region and compute/zone are the defaults (as Coiled's own CLI has it), when usable.
+            gregion = os.environ.get("CLOUDSDK_COMPUTE_REGION") or context.gcloud_property("compute", "region")
+            use_region = gregion if gregion and not region_error(gregion, not no_gar) else region
+        if "zone" not in given:
+            gzone = os.environ.get("CLOUDSDK_COMPUTE_ZONE") or context.gcloud_property("compute", "zone")
+            use_zone = gzone if gzone and gzone.startswith(f"{use_region}-") else None
         opts = Options(
-            project=project or "", workspace=workspace, region=region, zone=zone,
+            project=project or "", workspace=workspace, region=use_region, zone=use_zone,
             service_account=service_account or DEFAULT_ACCOUNT_ID, key_file=key_file, no_local_key=no_local_key,
             role_id=role_id, gar=not no_gar, instance_service_account=instance_service_account,
             create_instance_service_account=create_instance_service_account,
@@ -348,8 +376,12 @@ def verify(
     strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
     output: str = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Check the sandbox that `gcp --sandbox` set up."),
+    impersonate_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL",
+        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
 ) -> None:
     """Prove, read-only and as the service account itself, that Coiled can work in the project."""
+    _impersonate(impersonate_service_account)
 
     def go() -> int:
         from coiled_setup.commands import verify as command

@@ -321,6 +321,9 @@ class Google:
         except aexc.DefaultCredentialsError as e:
             raise NoCredentials(_first_line(e)) from None
         principal = getattr(creds, "service_account_email", "") or ""
+        target = impersonation_target()
+        if target:
+            creds, principal = _impersonating(creds, target), target
         return cls(creds, os.environ.get(ENDPOINT_VAR) or None, principal)
 
     @classmethod
@@ -664,8 +667,34 @@ class Google:
                 if so_far >= GIVE_UP_S:
                     raise unreachable(where, so_far) from None
             except aexc.RefreshError as e:
+                if "impersonated" in str(e).lower():
+                    raise CloudError("UNAUTHENTICATED", _first_line(e), reason="IMPERSONATION",
+                                     metadata={"target": self.principal}) from None
                 raise _convert(e) from None
             time.sleep(next(delays))
+
+
+IMPERSONATE_VAR = "CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT"  # gcloud's, as --impersonate-service-account sets it
+
+
+def impersonation_target() -> str:
+    """The account to act as: the variable, else gcloud's auth/impersonate_service_account property."""
+    from coiled_setup import context
+
+    return os.environ.get(IMPERSONATE_VAR) or context.gcloud_property("auth", "impersonate_service_account") or ""
+
+
+def _impersonating(source, target: str):
+    """Credentials of `target` through IAM Credentials generateAccessToken, called with `source`."""
+    from google.auth import impersonated_credentials
+
+    override = None
+    if os.environ.get(ENDPOINT_VAR):
+        # A local endpoint serves IAM Credentials beside the token endpoint its keys name.
+        base = getattr(source, "_token_uri", "") or ""
+        override = f"{base.rsplit('/', 1)[0]}/v1/projects/-/serviceAccounts/{target}:generateAccessToken"
+    return impersonated_credentials.Credentials(source_credentials=source, target_principal=target,
+                                                target_scopes=SCOPES, iam_endpoint_override=override)
 
 
 def _host(url: str) -> str:

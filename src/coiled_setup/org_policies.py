@@ -58,7 +58,11 @@ def read(g, project: str) -> tuple[dict[str, list[dict]], str]:
 
 
 def skipped_reason(e: CloudError, principal: str, project: str) -> str:
+    from coiled_setup.remedies import vpc_refusal
+
     who = principal or "your account"
+    if vpc_refusal(e):
+        return "a VPC Service Controls perimeter refused the call to the Org Policy API"
     if e.reason == "SERVICE_DISABLED":
         where = e.metadata.get("consumer", f"projects/{project}").split("/", 1)[-1]
         return (f"the Org Policy API is disabled in project {where} (gcloud services enable orgpolicy.googleapis.com "

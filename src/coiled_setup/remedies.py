@@ -75,6 +75,11 @@ def explain(e: CloudError, project: str) -> tuple[str, int]:
     if e.code == "PERMISSION_DENIED" and e.permission:
         return (f"Google refused: your account lacks {e.permission} (granted by {granting_role(e.permission)}) "
                 f"in project {project}; ask a project owner for it and run again.", MISSING_PERMISSION)
+    if e.reason == "IMPERSONATION":
+        return (f"Google refused to let your credentials act as {e.metadata.get('target', 'the account')}: they "
+                "need roles/iam.serviceAccountTokenCreator on that account, so ask an administrator for it (or drop "
+                "--impersonate-service-account and gcloud's auth/impersonate_service_account), then run again.",
+                STEP_FAILED)
     if e.code == "UNAUTHENTICATED":
         return (f"Google did not accept your credentials ({e.message}): run `gcloud auth application-default "
                 "login` or point GOOGLE_APPLICATION_CREDENTIALS at a valid key.", STEP_FAILED)
