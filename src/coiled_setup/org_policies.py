@@ -17,7 +17,7 @@ KEY_MANAGED = "iam.managed.disableServiceAccountKeyCreation"
 DOMAINS = "iam.allowedPolicyMemberDomains"
 LOCATIONS = "gcp.resourceLocations"
 EXTERNAL_IP = "compute.vmExternalIpAccess"
-CONSTRAINTS = (KEY_LEGACY, KEY_MANAGED, LOCATIONS, EXTERNAL_IP, DOMAINS)
+CONSTRAINTS = (KEY_LEGACY, KEY_MANAGED, LOCATIONS, EXTERNAL_IP)
 ADMIN_ROLE = "roles/orgpolicy.policyAdmin"
 READ_PERMISSION = "orgpolicy.policy.get"
 # Google's value groups, by the first part of a region's name.
@@ -132,7 +132,7 @@ def write_exception(project: str, f: Finding) -> Path:
     import yaml
 
     path = exception_path(project, f.constraint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(f.exception, sort_keys=False), encoding="utf-8")
+    # Private like every file the tool writes (it names the project and the organization's rules).
+    paths.write_private(path, yaml.safe_dump(f.exception, sort_keys=False))
     f.file = path
     return path

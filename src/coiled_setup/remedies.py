@@ -72,6 +72,11 @@ def explain(e: CloudError, project: str) -> tuple[str, int]:
         return (f"Project {project} has no billing account, which Google requires before enabling {svc}: link "
                 f"one (gcloud billing projects link {project} --billing-account=ACCOUNT_ID) and run again.",
                 STEP_FAILED)
+    constraints = [v for v in e.violations if v.startswith("constraints/")]
+    if e.code == "FAILED_PRECONDITION" and constraints:
+        return (f"The organization policy {constraints[0]} refused this ({e.message.rstrip('.')}): someone with "
+                f"roles/orgpolicy.policyAdmin on the organization or folder can exempt project {project}, then run "
+                "again.", STEP_FAILED)
     if e.code == "PERMISSION_DENIED" and e.permission:
         return (f"Google refused: your account lacks {e.permission} (granted by {granting_role(e.permission)}) "
                 f"in project {project}; ask a project owner for it and run again.", MISSING_PERMISSION)

@@ -14,7 +14,7 @@ from coiled_setup.errors import MISSING_PERMISSION, OK, ORG_POLICY, BadInput, Us
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
-from coiled_setup.needs import ARTIFACT_REGISTRY, CORE_SERVICES
+from coiled_setup.needs import CORE_SERVICES
 from coiled_setup.needs import services as services_needed
 from coiled_setup.options import (
     DEFAULT_ACCOUNT_ID,
@@ -173,7 +173,7 @@ class Wizard(Session):
             enabled[s] = bool(on)
         return enabled
 
-    def org_policies(self, g: Google, cur: InPlace, journal: Journal, services: dict[str, bool]) -> None:
+    def org_policies(self, g: Google, cur: InPlace, journal: Journal) -> None:
         """What the organization will block, told before the first write; a blocked run stops here."""
         from coiled_setup import org_policies
         from coiled_setup.steps.account import key_path
@@ -186,10 +186,9 @@ class Wizard(Session):
             return
         key_needed = (cur.coiled_credentials.get("client_email") != o.account_email if o.no_local_key
                       else not key_path(o, journal).exists())
-        # No API yet, no repository yet (and asking would be refused).
-        repository_needed = o.gar and (not services.get(ARTIFACT_REGISTRY) or g.get_repository(o.repository) is None)
-        found = org_policies.findings(effective, o.project, o.region, key_needed=key_needed,
-                                      repository_needed=repository_needed)
+        # With Artifact Registry the region holds the repository too: a region refused blocks the run, without
+        # another call to learn whether the repository exists.
+        found = org_policies.findings(effective, o.project, o.region, key_needed=key_needed, repository_needed=o.gar)
         blocking = [f for f in found if f.blocks]
         for f in found:
             if f.blocks:
@@ -293,7 +292,7 @@ class Wizard(Session):
         check_instance_differs(o)
         validate(o)  # the interactive answers and the kept settings too
         self.refuse_privileged_account(g)
-        self.org_policies(g, cur, journal, services)
+        self.org_policies(g, cur, journal)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
                        coiled_credentials=cur.coiled_credentials)
         steps = registry.build(o)
