@@ -187,20 +187,24 @@ def missing(name: str, why: str) -> None:
 # raise a ceiling only with its reason written here; any other rise is a regression.
 CEILINGS = {
     # 37, and 1 for the check that Coiled's account holds no owner, editor or IAM-admin role (a read of the
-    # project policy before the plan).
+    # project policy before the plan); and 1 for the read of the workspace's settings, where its firewall lives;
+    # and 3 for the regional quotas (one GetQuotaInfo per quota, read together with the other observations).
     # 4 more: the effective Org Policy of the 4 constraints that can block a setup, read before the first write.
-    "fresh": 42,
-    # 19, and the same policy read; and the same 4 Org Policy reads.
-    "rerun": 24,
-    # 4: the same Org Policy reads, for verify's organization-policy check.
-    "verify": 16,
+    "fresh": 46,
+    # 19, the same policy read, the same settings read and the same 3 quota reads; and the same 4 Org Policy reads.
+    "rerun": 28,
+    # 12, and the workspace's settings and regions (its firewall and default region), read together; and the
+    # same 3 quota reads (gathered with the other facts); and 4: the same Org Policy reads, for verify's
+    # organization-policy check.
+    "verify": 21,
 }
 
 
 # -- the floor of 3 ------------------------------------------------------------------------------------------------
 # The Google client modules `gcp` and `verify` import (the same for both, as a run's sys.modules shows).
 GOOGLE_CLIENTS = ["google.cloud.resourcemanager_v3", "google.cloud.iam_admin_v1", "google.cloud.service_usage_v1",
-                  "google.cloud.artifactregistry_v1", "google.oauth2.service_account", "google.auth.transport.grpc",
+                  "google.cloud.artifactregistry_v1", "google.cloud.cloudquotas_v1", "google.oauth2.service_account",
+                  "google.auth.transport.grpc",
                   "google.auth.transport.requests", "grpc"]
 # The longest chain of calls that must follow one another, per scenario (derived in the docstring, 3).
 FLOOR_CHAINS = {"fresh": 9, "rerun": 2, "verify": 2}

@@ -50,6 +50,7 @@ def cli(tmp_path):
         if sb is not None:
             full.update(sb.env)
         full.update(env or {})
+        full = {k: v for k, v in full.items() if v is not None}  # None: the variable is unset
         proc = subprocess.run([sys.executable, "-m", "coiled_setup", *args], env=full, capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if check is not None:

@@ -35,7 +35,7 @@ from coiled_setup.checks import (
     gather,
 )
 from coiled_setup.cloud import CloudError, Google
-from coiled_setup.coiled_api import Coiled, CoiledError
+from coiled_setup.coiled_api import Coiled, CoiledUnauthorized, CoiledUnreachable
 from coiled_setup.options import INSTANCE_ROLE_ID
 from coiled_setup.sandbox import Config, Sandbox
 from tests.helpers import calls, clients
@@ -228,9 +228,11 @@ def test_every_check_passes_where_everything_is_in_place(world):
                                                 "separate from the control-plane account.")
     assert results["check_coiled_credentials"].detail == f"Workspace good holds the key file's key {kid[:12]}… of " \
                                                          f"{email}."
-    assert results["check_coiled_backend"].detail == ("Workspace good: project c-good, region us-east1, registry "
+    assert results["check_coiled_backend"].detail == ("Workspace good: project c-good, default region us-east1, "
+                                                      "registry "
                                                       "Google Artifact Registry.")
-    assert results["check_firewall"].detail == "Ingress limited to ports 8786 from 10.0.0.0/8, per Coiled."
+    assert results["check_firewall"].detail == ("Ingress limited to ports 8786 from 10.0.0.0/8, per the workspace's "
+                                                "settings.")
 
 
 def test_nothing_is_written_while_gathering(world):
@@ -497,10 +499,10 @@ def test_coiled_credentials_states(world):
 
 def test_coiled_unreadable_names_the_login(world):
     def refused():
-        raise CoiledError("Coiled refused the token.", 401)
+        raise CoiledUnauthorized("Coiled refused the token.", 401)
 
     def silent():
-        raise CoiledError("Coiled did not answer.")
+        raise CoiledUnreachable("Coiled did not answer.")
 
     r = check(world, check_coiled_credentials, target("good", coiled=True), refused)
     assert (r.status, r.detail) == (FAILED, "Could not read Coiled: Coiled refused the token.")
@@ -529,9 +531,12 @@ def test_firewall_states(world):
     t = target("good", coiled=True)
     r = check(world, check_firewall, t, view(firewall_spec={"ingress": [{"ports": [8786, 8787], "cidr": "0.0.0.0/0"}]}))
     assert r.status == WARNING
-    assert r.detail == "Dask schedulers accept connections on ports 8786,8787 from anywhere (0.0.0.0/0), per Coiled."
+    assert r.detail == ("Dask schedulers accept connections on ports 8786,8787 from anywhere (0.0.0.0/0), per the "
+                        "workspace's settings.")
     assert "--firewall-cidr YOUR_NETWORK" in r.remedy
-    t = target("good")  # Coiled not read: the dask config says
+    # The dask config decides nothing (no current client applies it): without Coiled there is nothing to check.
+    t = target("good")
     r = check(world, check_firewall, t, config={"firewall": {"ports": [22], "cidr": "192.0.2.0/24"}})
-    assert (r.status, r.detail) == (OK, "Ingress limited to ports 22 from 192.0.2.0/24, per the dask config.")
-    assert check(world, check_firewall, t).status == SKIPPED
+    assert r.status == SKIPPED and "--no-coiled" in r.detail
+    r = check(world, check_firewall, target("good", coiled=True), view())
+    assert r.status == FAILED and "no scheduler firewall set" in r.detail

@@ -56,6 +56,7 @@ def test_wheel_contains_both_templates(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "coiled_setup/templates/coiled-role.yaml" in names
     assert "coiled_setup/templates/coiled-instance-role.yaml" in names
+    assert "coiled_setup/templates/permissions-explained.yaml" in names  # coiled-setup review reads it
     # The sandbox's permission catalogue ships; no saved sandbox state does.
     shipped = [n for n in names if "/sandbox/" in n and n.endswith(".json")]
     assert shipped == ["coiled_setup/sandbox/data/permissions.json"]

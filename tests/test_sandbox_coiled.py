@@ -121,19 +121,21 @@ def test_token_scheme_follows_token_shape(make_sandbox):
 
 def test_memberships(make_sandbox):
     s = copy.deepcopy(DEFAULT_SCENARIO)
-    s["coiled"]["users"] = [{"token": "team-token-1", "username": "ann", "workspaces": ["ann", "team"]},
+    s["coiled"]["users"] = [{"token": "team-token-1", "username": "ann", "workspaces": ["ann", "team"],
+                             "default": "team"},
                             {"token": "guest-token-2", "username": "guest", "workspaces": ["team"],
                              "admin": False}]
     sb = make_sandbox(s)
     status, body = api(sb, "GET", "/api/v2/user/me/memberships", token="team-token-1")
     assert status == 200
-    assert body == [{"account": {"slug": "ann", "name": "ann"}, "is_admin": True},
-                    {"account": {"slug": "team", "name": "team"}, "is_admin": True}]
+    assert body == [{"account": {"slug": "ann", "name": "ann"}, "is_admin": True, "is_default_account": False},
+                    {"account": {"slug": "team", "name": "team"}, "is_admin": True, "is_default_account": True}]
     status, body = api(sb, "GET", "/api/v2/user/me/memberships", token="guest-token-2")
-    assert body == [{"account": {"slug": "team", "name": "team"}, "is_admin": False}]
+    assert body == [{"account": {"slug": "team", "name": "team"}, "is_admin": False, "is_default_account": False}]
     assert api(sb, "GET", "/api/v2/user/me/memberships", token="nobody-token")[0] == 401
-    # A workspace the user is not in is not found for them.
-    assert api(sb, "GET", "/api/v1/ann/backend_options/", token="guest-token-2")[0] == 404
+    # A workspace the user is not in is refused as Coiled refuses it.
+    status, body = api(sb, "GET", "/api/v1/ann/backend_options/", token="guest-token-2")
+    assert status == 403 and "aren't a member" in body["detail"]
 
 
 @pytest.mark.parametrize("path", [f"/api/v2/cloud-credentials/{WS}/gcp", f"/api/v2/setup/account/{WS}/gcp/regions",
@@ -157,7 +159,33 @@ def test_invalid_json_body(sandbox):
 def test_unknown_route_and_workspace(sandbox):
     assert api(sandbox, "GET", "/api/v2/no/such/route")[0] == 404
     status, body = api(sandbox, "GET", "/api/v1/elsewhere/backend_options/")
-    assert status == 404 and "elsewhere" in body["detail"]
+    assert status == 404 and body == {"detail": "Not found."}
+
+
+def test_settings_read_back_and_checked(sandbox):
+    path = f"/api/v2/setup/account/{WS}/gcp/settings"
+    status, body = api(sandbox, "GET", path)
+    assert status == 200 and body["scheduler_firewall"] is None and body["give_scheduler_public_ip"] is True
+    fw = {"ingress": [{"ports": [8786], "cidr": "10.0.0.0/8"}]}
+    assert api(sandbox, "PATCH", path, {"scheduler_firewall": fw})[0] == 200
+    assert api(sandbox, "GET", path)[1]["scheduler_firewall"] == fw
+    assert api(sandbox, "PATCH", path, {"firewall": fw})[0] == 400
+    assert api(sandbox, "PATCH", path, {"scheduler_firewall": {"ingress": [{"ports": "8786"}]}})[0] == 400
+
+
+def test_confirm_and_retry_on_demand(make_sandbox):
+    s = copy.deepcopy(DEFAULT_SCENARIO)
+    s["coiled"]["confirm"] = {"PATCH /api/v2/setup/account/{ws}/gcp/settings": "Clusters are running; go on?"}
+    s["coiled"]["retry"] = {"POST /api/v2/user/account/{ws}/registry": 1}
+    sb = make_sandbox(s)
+    path = f"/api/v2/setup/account/{WS}/gcp/settings"
+    assert api(sb, "PATCH", path, {"auto_setup": True}) == (
+        409, {"action_required": "confirm", "detail": "Clusters are running; go on?"})
+    assert state(sb)["coiled"]["workspaces"][WS]["settings"]["auto_setup"] is None
+    assert api(sb, "PATCH", path + "?confirm=1", {"auto_setup": True})[0] == 200
+    registry = f"/api/v2/user/account/{WS}/registry"
+    assert api(sb, "POST", registry, {"type": "gar"})[1]["action_required"] == "retry"
+    assert api(sb, "POST", registry, {"type": "gar"})[0] == 200
 
 
 # -- credentials -------------------------------------------------------------------------------------------

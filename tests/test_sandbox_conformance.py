@@ -551,3 +551,118 @@ def test_a_rerun_right_after_creates_no_second_key_while_google_does_not_list_th
         assert "Nothing to change" in again.stdout, again.stdout
     assert [x["method"] for x in calls(sb) if x["method"] == "CreateServiceAccountKey"] == ["CreateServiceAccountKey"]
     assert len(state(sb)["service_accounts"][KEY_ACCOUNT]["user_keys"]) == 1
+
+
+# -- Cloud Quotas ---------------------------------------------------------------------------------------------------
+# Source: the Cloud Quotas API v1 reference (QuotaInfo, DimensionsInfo, QuotaPreference, QuotaConfig) and its
+# overview (cloud.google.com/docs/quotas/api-overview); the quota ids as Compute Engine's quota errors and the
+# Cloud Quotas examples name them (CPUS-per-project-region, SSD-TOTAL-GB-per-project-region,
+# IN-USE-ADDRESSES-per-project-region); permissions cloudquotas.quotas.get / cloudquotas.quotas.update.
+
+QUOTA_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com", "serviceusage.googleapis.com",
+                  "compute.googleapis.com", "cloudquotas.googleapis.com"]
+CPUS = "CPUS-per-project-region"
+
+
+@pytest.fixture(scope="module")
+def quota_sb(tmp_path_factory):
+    """One sandbox for the Cloud Quotas tests (each test uses a region of its own)."""
+    from coiled_setup.sandbox import Config, Sandbox
+
+    scenario = {"projects": [{"id": "coiled-demo", "number": "123456789012", "services": QUOTA_SERVICES,
+                              "quotas": {CPUS: {"default": 24, "europe-west1": 8}},
+                              "quota_grant_up_to": {CPUS: 100}}],
+                "coiled": {"users": [{"token": "t-1", "username": "demo", "workspaces": ["demo"]}]}}
+    sb = Sandbox(scenario, Config(operation_s=0), state_dir=tmp_path_factory.mktemp("quotas")).start()
+    yield sb
+    sb.stop()
+
+
+def _info(c, quota_id=CPUS):
+    return c.quotas.get_quota_info(
+        name=f"projects/{c.project}/locations/global/services/compute.googleapis.com/quotaInfos/{quota_id}")
+
+
+def _region_limit(info, region):
+    by = {dict(d.dimensions).get("region", ""): d.details.value for d in info.dimensions_infos}
+    return by.get(region, by[""])
+
+
+def _prefer(c, region, value, pref_id, email="ops@example.com"):
+    return c.quotas.create_quota_preference(request={
+        "parent": f"projects/{c.project}/locations/global", "quota_preference_id": pref_id,
+        "quota_preference": {"service": "compute.googleapis.com", "quota_id": CPUS, "dimensions": {"region": region},
+                             "quota_config": {"preferred_value": value}, "contact_email": email}})
+
+
+def test_quota_info_has_a_region_entry_and_one_for_every_other_region(quota_sb):
+    info = _info(clients(quota_sb))
+    assert info.quota_id == CPUS and info.service == "compute.googleapis.com"
+    assert info.metric == "compute.googleapis.com/cpus"
+    assert _region_limit(info, "europe-west1") == 8 and _region_limit(info, "us-east1") == 24
+    assert [list(d.applicable_locations) for d in info.dimensions_infos if d.dimensions] == [["europe-west1"]]
+
+
+def test_quota_infos_of_compute_are_listed_with_the_ids_google_uses(quota_sb):
+    c = clients(quota_sb)
+    ids = {i.quota_id for i in c.quotas.list_quota_infos(
+        parent=f"projects/{c.project}/locations/global/services/compute.googleapis.com")}
+    assert {CPUS, "SSD-TOTAL-GB-per-project-region", "IN-USE-ADDRESSES-per-project-region"} <= ids
+
+
+def test_a_preference_under_the_threshold_is_granted_at_once(quota_sb):
+    c = clients(quota_sb)
+    made = _prefer(c, "us-west1", 60, "cpus-us-west1")
+    assert not made.reconciling and made.quota_config.granted_value == 60 and made.etag
+    assert made.name == "projects/123456789012/locations/global/quotaPreferences/cpus-us-west1"
+    assert _region_limit(_info(c), "us-west1") == 60
+
+
+def test_a_preference_above_the_threshold_waits_for_review(quota_sb):
+    c = clients(quota_sb)
+    made = _prefer(c, "us-west2", 500, "cpus-us-west2")
+    assert made.reconciling and made.quota_config.preferred_value == 500 and made.quota_config.granted_value == 24
+    assert _region_limit(_info(c), "us-west2") == 24
+    assert c.quotas.get_quota_preference(name=made.name).reconciling
+
+
+def test_an_increase_needs_a_contact_email(quota_sb):
+    c = clients(quota_sb)
+    with pytest.raises(gx.InvalidArgument) as e:
+        _prefer(c, "us-west3", 50, "cpus-us-west3", email="")
+    assert "contact_email" in e.value.message
+
+
+def test_a_preference_id_is_taken_once(quota_sb):
+    c = clients(quota_sb)
+    _prefer(c, "us-west4", 30, "cpus-us-west4")
+    with pytest.raises(gx.AlreadyExists):
+        _prefer(c, "us-west4", 40, "cpus-us-west4")
+
+
+def test_an_update_with_a_stale_etag_is_refused_and_a_current_one_applies(quota_sb):
+    c = clients(quota_sb)
+    made = _prefer(c, "us-south1", 30, "cpus-us-south1")
+    fields = {"name": made.name, "service": made.service, "quota_id": CPUS, "dimensions": {"region": "us-south1"},
+              "contact_email": "ops@example.com"}
+    updated = c.quotas.update_quota_preference(request={"quota_preference": {
+        **fields, "etag": made.etag, "quota_config": {"preferred_value": 40}}})
+    assert updated.quota_config.preferred_value == 40 and updated.etag != made.etag
+    with pytest.raises(gx.Aborted):
+        c.quotas.update_quota_preference(request={"quota_preference": {
+            **fields, "etag": made.etag, "quota_config": {"preferred_value": 50}}})
+
+
+def test_reading_quotas_needs_cloudquotas_quotas_get(quota_sb):
+    c = clients(quota_sb)
+    sa = c.iam.create_service_account(name=f"projects/{c.project}", account_id="no-quotas")
+    key = json.loads(c.iam.create_service_account_key(name=sa.name).private_key_data)
+    with pytest.raises(gx.PermissionDenied) as e:
+        _info(clients(quota_sb, key))
+    assert "cloudquotas.quotas.get" in e.value.message
+
+
+def test_the_cloud_quotas_api_disabled_answers_service_disabled(sandbox):
+    with pytest.raises(gx.PermissionDenied) as e:
+        _info(clients(sandbox))
+    assert e.value.reason == "SERVICE_DISABLED" and "cloudquotas.googleapis.com" in e.value.message

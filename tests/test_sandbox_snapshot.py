@@ -39,7 +39,7 @@ def test_a_scenario_builds_what_the_dump_shows():
     assert len(dump["service_accounts"]["coiled@p-one.iam.gserviceaccount.com"]["user_keys"]) == 2
     assert dump["roles"]["projects/p-one/roles/old"]["deleted"] is True
     assert dump["repositories"]["projects/p-one/locations/us-east1/repositories/coiled"]["ready"] is True
-    assert dump["coiled"]["users"] == [{"username": "demo", "workspaces": ["demo", "other"]}]
+    assert dump["coiled"]["users"] == [{"username": "demo", "workspaces": ["demo", "other"], "default": None}]
     assert set(dump["coiled"]["workspaces"]) == {"demo", "other"}
     # Public parts only: no token, no system-managed key.
     assert "t0k3n" not in str(dump) and all(k["type"] == "USER_MANAGED" for k in dump["keys"].values())

@@ -363,7 +363,8 @@ def test_the_whole_registry_through_the_engine_touches_only_declared_fields_then
     again_ = Engine(Run(opts=o, google=google, journal=Journal(o.project), ui=run.ui, coiled=run.coiled,
                         coiled_credentials={"client_email": o.account_email, "private_key_id": run.key_id}),
                     build(o), Consent(interactive=False, yes=True), o.project)
-    assert {k: c.action for k, c in again_.plan().items() if c.action != NOTHING} == {"confirm": CHECK}
+    assert {k: c.action for k, c in again_.plan().items() if c.action != NOTHING} == {"confirm": CHECK,
+                                                                                     "quotas": CHECK}
 
 
 def one_of(steps, key: str):
@@ -776,17 +777,16 @@ def test_upload_to_a_new_workspace_then_nothing_to_change(sb, google, real, home
     assert change.action == CREATE
     assert change.detail.startswith(f"workspace {name}: account none → {sa('u-up-new')}; ")
     for part in ("firewall none → 0.0.0.0/0 on ports 22,8786,8787", "registry none → Artifact Registry",
-                 "global infrastructure", "region us-east1", "dask config (none yet) → region us-east1, zone "
-                 "us-east1-c, preemptible true, firewall 0.0.0.0/0 on ports 22,8786,8787"):
+                 "global infrastructure", "region us-east1"):
         assert part in change.detail
-    assert [f.path for f in step.local_files(run)] == [home / "dask" / "coiled.yaml"]
-    assert step.apply(run).startswith("sent credentials, firewall, registry, global infrastructure, region us-east1,"
-                                      " dask config")
+    assert "dask config" not in change.detail  # written only with --write-dask-config
+    assert step.local_files(run) == []
+    assert step.apply(run).startswith("sent credentials, firewall, registry, global infrastructure, region us-east1")
     opts = coiled_for(sb, name).backend_options()["options"]
     assert opts["gcp_service_creds_dict"]["private_key_id"] == run.key_id
     assert "private_key" not in opts["gcp_service_creds_dict"]
     assert (opts["registry"]["type"], opts["firewall_spec"]) == ("gar", upload.firewall_spec(run.opts))
-    assert "backend-options" in (home / "dask" / "coiled.yaml").read_text()
+    assert not (home / "dask" / "coiled.yaml").exists()
     step2 = one(run, "upload")
     change = observe_plan(step2, run)
     assert (change.action, change.detail) == (NOTHING, f"workspace {name} uses {sa('u-up-new')}")

@@ -19,7 +19,7 @@ from tests.helpers import calls, clients, http
 WS = "demo"
 ALL = ("key_file", "service_account", "custom_role", "binding", "effective_permissions", "registry_api",
        "registry_repository", "registry_access", "instance_account", "coiled_credentials", "coiled_backend",
-       "firewall", "org_policies")
+       "firewall", "quotas", "org_policies")
 NARROW = "203.0.113.0/24"
 FAST = dict(propagation_delay_s=0, operation_s=0.05, infra_s=0.05)
 
@@ -69,7 +69,8 @@ def check(doc, name) -> dict:
 
 def expect(doc, **special):
     """Every check ok except those named, which have the given status."""
-    want = {n: special.get(n, "ok") for n in ALL}
+    # A new project has the Cloud Quotas API off: its quotas are skipped, in one sentence.
+    want = {n: special.get(n, "skipped" if n == "quotas" else "ok") for n in ALL}
     assert statuses(doc) == want, json.dumps(doc["checks"], indent=1)
     for c in doc["checks"]:
         assert set(c) >= {"name", "status", "detail", "remedy"}
@@ -113,7 +114,7 @@ def test_all_checks_pass_after_the_wizard(ready, cli):
     proc = cli(sb, "verify", check=0)
     made = calls(sb, since=before)
     assert made and not [c for c in made if c["write"] or c["mutating"]]
-    assert "All 13 checks passed." in proc.stdout
+    assert "All 13 checks passed (1 skipped)." in proc.stdout
     for title in ("Key file", "Service account", "Custom role", "Project IAM binding", "Permissions in effect",
                   "Artifact Registry API", "Registry repository", "Registry access", "Instance service account",
                   "Coiled credentials", "Coiled backend options", "Scheduler firewall"):
@@ -132,12 +133,12 @@ def test_all_checks_pass_after_the_wizard(ready, cli):
     assert doc["project"] == sb.project and doc["service_account"] == account(sb) and doc["workspace"] == WS
     assert doc["summary"]["passed"] is True
 
-    # Without Coiled and Artifact Registry: those checks are skipped, the firewall comes from the dask config;
-    # the instance account is the one the wizard recorded.
+    # Without Coiled and Artifact Registry: those checks are skipped, the firewall too (a workspace setting: the
+    # dask config decides nothing); the instance account is the one the wizard recorded.
     _, doc, made = run_verify(cli, sb, "--no-coiled", "--no-gar", code=0)
     expect(doc, registry_api="skipped", registry_repository="skipped", registry_access="skipped",
-           coiled_credentials="skipped", coiled_backend="skipped")
-    assert "dask config" in check(doc, "firewall")["detail"]
+           coiled_credentials="skipped", coiled_backend="skipped", firewall="skipped")
+    assert "--no-coiled" in check(doc, "firewall")["detail"]
     assert not [c for c in made if c["service"] in ("coiled", "artifactregistry")]
 
 
@@ -264,13 +265,13 @@ def test_coiled_credentials_removed(ready, cli):
     status, _ = http("DELETE", f"{sb.coiled_url}/api/v2/cloud-credentials/{WS}/gcp", token=sb.coiled_token)
     assert status == 204
     _, doc, _ = run_verify(cli, sb, code=1)
-    # Without credentials Coiled names no instance account (the recorded one is checked); the firewall is read
-    # from the dask config instead.
+    # Without credentials Coiled names no instance account (the recorded one is checked); the firewall is still
+    # the workspace's setting.
     expect(doc, coiled_credentials="failed", coiled_backend="skipped")
     r = check(doc, "coiled_credentials")
     assert "has no Google Cloud credentials" in r["detail"]
     assert r["remedy"].startswith(f"{converge(sb)} --workspace {WS}")
-    assert "dask config" in check(doc, "firewall")["detail"]
+    assert "workspace's settings" in check(doc, "firewall")["detail"]
 
     # Told which instance account to expect, verify checks it without Coiled or the journal.
     (sb.state_dir / "home" / "state" / f"journal-{sb.project}.json").unlink()
@@ -446,7 +447,7 @@ def test_no_local_key_verifies_everything_but_what_needs_the_key(make_sandbox, c
         assert callers == {f"operator@{sb.project}.iam.gserviceaccount.com"}
     proc = cli(sb, "verify", check=0)
     assert "no key file" in proc.stdout
-    assert "All 10 checks passed (3 skipped, 2 of them needing the key file: pass --key-file)." in proc.stdout
+    assert "All 10 checks passed (4 skipped, 2 of them needing the key file: pass --key-file)." in proc.stdout
 
     # The key Coiled holds is deleted on Google: that is found without the key file too.
     held = http("GET", f"{sb.coiled_url}/_sandbox/state")[1]["coiled"]["workspaces"][WS]["credentials"]

@@ -80,17 +80,16 @@ def test_fresh_run_builds_everything_and_a_second_run_changes_nothing(make_sandb
     assert any(b.HasField("condition") and b.role == "roles/storage.objectViewer" for b in pol.bindings)
     assert pol.version == 3
 
-    # Registry, grant, Coiled and the dask config.
+    # Registry, grant, Coiled (its own settings hold the defaults); the dask config is left alone unless asked.
     repo = c.registry.get_repository(name=REPO)
     assert repo.format_.name == "DOCKER"
     assert bound(c.registry.get_iam_policy(request={"resource": REPO}), "roles/artifactregistry.repoAdmin", MEMBER)
     ws = state(sb)["coiled"]["workspaces"]["demo"]
     assert ws["credentials"]["client_email"] == SA and ws["credentials"]["private_key_id"] == kid
     assert ws["global_infra"]["state"] == "created" and ws["regions"][0]["component"]["state"] == "created"
-    dask = yaml.safe_load((sb.state_dir / "dask" / "coiled.yaml").read_text())
-    assert dask["coiled"]["backend-options"] == {
-        "region": "us-east1", "zone": "us-east1-c", "preemptible": True,
-        "firewall": {"ports": [22, 8786, 8787], "cidr": "0.0.0.0/0"}}
+    assert ws["settings"]["scheduler_firewall"] == {"ingress": [{"ports": [22, 8786, 8787], "cidr": "0.0.0.0/0"}]}
+    assert [(r["region"], r["default"]) for r in ws["regions"]] == [("us-east1", True)]
+    assert not (sb.state_dir / "dask" / "coiled.yaml").exists()
     assert "PRIVATE KEY" not in out.stdout + out.stderr
 
     # The second run: nothing to do, and not one write attempted.
@@ -113,7 +112,8 @@ def test_json_output_has_every_step_and_no_secret(make_sandbox, cli):
     out = cli(sb, *ARGS, "--output", "json", check=0)
     doc = json.loads(out.stdout)
     assert doc["exit_code"] == 0 and doc["error"] is None
-    assert [s["step"] for s in doc["steps"]] == ["apis", "account", "role", "binding", "registry", "confirm", "upload"]
+    assert [s["step"] for s in doc["steps"]] == ["apis", "account", "role", "binding", "registry", "confirm", "upload",
+                                               "quotas"]
     assert all(s["result"] == "ok" for s in doc["steps"])
     assert "PRIVATE KEY" not in out.stdout and sb.coiled_token not in out.stdout + out.stderr
 
@@ -402,7 +402,7 @@ INSTANCE = f"coiled-instance@{P}.iam.gserviceaccount.com"
 def test_a_rerun_keeps_what_is_in_place_and_a_flag_changes_it_showing_old_and_new(make_sandbox, cli):
     sb = make_sandbox()
     cli(sb, *ARGS, "--firewall-cidr", NARROW, "--firewall-ports", "8786,8787", "--create-instance-service-account",
-        "--region", "us-central1", "--no-preemptible", check=0)
+        "--region", "us-central1", "--no-preemptible", "--write-dask-config", check=0)
 
     # Flags not given keep every setting in place: nothing to change, not one write.
     mark = len(calls(sb))
@@ -422,7 +422,7 @@ def test_a_rerun_keeps_what_is_in_place_and_a_flag_changes_it_showing_old_and_ne
     assert ws["instance_service_account"] is None
     assert [r["region"] for r in ws["regions"] if r["default"]] == ["us-central1"]
     dask = yaml.safe_load((sb.state_dir / "dask" / "coiled.yaml").read_text())["coiled"]["backend-options"]
-    assert dask["zone"] == "us-central1-c" and dask["preemptible"] is False
+    assert dask["zone_name"] == "us-central1-c" and dask["spot"] is False
 
 
 def test_the_instance_account_in_place_is_not_silently_made_the_coiled_account(make_sandbox, cli):

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coiled_setup import context, keyfile, needs, org_policies
-from coiled_setup.cloud import CloudError
-from coiled_setup.coiled_api import CoiledError
+from coiled_setup import keyfile, needs, org_policies, quotas
+from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Unauthenticated
+from coiled_setup.coiled_api import CoiledError, CoiledUnreachable
 from coiled_setup.concurrency import run_all
 from coiled_setup.needs import (
     ARTIFACT_REGISTRY,
@@ -48,7 +48,6 @@ VIEWER_READS = {
     "resourcemanager.projects.get", "resourcemanager.projects.getIamPolicy", "serviceusage.services.get",
     "artifactregistry.repositories.get", "artifactregistry.repositories.getIamPolicy",
 }
-TRANSIENT_ATTEMPTS = 5
 
 
 @dataclass
@@ -147,23 +146,14 @@ class Facts:
         return self.errors.get(name)
 
     def fetch(self, jobs: dict[str, Callable[[], object]]) -> None:
-        """Runs the jobs together; a Google or Coiled refusal is kept, anything else is raised."""
+        """Runs the jobs together; a Google or Coiled refusal is kept, anything else is raised.
+
+        Not retried here: the Google adapter and the Coiled client have retried each call already."""
         def one(name, fn):
-            delay = 0.1
-            for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
-                try:
-                    self.values[name] = fn()
-                    return
-                except CloudError as e:
-                    if e.transient and attempt < TRANSIENT_ATTEMPTS:
-                        time.sleep(delay)
-                        delay *= 2
-                        continue
-                    self.errors[name] = e
-                    return
-                except CoiledError as e:
-                    self.errors[name] = e
-                    return
+            try:
+                self.values[name] = fn()
+            except (CloudError, CoiledError) as e:
+                self.errors[name] = e
 
         run_all([lambda n=n, f=f: one(n, f) for n, f in jobs.items()])
 
@@ -177,7 +167,6 @@ def template_permissions() -> list[str]:
 def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None = None) -> Facts:
     """Reads everything the checks need, read-only: the tokens, then two rounds of concurrent calls."""
     f = Facts(getattr(operator, "principal", "") or "")
-    f.values["dask_config"] = context.backend_options_in_config()  # the firewall a client may still read
     # The key's token first (the operator's was fetched on connecting): a refused key is a finding.
     if as_key is not None:
         f.fetch({"key_auth": as_key.authenticate})
@@ -202,6 +191,7 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
         jobs["instance"] = lambda: operator.get_account(t.instance_flag)
     if coiled is not None:
         jobs["coiled"] = coiled
+    jobs["quotas"] = lambda: quotas.read(operator, t.project, t.region)
     jobs["org_policies"] = lambda: org_policies.read(operator, t.project)
     f.fetch(jobs)
 
@@ -228,6 +218,22 @@ def coiled_options(f: Facts) -> dict:
     return (view.get("backend_options") or {}).get("options") or {}
 
 
+def default_region(view: dict | None) -> str | None:
+    """The region the workspace's regions route marks `default: true` (where clusters start unless told)."""
+    regions = (view or {}).get("regions")
+    return next((r.get("region") for r in regions or [] if isinstance(r, dict) and r.get("default")), None)
+
+
+def coiled_firewall(f: Facts):
+    """The scheduler firewall in effect: the workspace's settings, else (a Coiled without that read) the backend
+    options' copy."""
+    view = f.get("coiled") or {}
+    settings = view.get("settings")
+    if isinstance(settings, dict):
+        return settings.get("scheduler_firewall")
+    return coiled_options(f).get("firewall_spec")
+
+
 def instance_account(t: Target, f: Facts) -> str | None:
     if t.instance_flag:
         return t.instance_flag
@@ -244,16 +250,17 @@ def cannot_read(name: str, title: str, e: Exception, t: Target, f: Facts, who: s
     """A check that could not be made: who lacks what, or what Google or Coiled said."""
     who = who or f.operator or "your account"
     if isinstance(e, CoiledError):
-        remedy = ("Check your network connection, proxy settings and --coiled-server, then run again." if not e.status
+        remedy = ("Check your network connection, proxy settings and --coiled-server, then run again."
+                  if isinstance(e, CoiledUnreachable)
                   else "Check your Coiled login (coiled login) and --coiled-server, then run again.")
         return Result(name, title, FAILED, f"Could not read Coiled: {e.message}", remedy)
-    if e.code == "PERMISSION_DENIED" and e.permission:
+    if isinstance(e, PermissionDenied) and e.permission:
         role = "roles/viewer" if e.permission in VIEWER_READS else granting_role(e.permission)
         return Result(name, title, FAILED,
                       f"Could not check: {who} lacks the permission {e.permission} in project {t.project}.",
                       f"Ask a project owner to grant {who} {role} (it includes {e.permission}), or run verify "
                       "with credentials that can read it; then run again.", {"missing_permission": e.permission})
-    if e.reason == "SERVICE_DISABLED":
+    if e.service_disabled:
         svc = e.metadata.get("service", "an API")
         return Result(name, title, FAILED, f"Could not check: the API {svc} is disabled in project {t.project}.",
                       f"gcloud services enable {svc} --project {t.project}")
@@ -266,7 +273,7 @@ def _age_days(key) -> float | None:
 
 
 def _not_found(e: Exception | None) -> bool:
-    return isinstance(e, CloudError) and e.code == "NOT_FOUND"
+    return isinstance(e, NotFound)
 
 
 # -- the checks ----------------------------------------------------------------------------------------
@@ -420,7 +427,7 @@ def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
         return Result(name, title, SKIPPED, "Cannot act as the account (see Service account).")
     e = f.error("held")
     if e is not None:
-        if isinstance(e, CloudError) and e.code == "UNAUTHENTICATED":
+        if isinstance(e, Unauthenticated):
             return Result(name, title, FAILED, f"Google did not accept the key of {t.account}: {e.message}",
                           f"{t.gcp()} (creates a new key)")
         return cannot_read(name, title, e, t, f, who=t.account)
@@ -609,12 +616,20 @@ def check_coiled_backend(t: Target, f: Facts, before: dict[str, Result]) -> Resu
     if before["coiled_credentials"].status not in (OK, WARNING):
         return Result(name, title, SKIPPED, "Needs the credentials in Coiled (see above).")
     o = coiled_options(f)
-    ws = (f.get("coiled") or {}).get("workspace")
+    view = f.get("coiled") or {}
+    ws = view.get("workspace")
     problems = []
     if o.get("gcp_project_name") != t.project:
         problems.append(f"project is {o.get('gcp_project_name')}, not {t.project}")
-    if o.get("gcp_region_name") != t.region:
-        problems.append(f"default region is {o.get('gcp_region_name') or 'not set'}, not {t.region}")
+    regions = [r for r in view.get("regions") or [] if isinstance(r, dict)]
+    region = default_region(view) if regions else o.get("gcp_region_name")
+    if region != t.region:
+        problems.append(f"default region is {region or 'not set'}, not {t.region}")
+    else:
+        state = next((((r.get("component") or {}).get("state")) for r in regions if r.get("default")), "created")
+        if state == "error":
+            reason = next(((r.get("component") or {}).get("reason") for r in regions if r.get("default")), None)
+            problems.append(f"its region {region} failed to set up ({reason or 'no reason given'})")
     if t.gar and (o.get("registry") or {}).get("type") != "gar":
         problems.append(f"registry is {(o.get('registry') or {}).get('type') or 'not set'}, not Google Artifact "
                         "Registry")
@@ -623,28 +638,41 @@ def check_coiled_backend(t: Target, f: Facts, before: dict[str, Result]) -> Resu
         return Result(name, title, FAILED, f"Workspace {ws}: " + "; ".join(problems) + ".",
                       f"{fix} (sets them), or pass the --region you chose to verify", {"problems": problems})
     reg = ", registry Google Artifact Registry" if t.gar else ""
-    return Result(name, title, OK, f"Workspace {ws}: project {t.project}, region {t.region}{reg}.")
+    return Result(name, title, OK, f"Workspace {ws}: project {t.project}, default region {t.region}{reg}.")
 
 
-def firewall_rules(t: Target, f: Facts, config: dict) -> tuple[list[dict] | None, str]:
-    """Ingress rules ({ports, cidr}) and where they come from: Coiled first, then the dask config."""
-    spec = coiled_options(f).get("firewall_spec") if t.coiled else None
+def firewall_rules(t: Target, f: Facts) -> tuple[list[dict] | None, str]:
+    """Ingress rules ({ports, cidr}) of the scheduler firewall in effect, and where they come from: the
+    workspace's settings (the dask config decides nothing, so it is not read)."""
+    spec = coiled_firewall(f) if t.coiled else None
     if isinstance(spec, dict) and isinstance(spec.get("ingress"), list):
-        return [r for r in spec["ingress"] if isinstance(r, dict)], "Coiled"
-    fw = config.get("firewall") if isinstance(config, dict) else None
-    if isinstance(fw, dict) and fw.get("cidr"):
-        return [fw], "the dask config"
+        return [r for r in spec["ingress"] if isinstance(r, dict)], "the workspace's settings"
     return None, ""
 
 
 def check_firewall(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "firewall", "Scheduler firewall"
-    config = f.get("dask_config") or {}
-    rules, source = firewall_rules(t, f, config)
+    if not t.coiled:
+        return Result(name, title, SKIPPED, "Not checked (--no-coiled): the firewall is a setting of the workspace.")
+    if f.error("coiled") is not None:
+        return Result(name, title, SKIPPED, "Needs Coiled's workspace settings (see above).")
+    rules, source = firewall_rules(t, f)
+    ws = (f.get("coiled") or {}).get("workspace")
     if rules is None:
-        return Result(name, title, SKIPPED, "No firewall settings found in Coiled or the dask config.")
-    open_rules = [r for r in rules if is_open(r.get("cidr"))]
+        return Result(name, title, FAILED, f"Workspace {ws} has no scheduler firewall set.",
+                      f"{t.gcp()} (sets it)")
     desc = "; ".join(f"ports {','.join(map(str, r.get('ports') or []))} from {r.get('cidr')}" for r in rules)
+    want_cidr, want_ports = t.recorded.get("firewall_cidr"), t.recorded.get("firewall_ports")
+    if want_cidr and want_ports:
+        have = [(r.get("cidr"), tuple(sorted(r.get("ports") or []))) for r in rules]
+        if have != [(want_cidr, tuple(sorted(want_ports)))]:
+            ports = ",".join(map(str, want_ports))
+            return Result(name, title, FAILED,
+                          f"Workspace {ws} lets schedulers be reached on {desc}, not ports {ports} from {want_cidr} "
+                          "as the setup made it.",
+                          f"{t.gcp(f'--firewall-cidr {want_cidr} --firewall-ports {ports}')} (sets it back), or "
+                          "run gcp with the firewall you want now")
+    open_rules = [r for r in rules if is_open(r.get("cidr"))]
     if open_rules:
         ports = ",".join(str(p) for r in open_rules for p in (r.get("ports") or []))
         return Result(name, title, WARNING,
@@ -652,6 +680,21 @@ def check_firewall(t: Target, f: Facts, before: dict[str, Result]) -> Result:
                       f"({open_rules[0].get('cidr')}), per {source}.",
                       f"{t.gcp('--firewall-cidr YOUR_NETWORK')} (for example 203.0.113.0/24)")
     return Result(name, title, OK, f"Ingress limited to {desc}, per {source}.")
+
+
+def check_quotas(t: Target, f: Facts, before: dict[str, Result]) -> Result:
+    """How big a cluster the region's quotas allow: a warning at most, never a failure."""
+    name, title = "quotas", "Quotas"
+    reading = f.get("quotas")
+    if reading is None:
+        return Result(name, title, SKIPPED, "The quotas were not read.")
+    data = reading.as_dict()
+    if reading.problem:
+        return Result(name, title, SKIPPED, reading.problem, data=data)
+    if reading.warning:
+        return Result(name, title, WARNING, reading.sentence() + ".",
+                      f"{command('quotas')} --region {t.region} {reading.hint()}", data)
+    return Result(name, title, OK, reading.sentence() + ".", data=data)
 
 
 def check_org_policies(t: Target, f: Facts, before: dict[str, Result]) -> Result:
@@ -677,7 +720,7 @@ def check_org_policies(t: Target, f: Facts, before: dict[str, Result]) -> Result
 # In order: a check sees the results before it, to skip what cannot be judged without them.
 CHECKS = (check_key_file, check_account, check_role, check_binding, check_effective, check_registry_api,
           check_repository, check_repo_grant, check_instance, check_coiled_credentials, check_coiled_backend,
-          check_firewall, check_org_policies)
+          check_firewall, check_quotas, check_org_policies)
 
 
 def evaluate(t: Target, f: Facts) -> list[Result]:

@@ -89,14 +89,31 @@ def _rehearsing(sandbox: bool, fn, fresh: bool = False) -> int:
         sb.stop()
 
 
-def _guard(fn, command: str, output: str):
+VERBOSE_HELP = "Print each Google and Coiled call on stderr (service, method, resource, outcome, time)."
+LOG_FILE_HELP = "Append each Google and Coiled call to this file (0600); failures name it."
+
+
+def _start_log(verbose: bool, log_file: Path | None, command: str) -> None:
+    if not verbose and log_file is None:
+        return
+    from coiled_setup import calllog, paths
+    from coiled_setup.errors import BadInput
+
+    why = paths.unwritable(log_file) if log_file is not None else None
+    if why:
+        raise BadInput(f"--log-file {str(log_file)!r} cannot be written, {why}: choose another path.")
+    calllog.configure(verbose, log_file, command)
+
+
+def _guard(fn, command: str, output: str, log: tuple[bool, Path | None] = (False, None)):
     """Expected failures print one sentence and exit with their code, never a traceback; with --output json
     every exit also prints the command's JSON document (once: a run that got far enough printed its own)."""
-    from coiled_setup import report
+    from coiled_setup import calllog, report
     from coiled_setup.errors import STEP_FAILED, UserError
 
     report.reset()
     try:
+        _start_log(*log, command)
         return fn()
     except UserError as e:
         from coiled_setup.ui import Ui
@@ -114,6 +131,8 @@ def _guard(fn, command: str, output: str):
 
         traceback.print_exc()
         code, error = STEP_FAILED, report.unexpected(e)
+    finally:
+        calllog.close()
     if output == "json":
         report.emit(command, code, error)
     return code
@@ -156,6 +175,10 @@ def gcp(
                                    "[default: 0.0.0.0/0]."),
     firewall_ports: str = typer.Option("22,8786,8787", metavar="PORTS", help="Scheduler ports to open."),
     no_upload: bool = typer.Option(False, "--no-upload", help="Do not send anything to Coiled."),
+    write_dask_config: bool = typer.Option(
+        False, "--write-dask-config",
+        help="Also write coiled.backend-options (region_name, zone_name, spot, ingress) into your dask config "
+             "coiled.yaml: only older coiled clients apply it; the workspace's settings are what take effect."),
     coiled_server: Optional[str] = typer.Option(None, metavar="URL",
                                                 help="Coiled server [default: from your Coiled login]."),
     wait_timeout: float = typer.Option(600.0, metavar="SECONDS",
@@ -166,6 +189,8 @@ def gcp(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rehearse against a local sandbox, not Google."),
@@ -173,6 +198,11 @@ def gcp(
     print_operator_roles: bool = typer.Option(
         False, "--print-operator-roles",
         help="Print the roles your own account needs for this run (with its other flags), and change nothing."),
+    export: Optional[tuple[str, Path]] = typer.Option(
+        None, metavar="terraform DIR|gcloud FILE",
+        help="Write this run's plan as Terraform or as a gcloud script, and change nothing."),
+    terraform_key: bool = typer.Option(False, "--terraform-key",
+                                       help="With --export terraform: the key too (its private half in the state)."),
     impersonate_service_account: Optional[str] = typer.Option(
         None, metavar="EMAIL",
         help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
@@ -225,15 +255,18 @@ def gcp(
             create_instance_service_account=create_instance_service_account,
             no_instance_service_account=no_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),
-            upload=not no_upload, dry_run=dry_run, yes=yes,
+            upload=not no_upload, write_dask_config=write_dask_config, dry_run=dry_run, yes=yes,
             # A JSON consumer is a program: it cannot answer questions, and stdout is its document.
             interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
             allow_privileged_key=allow_privileged_key,
         )
-        return _rehearsing(sandbox or sandbox_reset, lambda: command.run(opts), fresh=sandbox_reset)
+        if export is not None:
+            opts.dry_run = True  # an export changes nothing
+        return _rehearsing(sandbox or sandbox_reset, lambda: command.run(opts, export, terraform_key),
+                           fresh=sandbox_reset)
 
-    _finish(_guard(go, "gcp", output))
+    _finish(_guard(go, "gcp", output, (verbose, log_file)))
 
 
 @app.command("rotate-key", epilog=EXIT_CODES, short_help="Give Coiled a new key, then delete the old one.")
@@ -255,6 +288,8 @@ def rotate_key(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rotate in the sandbox that `gcp --sandbox` set up."),
@@ -284,7 +319,7 @@ def rotate_key(
             opts.service_account = service_account
         return _rehearsing(sandbox, lambda: command.run(opts))
 
-    _finish(_guard(go, "rotate-key", output))
+    _finish(_guard(go, "rotate-key", output, (verbose, log_file)))
 
 
 @app.command(epilog=EXIT_CODES, short_help="Remove what coiled-setup created for Coiled in a project.")
@@ -308,6 +343,8 @@ def teardown(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
     non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Tear down in the sandbox that `gcp --sandbox` set up."),
@@ -346,7 +383,26 @@ def teardown(
             check_account(service_account, project)
         return _rehearsing(sandbox, lambda: command.run(opts))
 
-    _finish(_guard(go, "teardown", output))
+    _finish(_guard(go, "teardown", output, (verbose, log_file)))
+
+
+@app.command(short_help="A report of what coiled-setup would create and why, for a security reviewer.")
+def review(
+    project: Optional[str] = typer.Option(None, metavar="PROJECT", help="Read this project (read-only) to say what "
+                                                                        "exists [default: offline, no project]."),
+    format: str = typer.Option("markdown", "--format", metavar="markdown|json", help="Markdown (for a ticket or a "
+                                                                                     "pull request) or JSON."),
+    output_file: Optional[Path] = typer.Option(None, metavar="PATH", help="Write the report here [default: stdout]."),
+) -> None:
+    """Each permission of the bundled roles and what Coiled uses it for, then each resource, binding, API and key a
+    run would create; changes nothing."""
+
+    def go() -> int:
+        from coiled_setup.commands import review as command
+
+        return command.run(command.ReviewOptions(project=project, format=format, output_file=output_file))
+
+    _finish(_guard(go, "review", "json" if format == "json" and output_file is None else "text"))
 
 
 VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless --strict), 1 a check failed, "
@@ -374,6 +430,8 @@ def verify(
     coiled_server: Optional[str] = typer.Option(None, metavar="URL",
                                                 help="Coiled server [default: from your Coiled login]."),
     strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
     output: str = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Check the sandbox that `gcp --sandbox` set up."),
     impersonate_service_account: Optional[str] = typer.Option(
@@ -397,7 +455,39 @@ def verify(
             coiled_server=coiled_server, strict=strict, output=output,
         )))
 
-    _finish(_guard(go, "verify", output))
+    _finish(_guard(go, "verify", output, (verbose, log_file)))
+
+
+@app.command(epilog=EXIT_CODES, short_help="Show the quotas that bound a cluster, and ask Google for more.")
+def quotas(
+    project: Optional[str] = typer.Option(None, metavar="PROJECT",
+                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    region: Optional[str] = typer.Option(None, metavar="REGION",
+                                         help="Region of the clusters [default: as gcp recorded, else us-east1]."),
+    request: list[str] = typer.Option([], "--request", metavar="QUOTA=N",
+                                      help="Ask Google for this limit: cpus, ssd_gb or addresses (repeatable)."),
+    email: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Contact email for a request [default: your "
+                                                                       "account]."),
+    justification: Optional[str] = typer.Option(None, metavar="TEXT", help="Why, for Google's review."),
+    enable_api: bool = typer.Option(False, "--enable-api", help="Enable the Cloud Quotas API first."),
+    non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (and never request unless "
+                                                                          "--request says so)."),
+    output: str = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout."),
+    sandbox: bool = typer.Option(False, "--sandbox", help="Use the sandbox that `gcp --sandbox` set up."),
+) -> None:
+    """Show the regional quotas that bound a Coiled cluster, in workers; with --request, ask Google for more."""
+
+    def go() -> int:
+        from coiled_setup.commands import quotas as command
+        from coiled_setup.options import refuse_empty
+
+        refuse_empty({"--project": project, "--region": region, "--email": email, "--justification": justification})
+        return _rehearsing(sandbox, lambda: command.run(command.QuotasOptions(
+            project=project, region=region, requests=list(request), email=email, justification=justification,
+            enable_api=enable_api, interactive=not non_interactive and output != "json" and sys.stdin.isatty(),
+            output=output)))
+
+    _finish(_guard(go, "quotas", output))
 
 
 @app.command("sandbox", short_help="Run a local Google Cloud and Coiled to rehearse against.")

@@ -1,7 +1,14 @@
-"""The one place that talks to Google: clients built lazily, answers as plain data, errors as CloudError.
+"""The one place that talks to Google: clients built lazily, answers as plain data, errors as typed CloudErrors.
 
-Nothing else in the product imports a Google library. Importing the clients costs most of a
-second, so this module imports them only when a call needs them.
+Nothing else in the product imports a Google library, or looks at Google's status codes: callers tell errors
+apart by their class (NotFound, AlreadyExists, Aborted, ...). Importing the clients costs most of a second,
+so this module imports them only when a call needs them.
+
+Retries: every read is retried here on a transient error, under the policy of coiled_setup.retry, and the
+client libraries' own retries are off for every call. Writes are not retried here: a repeated key creation
+makes a second key, a repeated policy or role write needs a fresh etag, and a create whose answer was lost is
+only known done by reading again. So a transient error of a write reaches the caller unmarked, and the layer
+that re-reads first retries it (the engine starts the step over; steps.policy re-reads the policy).
 """
 
 from __future__ import annotations
@@ -9,17 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 import warnings
 from dataclasses import dataclass, field
 
+from coiled_setup import retry
 from coiled_setup.concurrency import run_all
 
 ENDPOINT_VAR = "COILED_SETUP_GOOGLE_ENDPOINT"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 MAX_TEST_PERMISSIONS = 100
 TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN"}
-READ_ATTEMPTS = 8  # for errors Google answered; a Google that does not answer has GIVE_UP_S instead
 READ_TIMEOUT_S = 20.0  # one attempt of a read (the client libraries' own retries are off: ours tell the user)
 TOKEN_TIMEOUT_S = 10.0
 # While Google does not answer at all: the first notice, the next ones, and when to give up.
@@ -34,7 +40,7 @@ _NO_ANSWER = ("failed to connect", "connection refused", "failed to establish", 
 
 
 class CloudError(Exception):
-    """A Google answer other than OK, with what the rich status says."""
+    """A Google answer other than OK, with what the rich status says; raised as one of the classes below."""
 
     def __init__(self, code: str, message: str, *, reason: str = "", metadata: dict | None = None,
                  violations: list[str] | None = None):
@@ -47,13 +53,12 @@ class CloudError(Exception):
 
     @property
     def transient(self) -> bool:
-        # An unreachable Google was already waited for: retrying it again would only be silent.
-        return self.code in TRANSIENT and self.reason != UNREACHABLE
+        return isinstance(self, Transient)
 
     @property
     def no_answer(self) -> bool:
         """Nothing answered (refused or timed-out connection, unknown host), rather than Google refusing."""
-        if self.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or self.reason == UNREACHABLE:
+        if not isinstance(self, Transient) or self.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
             return False
         text = self.message.lower()
         return any(h in text for h in _NO_ANSWER)
@@ -62,8 +67,60 @@ class CloudError(Exception):
     def permission(self) -> str:
         return self.metadata.get("permission", "")
 
+    @property
+    def service_disabled(self) -> bool:
+        """The API the call needs is disabled in the project (`metadata["service"]` names it)."""
+        return self.reason == "SERVICE_DISABLED"
+
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+class NotFound(CloudError):
+    pass
+
+
+class AlreadyExists(CloudError):
+    pass
+
+
+class Aborted(CloudError):
+    """A concurrent change won (an etag conflict): read again, then write again."""
+
+
+class FailedPrecondition(CloudError):
+    pass
+
+
+class PermissionDenied(CloudError):
+    pass
+
+
+class InvalidArgument(CloudError):
+    pass
+
+
+class Unauthenticated(CloudError):
+    pass
+
+
+class Transient(CloudError):
+    """Worth the same call again a moment later (Google busy, overloaded, or not answering yet)."""
+
+
+class Unreachable(CloudError):
+    """Google did not answer for GIVE_UP_S: already waited for, so never retried again."""
+
+
+_CLASSES = {"NOT_FOUND": NotFound, "ALREADY_EXISTS": AlreadyExists, "ABORTED": Aborted,
+            "FAILED_PRECONDITION": FailedPrecondition, "PERMISSION_DENIED": PermissionDenied,
+            "INVALID_ARGUMENT": InvalidArgument, "UNAUTHENTICATED": Unauthenticated}
+
+
+def error(code: str, message: str, **kw) -> CloudError:
+    """The CloudError of Google's status `code`, as its class."""
+    cls = Transient if code in TRANSIENT else _CLASSES.get(code, CloudError)
+    return cls(code, message, **kw)
 
 
 class NoCredentials(Exception):
@@ -118,6 +175,25 @@ class Project:
     state: str
 
 
+@dataclass
+class QuotaPreference:
+    name: str
+    service: str
+    quota_id: str
+    region: str
+    preferred: int
+    granted: int
+    reconciling: bool  # pending Google's review
+    etag: str
+    state_detail: str = ""
+
+
+def _preference(q) -> QuotaPreference:
+    c = q.quota_config
+    return QuotaPreference(q.name, q.service, q.quota_id, dict(q.dimensions).get("region", ""),
+                           int(c.preferred_value), int(c.granted_value), bool(q.reconciling), q.etag, c.state_detail)
+
+
 def _convert(exc: BaseException) -> CloudError:
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as aexc
@@ -127,24 +203,24 @@ def _convert(exc: BaseException) -> CloudError:
         text = str(exc.message or "")
         if code == "UNAVAILABLE" and "metadata from plugin" in text and not any(h in text.lower() for h in _NO_ANSWER):
             # The credentials were refused while a call was being made.
-            return CloudError("UNAUTHENTICATED", "Google refused the credentials.")
+            return Unauthenticated("UNAUTHENTICATED", "Google refused the credentials.")
         violations = []
         for d in exc.details or []:
             for v in getattr(d, "violations", []) or []:
                 if getattr(v, "type", ""):
                     violations.append(v.type)
-        return CloudError(code, exc.message or str(exc), reason=exc.reason or "",
-                          metadata=dict(exc.metadata or {}), violations=violations)
+        return error(code, exc.message or str(exc), reason=exc.reason or "",
+                     metadata=dict(exc.metadata or {}), violations=violations)
     if isinstance(exc, gexc.RetryError):
         cause = exc.cause
         if isinstance(cause, gexc.GoogleAPICallError) and "metadata from plugin" in str(cause.message):
             # The credentials were refused while a call was being made; the client retried that in vain.
-            return CloudError("UNAUTHENTICATED", "Google refused the credentials.")
-        return _convert(cause) if cause is not None else CloudError("DEADLINE_EXCEEDED", str(exc))
+            return Unauthenticated("UNAUTHENTICATED", "Google refused the credentials.")
+        return _convert(cause) if cause is not None else Transient("DEADLINE_EXCEEDED", str(exc))
     if isinstance(exc, aexc.RefreshError):
-        return CloudError("UNAUTHENTICATED", f"Google refused the credentials: {_first_line(exc)}")
+        return Unauthenticated("UNAUTHENTICATED", f"Google refused the credentials: {_first_line(exc)}")
     if isinstance(exc, aexc.TransportError):
-        return CloudError("UNAVAILABLE", f"Could not reach Google's token service: {_first_line(exc)}")
+        return Transient("UNAVAILABLE", f"Could not reach Google's token service: {_first_line(exc)}")
     raise exc
 
 
@@ -166,8 +242,10 @@ def _google_errors():
 
 
 # Per call: no silent retries inside the client library (a closed port would be retried for a minute
-# per call without a word); `Google._read` retries instead, and says so.
+# per call without a word); `Google._read` retries reads instead, and says so.
 _CALL = {"retry": None, "timeout": READ_TIMEOUT_S}
+# Writes: the library would repeat some of them (a key deletion) on its own; see the module docstring.
+_WRITE = {"retry": None}
 
 
 class Reachability:
@@ -184,7 +262,7 @@ class Reachability:
 
     def silent(self, started: float, where: str, notify) -> float:
         """Records a call that got no answer; answers how long Google has been silent."""
-        now = time.monotonic()
+        now = retry.now()
         with self._lock:
             if self.since is None or started < self.since:
                 self.since = started
@@ -202,7 +280,7 @@ def unreachable(where: str, so_far: float, proxy: bool = True) -> CloudError:
     hint = ("check your network connection and proxy settings (HTTPS_PROXY, NO_PROXY)" if proxy
             else "check your network connection")
     override = f" and {ENDPOINT_VAR}" if os.environ.get(ENDPOINT_VAR) else ""
-    return CloudError("UNAVAILABLE", f"Google did not answer at {where} for {int(so_far)} s: {hint}{override}, "
+    return Unreachable("UNAVAILABLE", f"Google did not answer at {where} for {int(so_far)} s: {hint}{override}, "
                       "then run again.", reason=UNREACHABLE, metadata={"endpoint": where})
 
 
@@ -272,7 +350,7 @@ class Google:
     def _calling(self):
         """One call: Google's errors as CloudError; a Google that does not answer is tracked, told and,
         after GIVE_UP_S, given up on."""
-        started = time.monotonic()
+        started = retry.now()
         try:
             with _google_errors():
                 yield
@@ -285,25 +363,16 @@ class Google:
         self._reach.answered()
 
     def _read(self, call):
-        """An idempotent read, retried with capped backoff while Google answers a transient error, or while
-        it does not answer at all (up to GIVE_UP_S, saying so).
-
-        Reads are retried here, where it is always safe, so that a step's own retries (which start the
-        step over) are spent on its writes rather than on every read around them.
+        """An idempotent read, retried under the retry policy while Google answers a transient error, or while
+        it does not answer at all (up to GIVE_UP_S, saying so). The error given up on is marked `retried`:
+        nobody retries that read again.
         """
-        from coiled_setup import waiting
+        def once():
+            with self._calling():
+                return call()
 
-        delays = waiting.delays(first=0.2, cap=3.0)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                with self._calling():
-                    return call()
-            except CloudError as e:
-                if not e.transient or (attempt >= READ_ATTEMPTS and not e.no_answer):
-                    raise
-            time.sleep(next(delays))
+        return retry.current().call(once, lambda e: isinstance(e, Transient),
+                                    unbounded=lambda e: isinstance(e, CloudError) and e.no_answer)
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -367,6 +436,10 @@ class Google:
                 from google.cloud import orgpolicy_v2 as mod
 
                 cls = mod.OrgPolicyClient
+            elif name == "quotas":
+                from google.cloud import cloudquotas_v1 as mod
+
+                cls = mod.CloudQuotasClient
             else:
                 from google.cloud import artifactregistry_v1 as mod
 
@@ -412,6 +485,10 @@ class Google:
     def registry(self):
         return self._make("registry")
 
+    @property
+    def quotas(self):
+        return self._make("quotas")
+
     # -- projects and permissions --------------------------------------------------------------
     def get_project(self, project: str) -> Project:
         p = self._read(lambda: self.projects.get_project(name=f"projects/{project}", **_CALL))
@@ -441,7 +518,7 @@ class Google:
     def set_policy(self, project: str, policy: Policy) -> Policy:
         with self._calling():
             pb = self.projects.set_iam_policy(
-                request={"resource": f"projects/{project}", "policy": _policy_to_pb(policy)}
+                request={"resource": f"projects/{project}", "policy": _policy_to_pb(policy)}, **_WRITE
             )
         return _policy_from_pb(pb)
 
@@ -457,7 +534,7 @@ class Google:
         """Starts enabling; answers the operation name (done already when nothing was to do)."""
         with self._calling():
             op = self.usage.batch_enable_services(
-                request={"parent": f"projects/{project}", "service_ids": services}
+                request={"parent": f"projects/{project}", "service_ids": services}, **_WRITE
             )
         # The answer itself says whether it is done: op.done() would make another, unguarded call.
         return op.operation.name if not op.operation.done else ""
@@ -467,7 +544,7 @@ class Google:
         transport = (self.registry if client == "registry" else self.usage).transport
         op = self._read(lambda: transport.operations_client.get_operation(name, **_CALL))
         if op.done and op.HasField("error"):
-            raise CloudError(_code_name(op.error.code), op.error.message)
+            raise error(_code_name(op.error.code), op.error.message)
         return bool(op.done)
 
     # -- service accounts and keys ----------------------------------------------------------------
@@ -475,10 +552,8 @@ class Google:
         try:
             a = self._read(lambda: self.iam.get_service_account(
                 name=f"projects/-/serviceAccounts/{email}", **_CALL))
-        except CloudError as e:
-            if e.code == "NOT_FOUND":
-                return None
-            raise
+        except NotFound:
+            return None
         return Account(a.email, a.unique_id, a.disabled, a.display_name, a.description)
 
     def list_accounts(self, project: str) -> list[Account]:
@@ -492,7 +567,7 @@ class Google:
             a = self.iam.create_service_account(
                 name=f"projects/{project}",
                 account_id=account_id,
-                service_account={"display_name": display_name, "description": description},
+                service_account={"display_name": display_name, "description": description}, **_WRITE
             )
         return Account(a.email, a.unique_id, a.disabled, a.display_name)
 
@@ -512,21 +587,20 @@ class Google:
         import json
 
         with self._calling():
-            k = self.iam.create_service_account_key(name=f"projects/-/serviceAccounts/{email}")
+            k = self.iam.create_service_account_key(name=f"projects/-/serviceAccounts/{email}", **_WRITE)
         return json.loads(k.private_key_data)
 
     def delete_key(self, email: str, key_id: str) -> None:
         with self._calling():
-            self.iam.delete_service_account_key(name=f"projects/-/serviceAccounts/{email}/keys/{key_id}")
+            self.iam.delete_service_account_key(name=f"projects/-/serviceAccounts/{email}/keys/{key_id}",
+                                                **_WRITE)
 
     # -- roles -------------------------------------------------------------------------------------
     def get_role(self, name: str) -> Role | None:
         try:
             return _role(self._read(lambda: self.iam.get_role(request={"name": name}, **_CALL)))
-        except CloudError as e:
-            if e.code == "NOT_FOUND":
-                return None
-            raise
+        except NotFound:
+            return None
 
     def create_role(self, project: str, role_id: str, title: str, description: str, permissions: list[str],
                     stage: str) -> Role:
@@ -536,7 +610,7 @@ class Google:
                 "role_id": role_id,
                 "role": {"title": title, "description": description, "included_permissions": permissions,
                          "stage": stage},
-            })
+            }, **_WRITE)
         return _role(r)
 
     def update_role(self, name: str, etag: bytes, title: str, description: str, permissions: list[str],
@@ -547,12 +621,12 @@ class Google:
                 "role": {"title": title, "description": description, "included_permissions": permissions,
                          "stage": stage, "etag": etag},
                 "update_mask": {"paths": ["title", "description", "included_permissions", "stage"]},
-            })
+            }, **_WRITE)
         return _role(r)
 
     def undelete_role(self, name: str, etag: bytes) -> Role:
         with self._calling():
-            return _role(self.iam.undelete_role(request={"name": name, "etag": etag}))
+            return _role(self.iam.undelete_role(request={"name": name, "etag": etag}, **_WRITE))
 
     def delete_role(self, name: str, etag: bytes) -> Role:
         """Soft-deletes a custom role: undeletable for 7 days, its id reserved for up to 37."""
@@ -564,10 +638,8 @@ class Google:
         """The repository's format, or None when there is none."""
         try:
             r = self._read(lambda: self.registry.get_repository(name=name, **_CALL))
-        except CloudError as e:
-            if e.code == "NOT_FOUND":
-                return None
-            raise
+        except NotFound:
+            return None
         return type(r).Format(r.format_).name
 
     def start_create_repository(self, project: str, location: str, repo_id: str, description: str) -> str:
@@ -577,7 +649,7 @@ class Google:
             op = self.registry.create_repository(
                 parent=f"projects/{project}/locations/{location}",
                 repository_id=repo_id,
-                repository={"format_": Repository.Format.DOCKER, "description": description},
+                repository={"format_": Repository.Format.DOCKER, "description": description}, **_WRITE
             )
         return op.operation.name
 
@@ -594,7 +666,8 @@ class Google:
 
     def set_repo_policy(self, name: str, policy: Policy) -> Policy:
         with self._calling():
-            pb = self.registry.set_iam_policy(request={"resource": name, "policy": _policy_to_pb(policy)})
+            pb = self.registry.set_iam_policy(request={"resource": name, "policy": _policy_to_pb(policy)},
+                                              **_WRITE)
         return _policy_from_pb(pb)
 
     # -- organization policies ---------------------------------------------------------------------------
@@ -615,6 +688,43 @@ class Google:
                               "denied_values": list(r.values.denied_values)})
         return rules
 
+    # -- cloud quotas ---------------------------------------------------------------------------------
+    def quota_limit(self, project: str, service: str, quota_id: str, region: str) -> int:
+        """The quota's limit in `region` (its own entry, else the one for every other region); -1: unlimited."""
+        info = self._read(lambda: self.quotas.get_quota_info(
+            name=f"projects/{project}/locations/global/services/{service}/quotaInfos/{quota_id}", **_CALL))
+        fallback = -1
+        for d in info.dimensions_infos:
+            dims = dict(d.dimensions)
+            if dims.get("region") == region:
+                return int(d.details.value)
+            if not dims:
+                fallback = int(d.details.value)
+        return fallback
+
+    def list_quota_preferences(self, project: str) -> list[QuotaPreference]:
+        return self._read(lambda: [_preference(q) for q in self.quotas.list_quota_preferences(
+            request={"parent": f"projects/{project}/locations/global", "page_size": 100}, **_CALL)])
+
+    def create_quota_preference(self, project: str, pref_id: str, service: str, quota_id: str, region: str,
+                                value: int, email: str, justification: str) -> QuotaPreference:
+        with self._calling():
+            q = self.quotas.create_quota_preference(request={
+                "parent": f"projects/{project}/locations/global", "quota_preference_id": pref_id,
+                "quota_preference": {"service": service, "quota_id": quota_id, "dimensions": {"region": region},
+                                     "quota_config": {"preferred_value": value}, "contact_email": email,
+                                     "justification": justification}})
+        return _preference(q)
+
+    def update_quota_preference(self, pref: QuotaPreference, value: int, email: str,
+                                justification: str) -> QuotaPreference:
+        with self._calling():
+            q = self.quotas.update_quota_preference(request={"quota_preference": {
+                "name": pref.name, "etag": pref.etag, "service": pref.service, "quota_id": pref.quota_id,
+                "dimensions": {"region": pref.region}, "quota_config": {"preferred_value": value},
+                "contact_email": email, "justification": justification}})
+        return _preference(q)
+
     # -- credentials and connection ---------------------------------------------------------------------
     def wait_reachable(self) -> None:
         """Waits until Google's endpoint takes a connection, saying so while it does not, for up to GIVE_UP_S.
@@ -625,7 +735,7 @@ class Google:
 
         channel = self._local_channel() if self.endpoint else self.projects.transport.grpc_channel
         ready = grpc.channel_ready_future(channel)
-        started = time.monotonic()
+        started = retry.now()
         try:
             while True:
                 try:
@@ -640,14 +750,12 @@ class Google:
             ready.cancel()
 
     def authenticate(self) -> None:
-        """Fetches a token now, so refused credentials surface once, as CloudError UNAUTHENTICATED.
+        """Fetches a token now, so refused credentials surface once, as Unauthenticated.
 
         While the token service does not answer, retries (saying so) for up to GIVE_UP_S.
         """
         from google.auth import exceptions as aexc
         from google.auth.transport.requests import Request
-
-        from coiled_setup import waiting
 
         class Bounded(Request):  # google-auth waits 120 s for a token by default
             def __call__(self, *args, **kwargs):
@@ -656,9 +764,10 @@ class Google:
 
         where = _host(getattr(self.credentials, "_token_uri", "") or "") or "Google's token service"
         reach = Reachability()
-        delays = waiting.delays(first=0.2, cap=2.0)
+        policy = retry.current()
+        delays = policy.delays(first=0.2, cap=2.0)
         while True:
-            started = time.monotonic()
+            started = policy.clock()
             try:
                 self.credentials.refresh(Bounded())
                 return
@@ -668,10 +777,10 @@ class Google:
                     raise unreachable(where, so_far) from None
             except aexc.RefreshError as e:
                 if "impersonated" in str(e).lower():
-                    raise CloudError("UNAUTHENTICATED", _first_line(e), reason="IMPERSONATION",
-                                     metadata={"target": self.principal}) from None
+                    raise error("UNAUTHENTICATED", _first_line(e), reason="IMPERSONATION",
+                                metadata={"target": self.principal}) from None
                 raise _convert(e) from None
-            time.sleep(next(delays))
+            policy.sleep(next(delays))
 
 
 IMPERSONATE_VAR = "CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT"  # gcloud's, as --impersonate-service-account sets it
@@ -710,3 +819,18 @@ def _code_name(code: int) -> str:
         if c.value[0] == code:
             return c.name
     return "UNKNOWN"
+
+
+def _log_calls(cls):
+    """Each call of the adapter gets a line in the call log (--verbose, --log-file)."""
+    from coiled_setup import calllog
+
+    not_calls = {"where", "from_environment", "from_key", "use_quota_project", "close", "iam", "projects", "usage",
+                 "registry"}
+    for name, fn in list(vars(cls).items()):
+        if not name.startswith("_") and name not in not_calls and callable(fn) and not isinstance(fn, type):
+            setattr(cls, name, calllog.logged("google", name, fn))
+    return cls
+
+
+_log_calls(Google)

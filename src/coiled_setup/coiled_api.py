@@ -1,27 +1,64 @@
-"""Coiled's control plane over plain HTTP, with the retries Coiled's own client makes."""
+"""Coiled's control plane over plain HTTP, with the retries Coiled's own client makes.
+
+The one place that retries a Coiled call (under the policy of coiled_setup.retry), and that reads HTTP
+statuses: callers tell errors apart by their class.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
-import random
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
+from coiled_setup import calllog, retry
 from coiled_setup.cloud import GIVE_UP_S, Reachability
 from coiled_setup.errors import BadInput, UserError
 
-RETRY_STATUSES = {429, 502, 503, 504}
-MAX_ATTEMPTS = 8  # for errors Coiled answered; a Coiled that does not answer has GIVE_UP_S instead
+RETRY_STATUSES = {429, 502, 503, 504}  # retried under the retry policy; a silent Coiled has GIVE_UP_S instead
 REQUEST_TIMEOUT_S = 30.0
+# Coiled's 409 "retry": the official client waits 3 s and repeats, without end; here at most this often.
+ACTION_RETRY_S = 3.0
+MAX_ACTION_RETRIES = 20
 
 
 class CoiledError(UserError):
+    """Coiled refused or failed a call; `status` is its HTTP status (0: no HTTP answer)."""
+
     def __init__(self, message: str, status: int = 0):
         super().__init__(message)
         self.status = status
+
+
+class CoiledUnauthorized(CoiledError):
+    """The token was refused (401) or does not reach this (403)."""
+
+
+class CoiledBusy(CoiledError):
+    """Coiled answered 429 or a gateway error, the same call retried until the policy gave up."""
+
+
+class CoiledUnreachable(CoiledError):
+    """No answer from Coiled as Coiled answers: no connection, not HTTP/1.1, or not JSON (the network or
+    --coiled-server is to check)."""
+
+
+class _NotHttp(CoiledUnreachable):
+    """Something answered, but not in HTTP/1.1 (retried: a proxy may be restarting)."""
+
+
+class _ActionRequired(Exception):
+    """Coiled's 409 {"action_required": ...}: answered by the caller of the retry policy, never retried by it."""
+
+    def __init__(self, action: str, detail: str, message: str):
+        super().__init__(message)
+        self.action, self.detail, self.message = action, detail, message
+
+
+class _Silent(Exception):
+    """No answer yet, for less than GIVE_UP_S: retried without counting attempts."""
 
 
 class Coiled:
@@ -36,9 +73,12 @@ class Coiled:
         # Hears one line now and then while Coiled does not answer (None: silent).
         self.notify = None
         self._reach = Reachability("Coiled")
-        # Backend options kept for one more read: what is in place and the Coiled step's first observation
-        # share one answer (the project lock keeps other runs of this tool out meanwhile).
-        self._options: dict | None = None
+        # Answers Coiled's confirmation questions (409 action_required "confirm"): confirm(detail) -> True to
+        # repeat the request with ?confirm=1; False or None refuses. It may raise to stop with its own sentence.
+        self.confirm = None
+        # Reads kept for one more read (backend options, settings, regions): what is in place and the Coiled
+        # step's first observation share one answer (the project lock keeps other runs of this tool out meanwhile).
+        self._kept: dict[str, object] = {}
 
     def __repr__(self) -> str:  # never show the token
         return f"Coiled(server={self.server!r}, workspace={self.workspace!r})"
@@ -48,15 +88,26 @@ class Coiled:
 
     def call(self, method: str, path: str, body=None, *, ok_missing: bool = False):
         if method != "GET":
-            self._options = None  # before sending: a write whose answer is lost may still have been made
-        url = self.server + path
+            self._kept.clear()  # before sending: a write whose answer is lost may still have been made
         data = None if body is None else json.dumps(body).encode()
-        delay = 0.2
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
-            req = urllib.request.Request(url, data=data, method=method)
+        url = [self.server + path]  # a confirmed request is sent again with ?confirm=1
+
+        def once():
+            started = retry.now()
+            timer = time.monotonic()
+            try:
+                answer = attempt(started)
+            except _Silent:
+                raise
+            except Exception as e:
+                calllog.record("coiled", method, path, str(getattr(e, "status", "") or type(e).__name__),
+                               time.monotonic() - timer)
+                raise
+            calllog.record("coiled", method, path, "OK", time.monotonic() - timer)
+            return answer
+
+        def attempt(started):
+            req = urllib.request.Request(url[0], data=data, method=method)
             req.add_header("Authorization", self._auth())
             req.add_header("Accept", "application/json")
             if data is not None:
@@ -65,38 +116,54 @@ class Coiled:
                 with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
                     raw = r.read()
                 self._reach.answered()
-                try:
-                    return json.loads(raw) if raw else None
-                except ValueError:
-                    raise CoiledError(f"{self.server} answered {method} {path} with something other than JSON: "
-                                      "check that --coiled-server points to Coiled.") from None
             except urllib.error.HTTPError as e:
                 self._reach.answered()
                 raw = e.read()
-                if e.code in RETRY_STATUSES and attempt < MAX_ATTEMPTS:
-                    time.sleep(delay * random.uniform(0.8, 1.2))
-                    delay = min(delay * 2, 5.0)
-                    continue
                 if e.code == 404 and ok_missing:
                     return None
-                raise CoiledError(_message(e.code, raw, method, path), e.code) from None
+                action, detail = _action_required(e.code, raw)
+                if action:
+                    raise _ActionRequired(action, detail, _message(e.code, raw, method, path)) from None
+                cls = (CoiledBusy if e.code in RETRY_STATUSES else CoiledUnauthorized if e.code in (401, 403)
+                       else CoiledError)
+                raise cls(_message(e.code, raw, method, path), e.code) from None
             except (urllib.error.URLError, OSError) as e:  # no answer (a dropped connection included)
                 so_far = self._reach.silent(started, self.server, self.notify)
                 if so_far < GIVE_UP_S:
-                    time.sleep(min(delay, GIVE_UP_S - so_far))
-                    delay = min(delay * 2, 2.0)  # short, so that it answers soon after it is back
-                    continue
+                    raise _Silent() from None
                 reason = getattr(e, "reason", e)
-                raise CoiledError(f"Coiled did not answer at {self.server} for {int(so_far)} s ({reason}): check your "
-                                  "network connection, proxy settings (HTTPS_PROXY, NO_PROXY) and --coiled-server, "
-                                  "then run again.") from None
+                raise CoiledUnreachable(
+                    f"Coiled did not answer at {self.server} for {int(so_far)} s ({reason}): check your network "
+                    "connection, proxy settings (HTTPS_PROXY, NO_PROXY) and --coiled-server, then run again."
+                ) from None
             except http.client.HTTPException as e:  # something answered, but not in HTTP/1.1
-                if attempt < MAX_ATTEMPTS:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                raise _NotHttp(f"Could not reach Coiled at {self.server}: it answers, but not in HTTP/1.1 "
+                               f"({type(e).__name__}): check --coiled-server.") from None
+            try:
+                return json.loads(raw) if raw else None
+            except ValueError:
+                raise CoiledUnreachable(f"{self.server} answered {method} {path} with something other than JSON: "
+                                        "check that --coiled-server points to Coiled.") from None
+
+        waits = 0
+        while True:
+            try:
+                return retry.current().call(once, lambda e: isinstance(e, (CoiledBusy, _NotHttp, _Silent)),
+                                            unbounded=lambda e: isinstance(e, _Silent))
+            except _ActionRequired as e:
+                # Coiled's own client answers these: "retry" by waiting and asking again, "confirm" by asking
+                # the user and repeating the request with ?confirm=1.
+                if e.action == "retry" and waits < MAX_ACTION_RETRIES:
+                    waits += 1
+                    retry.sleep(ACTION_RETRY_S)
                     continue
-                raise CoiledError(f"Could not reach Coiled at {self.server}: it answers, but not in HTTP/1.1 "
-                                  f"({type(e).__name__}): check --coiled-server.") from None
+                if e.action == "confirm" and "confirm=1" not in urllib.parse.urlsplit(url[0]).query:
+                    if self.confirm is None or not self.confirm(e.detail):
+                        raise CoiledError(f"Coiled asked to confirm {method} {path} ({e.detail.rstrip('.')}) and "
+                                          "it was not confirmed: nothing was changed by that request.", 409) from None
+                    url[0] += ("&" if "?" in url[0] else "?") + "confirm=1"
+                    continue
+                raise CoiledError(e.message, 409) from None
 
     # -- routes ----------------------------------------------------------------------------
     def me(self) -> dict:
@@ -105,17 +172,20 @@ class Coiled:
     def memberships(self) -> list[dict]:
         return self.call("GET", "/api/v2/user/me/memberships") or []
 
-    def backend_options(self, keep: bool = False) -> dict:
-        """The workspace's backend options; `keep`: the next read answers the same without asking again
-        (once, and only while nothing is written)."""
-        if self._options is not None:
-            options, self._options = self._options, None
-            return options
-        options = self.call("GET", f"/api/v1/{self.workspace}/backend_options/") or {}
+    def _once(self, name: str, read, keep: bool):
+        """read(), or the answer kept from the last read of `name` (used once, and only while nothing is
+        written); `keep`: keep this answer for the next read."""
+        if name in self._kept:
+            return self._kept.pop(name)
+        answer = read()
         if keep:
-            self._options = options
-        return options
+            self._kept[name] = answer
+        return answer
 
+    def backend_options(self, keep: bool = False) -> dict:
+        """The workspace's backend options (see _once for `keep`)."""
+        return self._once("options", lambda: self.call("GET", f"/api/v1/{self.workspace}/backend_options/") or {},
+                          keep)
     def store_credentials(self, keyfile: dict, instance_account: str | None) -> None:
         self.call("POST", f"/api/v2/cloud-credentials/{self.workspace}/gcp",
                   {"credentials": keyfile, "instance_service_account": instance_account})
@@ -126,8 +196,15 @@ class Coiled:
     def drop_infrastructure(self) -> None:
         self.call("DELETE", f"/api/v2/setup/account/{self.workspace}/gcp")
 
-    def settings(self, values: dict) -> None:
-        self.call("PATCH", f"/api/v2/setup/account/{self.workspace}/gcp/settings", values)
+    def settings(self, values: dict) -> dict:
+        return self.call("PATCH", f"/api/v2/setup/account/{self.workspace}/gcp/settings", values) or {}
+
+    def get_settings(self, keep: bool = False) -> dict | None:
+        """The workspace's GCP settings (firewall, public IPs); None when this Coiled has no such read."""
+        def read():
+            answer = self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/settings", ok_missing=True)
+            return answer if isinstance(answer, dict) else None
+        return self._once("settings", read, keep)
 
     def set_registry(self, body: dict) -> None:
         self.call("POST", f"/api/v2/user/account/{self.workspace}/registry", body)
@@ -142,10 +219,26 @@ class Coiled:
 
     def start_region(self, region: str) -> dict:
         return self.call("POST", f"/api/v2/setup/account/{self.workspace}/gcp/regions",
-                         {"default": True, "region": region, "managed": True, "subnets": []})
+                         {"default": True, "region": region, "managed": True,
+                          # Coiled-managed subnets for workers and schedulers, as `coiled setup gcp` asks for them.
+                          "subnets": [{"link": None, "name": None, "for_workers": True, "for_schedulers": True}]})
 
-    def get_regions(self) -> list[dict]:
-        return self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/regions", ok_missing=True) or []
+    def get_regions(self, keep: bool = False) -> list[dict]:
+        return self._once("regions", lambda: self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/regions",
+                                                       ok_missing=True) or [], keep)
+
+
+def _action_required(status: int, raw: bytes) -> tuple[str | None, str]:
+    """Coiled's 409 {"action_required": "confirm" | "retry", "detail": ...}: (action, detail), else (None, "")."""
+    if status != 409:
+        return None, ""
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return None, ""
+    if not isinstance(payload, dict):
+        return None, ""
+    return payload.get("action_required"), str(payload.get("detail") or "no details given")
 
 
 def _message(status: int, raw: bytes, method: str, path: str) -> str:
@@ -158,5 +251,8 @@ def _message(status: int, raw: bytes, method: str, path: str) -> str:
     if status in (401, 403) and path.startswith("/api/v2/user/me"):
         return ("Coiled did not accept your token: run `coiled login` (or set DASK_COILED__TOKEN) "
                 "and try again.")
+    if status in RETRY_STATUSES:
+        return (f"Coiled kept answering {status} to {method} {path}" + (f" ({detail.rstrip('.')})" if detail else "")
+                + ": it is busy or restarting; run again in a few minutes.")
     text = f"Coiled answered {status} to {method} {path}"
     return f"{text}: {detail}" if detail else f"{text}."

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 
 from coiled_setup import paths
@@ -41,38 +42,131 @@ def project_from_environment() -> str | None:
     return os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("CLOUDSDK_CORE_PROJECT") or gcloud_project()
 
 
-def dask_coiled_config() -> dict:
-    """The `coiled:` section of the dask config file, or {}; BadInput when the file cannot be understood
-    (it is later rewritten with the backend options, so a file read as empty would lose the user's keys)."""
-    f = paths.dask_config_file()
-    if not f.exists():
-        return {}
+def dask_config_paths() -> list[str]:
+    """Where dask looks for its YAML files, lowest priority first (dask.config.paths), plus the active conda or
+    virtual environment's etc/dask: the user's `coiled` usually runs there, not in coiled-setup's own env."""
+    import site
+
+    paths = [os.getenv("DASK_ROOT_CONFIG", "/etc/dask"), os.path.join(sys.prefix, "etc", "dask"),
+             *[os.path.join(prefix, "etc", "dask") for prefix in site.PREFIXES],
+             *[os.path.join(os.environ[v], "etc", "dask")
+               for v in ("CONDA_PREFIX", "VIRTUAL_ENV") if os.environ.get(v)],
+             os.path.join(os.path.expanduser("~"), ".config", "dask")]
+    if "DASK_CONFIG" in os.environ:
+        paths.append(os.environ["DASK_CONFIG"])
+    return list(reversed(list(dict.fromkeys(reversed(paths)))))  # a repeated path counts where it last appears
+
+
+def _canonical(key: str, config: dict) -> str:
+    """dask's rule: `a-b` and `a_b` are one key, spelled as it was first set."""
+    if key in config:
+        return key
+    alt = key.replace("_", "-") if "_" in key else key.replace("-", "_")
+    return alt if alt in config else key
+
+
+def _merge(old: dict, new: dict) -> dict:
+    for key, value in new.items():
+        key = _canonical(key, old)
+        if isinstance(value, dict):
+            if not isinstance(old.get(key), dict):
+                old[key] = {}
+            _merge(old[key], value)
+        else:
+            old[key] = value
+    return old
+
+
+def _dask_value(text: str):
+    """An environment variable's value, read as dask reads it: a Python literal, else null/true/false, else text."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return {"none": None, "null": None, "false": False, "true": True}.get(text.lower(), text)
+
+
+def _dask_file(path: str) -> dict | None:
     import yaml
 
     try:
-        data = yaml.safe_load(f.read_text()) or {}
+        with open(path) as fh:
+            data = yaml.safe_load(fh.read())
+    except OSError:
+        return None  # as dask: a file it may not read is passed over
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise BadInput(f"The dask config file {f} is not valid YAML{where}: fix it or move it aside, "
+        raise BadInput(f"The dask config file {path} is not valid YAML{where}: fix it or move it aside, "
                        "then run again.") from None
-    except (OSError, UnicodeDecodeError):
-        raise BadInput(f"The dask config file {f} cannot be read: check its permissions.") from None
-    section = (data.get("coiled") or {}) if isinstance(data, dict) else None
+    except UnicodeDecodeError:
+        raise BadInput(f"The dask config file {path} is not text: fix it or move it aside, then run again.") from None
+    if data is not None and not isinstance(data, dict):
+        raise BadInput(f"The dask config file {path} is not a mapping: fix it or move it aside, then run again.")
+    return data
+
+
+def _dask_files() -> list[str]:
+    files = []
+    for path in dask_config_paths():
+        if os.path.isdir(path):
+            try:
+                files += sorted(os.path.join(path, p) for p in os.listdir(path)
+                                if os.path.splitext(p)[1].lower() in (".json", ".yaml", ".yml"))
+            except OSError:
+                pass
+        elif os.path.exists(path):
+            files.append(path)
+    return files
+
+
+def dask_config() -> dict:
+    """The dask config as dask itself collects it: every .yaml/.yml/.json file of its directories (later ones
+    win, nested keys merged) and then the DASK_* environment variables (`__` nests: DASK_COILED__TOKEN)."""
+    result: dict = {}
+    for f in _dask_files():
+        data = _dask_file(f)
+        if data:
+            _merge(result, data)
+    env: dict = {}
+    for name, value in os.environ.items():
+        if name.startswith("DASK_") and name != "DASK_INTERNAL_INHERIT_CONFIG":
+            *parents, leaf = name[5:].lower().split("__")
+            node = env
+            for part in parents:
+                node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+            node[leaf] = _dask_value(value)
+    return _merge(result, env)
+
+
+def _get(section: dict, key: str):
+    return section.get(_canonical(key, section))
+
+
+def dask_coiled_config() -> dict:
+    """The `coiled:` section of the dask config (see dask_config), or {}; BadInput when a file of it cannot be
+    understood (dask itself refuses to start then)."""
+    section = _get(dask_config(), "coiled")
+    if section is None:
+        return {}
     if not isinstance(section, dict):
-        raise BadInput(f"The dask config file {f} is not a mapping with a `coiled:` mapping inside: fix it or "
-                       "move it aside, then run again.")
+        where = next((f for f in reversed(_dask_files()) if not isinstance(_get(_dask_file(f) or {}, "coiled") or {},
+                                                                          dict)), None)
+        raise BadInput(f"The dask config file {where} has a `coiled:` that is not a mapping: fix it or move it "
+                       "aside, then run again." if where else
+                       "DASK_COILED is set, which hides the `coiled:` mapping of your dask config: unset it.")
     return section
 
 
 def coiled_login(server_flag: str | None, workspace_flag: str | None) -> tuple[str | None, str, str | None]:
-    """(token, server, workspace) from flags, DASK_COILED__* variables, then coiled.yaml."""
+    """(token, server, workspace): flags first, then the dask config as Coiled's client reads it (its files and
+    the DASK_COILED__* variables)."""
     cfg = dask_coiled_config()
-    token = os.environ.get("DASK_COILED__TOKEN") or cfg.get("token")
-    server = server_flag or os.environ.get("DASK_COILED__SERVER") or cfg.get("server") or DEFAULT_COILED_SERVER
-    workspace = (workspace_flag or os.environ.get("DASK_COILED__WORKSPACE") or cfg.get("workspace")
-                 or cfg.get("account"))
-    return (str(token) if token else None), str(server), workspace
+    token = _get(cfg, "token")
+    server = server_flag or _get(cfg, "server") or DEFAULT_COILED_SERVER
+    workspace = workspace_flag or _get(cfg, "workspace") or _get(cfg, "account")
+    return (str(token).strip() if token else None), str(server), (str(workspace) if workspace else None)
 
 
 def write_backend_options(options: dict, warn=None) -> Path:
@@ -214,7 +308,7 @@ def _edited(text: str, options: dict, merged: dict) -> str | None:
 
 def backend_options_in_config() -> dict:
     try:
-        opts = dask_coiled_config().get("backend-options")
+        opts = _get(dask_coiled_config(), "backend-options")
     except BadInput:
         return {}
     return opts if isinstance(opts, dict) else {}

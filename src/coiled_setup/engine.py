@@ -3,18 +3,15 @@ ask for consent, then apply step by step with Retry/Skip/Abort, keeping one resu
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from coiled_setup import waiting
-from coiled_setup.cloud import CloudError
+from coiled_setup import retry, waiting
+from coiled_setup.cloud import Aborted, CloudError, Transient
 from coiled_setup.coiled_api import CoiledError
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import BAD_INPUT, OK, UserError
 from coiled_setup.remedies import explain
 from coiled_setup.steps.base import NOTHING, Change, Run, Step
-
-MAX_ATTEMPTS = 10  # a step is tried this often on transient errors (about 30 s of backoff in all)
 
 
 @dataclass
@@ -40,26 +37,32 @@ class Engine:
         self.current: Step | None = None
 
     # -- observe and plan ------------------------------------------------------------------------------
-    def _retrying(self, step: Step, fn, *, reobserve: bool):
-        delays = waiting.delays(first=0.5, cap=5.0)
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+    def _retrying(self, step: Step, fn):
+        """fn (the step's apply), started over after a fresh observation while a write failed transiently or lost
+        a conflict, up to the retry policy's attempts.
+
+        Only for errors no layer below has retried: reads (retried by the Google adapter) and Coiled's calls
+        (by its client) that were given up on are not tried again here. The writes the adapter does not repeat
+        are (see cloud.py), after reading again: an earlier try may have made the change but lost the answer.
+        """
+        policy = retry.current()
+        delays = policy.delays()
+        for attempt in range(1, policy.attempts + 1):
             try:
                 return fn()
-            except CloudError as e:
-                if not (e.transient or e.code == "ABORTED") or attempt == MAX_ATTEMPTS:
-                    raise
-            except CoiledError as e:
-                if e.status not in (429, 502, 503, 504) or attempt == MAX_ATTEMPTS:
+            except (Transient, Aborted) as e:
+                if retry.retried(e) or attempt == policy.attempts:
                     raise
             self.ui.tick(f"retrying after a temporary error (attempt {attempt + 1})")
-            time.sleep(next(delays))
-            if reobserve:
-                self._retrying(step, lambda: step.observe(self.run), reobserve=False)
+            policy.sleep(next(delays))
+            step.observe(self.run)
 
     def observe(self, step: Step) -> None:
-        """Reads what exists for one step; a refusal it cannot get past is one sentence, never a traceback."""
+        """Reads what exists for one step; a refusal it cannot get past is one sentence, never a traceback.
+
+        Not retried here: the adapter retried each read, the Coiled client each call."""
         try:
-            self._retrying(step, lambda: step.observe(self.run), reobserve=False)
+            step.observe(self.run)
         except CloudError as e:
             message, code = explain(e, self.project)
             if e.code not in message:
@@ -159,7 +162,7 @@ class Engine:
 
         while True:
             try:
-                return self._retrying(step, attempt, reobserve=True)
+                return self._retrying(step, attempt)
             except (CloudError, CoiledError, UserError, waiting.TimedOut) as e:
                 message, code = self.describe(e)
                 if not self.consent.interactive:

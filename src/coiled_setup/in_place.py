@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from coiled_setup import context
+from coiled_setup.cloud import run_all
 from coiled_setup.errors import BadInput
 from coiled_setup.options import (
     DEFAULT_ZONE_SUFFIX,
@@ -57,7 +58,12 @@ def read(o: Options, coiled, journal) -> InPlace:
     """What Coiled's workspace holds (when uploading), else what this tool recorded locally."""
     cur = InPlace()
     config = context.backend_options_in_config()
-    options = ((coiled.backend_options(keep=True) or {}).get("options") or {}) if coiled is not None else {}
+    bo, settings, regions = {}, None, []
+    if coiled is not None:  # the workspace's own settings and regions are where its defaults live (and take effect)
+        bo, settings, regions = run_all([lambda: coiled.backend_options(keep=True),
+                                         lambda: coiled.get_settings(keep=True),
+                                         lambda: coiled.get_regions(keep=True)])
+    options = (bo or {}).get("options") or {}
     creds = options.get("gcp_service_creds_dict") or {}
     cur.coiled_credentials = {k: creds.get(k) for k in ("client_email", "private_key_id") if creds.get(k)}
     # The accounts only count for the project they belong to; the firewall and region are the workspace's.
@@ -73,15 +79,26 @@ def read(o: Options, coiled, journal) -> InPlace:
     if coiled is None:  # not uploading: the instance account this tool created, if any
         made = (journal.get("created") or {}).get("instance_account")
         cur.instance = made if _project_of(made) == o.project else None
-    cur.firewall_cidr, cur.firewall_ports = _firewall(options.get("firewall_spec"))
-    if cur.firewall_cidr is None:
-        cur.firewall_cidr, cur.firewall_ports = _firewall(config.get("firewall"))
-    region = options.get("gcp_region_name") or config.get("region")
+    spec = settings.get("scheduler_firewall") if settings is not None else options.get("firewall_spec")
+    cur.firewall_cidr, cur.firewall_ports = _firewall(spec)
+    if cur.firewall_cidr is None:  # an earlier choice kept only in the dask config is not widened silently
+        ingress = config.get("ingress")
+        cur.firewall_cidr, cur.firewall_ports = _firewall({"ingress": ingress} if isinstance(ingress, list)
+                                                          else config.get("firewall"))
+    default = next((r.get("region") for r in regions if isinstance(r, dict) and r.get("default")), None)
+    config_region = _first(config, "region_name", "region")
+    region = default or options.get("gcp_region_name") or config_region
     cur.region = region if isinstance(region, str) else None
-    zone = config.get("zone")
-    cur.zone = zone if isinstance(zone, str) and config.get("region") == cur.region else None
-    cur.preemptible = config.get("preemptible") if isinstance(config.get("preemptible"), bool) else None
+    # Zone and spot have no workspace setting: only the dask config (current names first) holds them.
+    zone = _first(config, "zone_name", "zone")
+    cur.zone = zone if isinstance(zone, str) and config_region == cur.region else None
+    spot = _first(config, "spot", "preemptible")
+    cur.preemptible = spot if isinstance(spot, bool) else None
     return cur
+
+
+def _first(config: dict, *names):
+    return next((config[n] for n in names if config.get(n) is not None), None)
 
 
 def keep(o: Options, cur: InPlace) -> None:

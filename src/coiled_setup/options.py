@@ -70,6 +70,7 @@ class Options:
     firewall_cidr: str = OPEN_CIDR
     firewall_ports: tuple[int, ...] = DEFAULT_PORTS
     upload: bool = True
+    write_dask_config: bool = False  # also write coiled.backend-options into the dask config (older clients)
     dry_run: bool = False
     yes: bool = False
     interactive: bool = True

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coiled_setup import paths
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import CloudError, PermissionDenied
 
 KEY_LEGACY = "iam.disableServiceAccountKeyCreation"
 KEY_MANAGED = "iam.managed.disableServiceAccountKeyCreation"
@@ -63,11 +63,11 @@ def skipped_reason(e: CloudError, principal: str, project: str) -> str:
     who = principal or "your account"
     if vpc_refusal(e):
         return "a VPC Service Controls perimeter refused the call to the Org Policy API"
-    if e.reason == "SERVICE_DISABLED":
+    if e.service_disabled:
         where = e.metadata.get("consumer", f"projects/{project}").split("/", 1)[-1]
         return (f"the Org Policy API is disabled in project {where} (gcloud services enable orgpolicy.googleapis.com "
                 f"--project {where})")
-    if e.code == "PERMISSION_DENIED":
+    if isinstance(e, PermissionDenied):
         return f"{who} cannot read organization policies (it lacks {READ_PERMISSION}, in roles/orgpolicy.policyViewer)"
     return f"Google answered {e.code} reading organization policies"
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import os
 
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import (
+    CloudError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Transient,
+    Unauthenticated,
+    Unreachable,
+)
 from coiled_setup.errors import MISSING_PERMISSION, STEP_FAILED
 from coiled_setup.wording import count
 
@@ -53,7 +61,7 @@ def vpc_refusal(e: CloudError) -> bool:
 
 def explain(e: CloudError, project: str) -> tuple[str, int]:
     """(sentence, exit code) for a Google error a step could not get past."""
-    if e.reason == "UNREACHABLE":  # already one sentence: where, for how long, what to check
+    if isinstance(e, Unreachable):  # already one sentence: where, for how long, what to check
         return e.message, STEP_FAILED
     if vpc_refusal(e):
         svc = e.metadata.get("service") or "a Google API"
@@ -63,7 +71,7 @@ def explain(e: CloudError, project: str) -> tuple[str, int]:
                 + f": ask your network administrator to let this machine or your account into the perimeter around "
                 f"project {project} (an access level or ingress rule), or run from inside it, then run again.",
                 STEP_FAILED)
-    if e.reason == "SERVICE_DISABLED":
+    if e.service_disabled:
         svc = e.metadata.get("service", "an API")
         return (f"The API {svc} is disabled in project {project}: enable it (gcloud services enable {svc} "
                 f"--project {project}) and run again.", STEP_FAILED)
@@ -73,11 +81,11 @@ def explain(e: CloudError, project: str) -> tuple[str, int]:
                 f"one (gcloud billing projects link {project} --billing-account=ACCOUNT_ID) and run again.",
                 STEP_FAILED)
     constraints = [v for v in e.violations if v.startswith("constraints/")]
-    if e.code == "FAILED_PRECONDITION" and constraints:
+    if isinstance(e, FailedPrecondition) and constraints:
         return (f"The organization policy {constraints[0]} refused this ({e.message.rstrip('.')}): someone with "
                 f"roles/orgpolicy.policyAdmin on the organization or folder can exempt project {project}, then run "
                 "again.", STEP_FAILED)
-    if e.code == "PERMISSION_DENIED" and e.permission:
+    if isinstance(e, PermissionDenied) and e.permission:
         return (f"Google refused: your account lacks {e.permission} (granted by {granting_role(e.permission)}) "
                 f"in project {project}; ask a project owner for it and run again.", MISSING_PERMISSION)
     if e.reason == "IMPERSONATION":
@@ -85,14 +93,14 @@ def explain(e: CloudError, project: str) -> tuple[str, int]:
                 "need roles/iam.serviceAccountTokenCreator on that account, so ask an administrator for it (or drop "
                 "--impersonate-service-account and gcloud's auth/impersonate_service_account), then run again.",
                 STEP_FAILED)
-    if e.code == "UNAUTHENTICATED":
+    if isinstance(e, Unauthenticated):
         return (f"Google did not accept your credentials ({e.message}): run `gcloud auth application-default "
                 "login` or point GOOGLE_APPLICATION_CREDENTIALS at a valid key.", STEP_FAILED)
-    if e.code == "INVALID_ARGUMENT" and "number of members in the policy" in e.message:
+    if isinstance(e, InvalidArgument) and "number of members in the policy" in e.message:
         return (f"The IAM policy of project {project} is full (Google allows 1,500 principals in one policy, each "
                 "binding counted): remove principals nobody needs, or grant roles to a group instead of to "
                 "individual accounts, and run again.", STEP_FAILED)
-    if e.transient:
+    if isinstance(e, Transient):
         return (f"Google kept answering {e.code} ({e.message}): check your connection and run again; "
                 "the run resumes where it stopped.", STEP_FAILED)
     return f"Google answered {e.code}: {e.message.rstrip('.')}.", STEP_FAILED

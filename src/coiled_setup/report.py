@@ -18,8 +18,11 @@ FIELDS = {
                    "conflicts_retried": 0},
     "teardown": {"project": None, "workspace": None, "service_account": None, "key_file": None, "steps": [],
                  "conflicts_retried": 0},
+    "quotas": {"project": None, "region": None, "console_url": None, "quotas": None, "requests": []},
     "verify": {"project": None, "service_account": None, "key_file": None, "workspace": None, "checks": [],
                "summary": None},
+    "review": {"project": None, "source": None, "note": None, "generated": None, "settings": None, "roles": [],
+               "permissions": [], "resources": [], "apis": [], "key": None, "org_policies": []},
 }
 
 _printed = False

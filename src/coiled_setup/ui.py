@@ -46,7 +46,9 @@ class Ui:
 
     def error(self, text: str) -> None:
         self.stop()  # the spinner would go on drawing over the message
-        console(stderr=True).print(f"[red]Error:[/] {text}")
+        from coiled_setup import calllog
+
+        console(stderr=True).print(f"[red]Error:[/] {calllog.pointer(text)}")
 
     # -- live status ----------------------------------------------------------------------------
     def begin(self, title: str) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
+
+from coiled_setup import retry
 
 FIRST_DELAY_S = 0.1
 # The longest sleep between two polls: what is awaited is seen at most this long (plus one round trip)
@@ -33,15 +34,15 @@ class TimedOut(Exception):
 def poll(check: Callable[[], object], *, timeout: float, what: str,
          tick: Callable[[str], None] | None = None, cap: float = MAX_DELAY_S):
     """Calls `check` until it answers something truthy; `tick` hears a countdown line between tries."""
-    start = time.monotonic()
+    start = retry.now()  # the retry policy's clock and sleep, which tests replace
     deadline = start + timeout
     for d in delays(cap=cap):
         result = check()
         if result:
             return result
-        left = deadline - time.monotonic()
+        left = deadline - retry.now()
         if left <= 0:
             raise TimedOut(what)
         if tick:
-            tick(progress(what, time.monotonic() - start, timeout))
-        time.sleep(min(d, left))
+            tick(progress(what, retry.now() - start, timeout))
+        retry.sleep(min(d, left))

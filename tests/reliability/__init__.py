@@ -10,9 +10,9 @@ what the tests reach through `from tests import reliability as R`. Every run tal
 is seeded. Wizard runs happen in this process (typer's CliRunner, with the environment a user would have),
 except where a real process has to die (SIGKILL, SIGINT).
 
-In-process runs scale the back-off sleeps of the product (and of the client libraries' retries) by
-SLEEP_SCALE: the sandbox answers at once, so the waits only cost time; the calls made, their order and
-the retry budgets are unchanged.
+In-process runs scale the back-off sleeps of the product by SLEEP_SCALE (through the sleep of its retry
+policy, coiled_setup.retry): the sandbox answers at once, so the waits only cost time; the calls made, their
+order and the retry budgets are unchanged.
 """
 
 from tests.helpers import calls, state
@@ -61,11 +61,18 @@ from tests.reliability.crashes import INTERRUPTS, crash_once, interrupt_once, ki
 from tests.reliability.faults import run_faults
 from tests.reliability.lab import Lab, Outcome, Reference, quick_backoff, raised_messages, reference_run
 from tests.reliability.leaks import Ledger, secrets_figures
+from tests.reliability.lifecycle import (
+    run_lifecycle_crashes,
+    run_lifecycle_faults,
+    run_teardown_concurrent,
+    teardown_reference,
+)
 from tests.reliability.verify import has_verify, run_verify
 
 __all__ = [
     "ALL_SERVICES", "ARGS", "FAST", "INTERRUPTS", "JSON_ARGS", "MEMBER", "NOTICE", "P", "REPO", "REPO_ROLE",
-    "RESUME_HINT", "ROLE", "SA", "SLEEP_SCALE", "USER_VARS", "WS", "Case", "Figures", "Lab", "Ledger", "Outcome",
+    "RESUME_HINT", "ROLE", "run_lifecycle_crashes", "run_lifecycle_faults", "run_teardown_concurrent",
+    "teardown_reference", "SA", "SLEEP_SCALE", "USER_VARS", "WS", "Case", "Figures", "Lab", "Ledger", "Outcome",
     "PolicyWriter", "Ratio", "Reference", "bad_input_cases", "calls", "check_case", "configure", "converged",
     "crash_once", "dask_config", "diff", "has_verify", "interrupt_once", "journal_path", "journal_problems",
     "key_file", "kill_points", "made_up_key", "normalise", "one_sentence", "operator_permission_cases", "orphans",

@@ -13,6 +13,12 @@ from tests.reliability.crashes import run_crashes
 from tests.reliability.faults import run_faults
 from tests.reliability.lab import Lab, reference_run
 from tests.reliability.leaks import secrets_figures
+from tests.reliability.lifecycle import (
+    run_lifecycle_crashes,
+    run_lifecycle_faults,
+    run_teardown_concurrent,
+    teardown_reference,
+)
 from tests.reliability.verify import run_verify
 
 
@@ -27,8 +33,11 @@ def main() -> int:
     figures = []
     try:
         ref = reference_run(lab)
+        gone = teardown_reference(lab)
         for make in (lambda: run_faults(lab, ref=ref), lambda: run_concurrent(lab),
-                     lambda: run_crashes(lab, ref=ref), lambda: run_bad_input(lab), lambda: run_verify(lab)):
+                     lambda: run_crashes(lab, ref=ref), lambda: run_bad_input(lab), lambda: run_verify(lab),
+                     lambda: run_lifecycle_faults(lab, ref=gone), lambda: run_lifecycle_crashes(lab, ref=gone),
+                     lambda: run_teardown_concurrent(lab)):
             fig = make()
             figures.append(fig)
             print(fig.line(), flush=True)

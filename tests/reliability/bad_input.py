@@ -78,12 +78,13 @@ def _key_case(name: str, needle: str, content, mode: int = 0o600, args: tuple = 
     return Case(name, 2, needle, files=files)
 
 
-def _dask_case(name: str, code: int, needle: str, text: str, env: dict | None = None, after=None) -> Case:
+def _dask_case(name: str, code: int, needle: str, text: str, env: dict | None = None, after=None,
+               args: tuple = ()) -> Case:
     def files(d: Path, sb):
         _file(d / "dask" / "coiled.yaml", text.replace("SERVER", sb.coiled_url))
         given = {k: (v.replace("SERVER", sb.coiled_url) if v else v) for k, v in (env or {}).items()}
         return {"env": {"DASK_CONFIG": str(d / "dask"), "DASK_COILED__TOKEN": None, "DASK_COILED__SERVER": None,
-                        **given}}
+                        **given}, "args": args}
     return Case(name, code, needle, files=files, fresh=code != 2, after=after)
 
 
@@ -113,7 +114,7 @@ def _user_config_kept(d: Path, sb) -> list[str]:
     if data.get("distributed") != {"worker": {"memory": {"target": 0.8}}}:
         problems.append("coiled.yaml lost its distributed: section")
     bo = c.get("backend-options") or {}
-    if bo.get("gpu-type") != "nvidia-tesla-t4" or bo.get("region") != "us-east1" or "firewall" not in bo:
+    if bo.get("gpu-type") != "nvidia-tesla-t4" or bo.get("region_name") != "us-east1" or "ingress" not in bo:
         problems.append(f"coiled.yaml's backend-options are not merged: {bo}")
     if "# the user's own settings" not in text or "# from coiled login" not in text:
         problems.append("coiled.yaml lost its comments")
@@ -151,6 +152,7 @@ def bad_input_cases() -> list[Case]:
     other_sa = f"someone-else@{P}.iam.gserviceaccount.com"
     two_workspaces = copy.deepcopy(DEFAULT_SCENARIO)
     two_workspaces["coiled"]["users"][0]["workspaces"] = ["team-a", "team-b"]
+    two_workspaces["coiled"]["users"][0].pop("default")
     disabled_operator = copy.deepcopy(DEFAULT_SCENARIO)
     cases = [
         # -- flags
@@ -182,7 +184,7 @@ def bad_input_cases() -> list[Case]:
              ("--key-file", "/proc/1/coiled/key.json")),
         Case("journal directory under a file", 2, "journal",
              files=lambda d, sb: {"env": {"COILED_SETUP_HOME": str(_file(d / "plain", "x") / "home")}}),
-        Case("dask config directory under a file", 2, "dask config",
+        Case("dask config directory under a file", 2, "dask config", ("--write-dask-config",),
              files=lambda d, sb: {"env": {"DASK_CONFIG": str(_file(d / "plain", "x") / "dask")}}),
         Case("--firewall-cidr IPv6", 2, "IPv4", ("--firewall-cidr", "2001:db8::/32")),
         Case("--firewall-ports out of range", 2, "--firewall-ports", ("--firewall-ports", "22,99999")),
@@ -239,7 +241,8 @@ def bad_input_cases() -> list[Case]:
         Case("--coiled-server not HTTP/1 (a gRPC port)", 1, "Could not reach Coiled",
              files=lambda d, sb: {"args": ("--coiled-server", f"http://{sb.google_endpoint}")}),
         # -- the dask config file
-        _dask_case("coiled.yaml holds the login", 0, "", USER_DASK_CONFIG, after=_user_config_kept),
+        _dask_case("coiled.yaml holds the login", 0, "", USER_DASK_CONFIG, after=_user_config_kept,
+                   args=("--write-dask-config",)),
         _dask_case("coiled.yaml token invalid", 2, "did not accept your token",
                    "coiled:\n  token: 0123-not-a-token\n  server: SERVER\n"),
         _dask_case("coiled.yaml workspace unknown", 2, "workspace",

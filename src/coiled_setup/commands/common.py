@@ -6,8 +6,8 @@ import os
 import sys
 
 from coiled_setup import context
-from coiled_setup.cloud import UNREACHABLE, CloudError, Google, NoCredentials
-from coiled_setup.coiled_api import Coiled, CoiledError
+from coiled_setup.cloud import CloudError, Google, NoCredentials, Transient, Unreachable
+from coiled_setup.coiled_api import Coiled, CoiledUnauthorized
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import BadInput, UserError
 from coiled_setup.remedies import explain
@@ -35,7 +35,7 @@ def connect_google(notify=notice, project: str = "") -> Google:
         g.wait_reachable()
     except CloudError as e:
         g.close()
-        if e.transient or e.reason == UNREACHABLE:
+        if isinstance(e, (Transient, Unreachable)):
             raise UserError(explain(e, "")[0]) from None
         raise BadInput(explain(e, "")[0]) from None
     return g
@@ -62,6 +62,9 @@ def coiled_client(server_flag: str | None, workspace_flag: str | None,
     """A Coiled client for the user's login, and the workspace asked for (if any)."""
     token, server, workspace = context.coiled_login(server_flag, workspace_flag)
     if not token:
+        if os.environ.get("DASK_COILED__TOKEN") == "":
+            raise BadInput("DASK_COILED__TOKEN is set but empty, which hides any token in your dask config files (as "
+                           "in dask itself): unset it or set it to your Coiled token.")
         if not skip_flag:
             raise BadInput("No Coiled login found: run `coiled login` or set DASK_COILED__TOKEN.")
         raise BadInput(f"No Coiled login found: run `coiled login`, set DASK_COILED__TOKEN, or pass {skip_flag}.")
@@ -70,36 +73,63 @@ def coiled_client(server_flag: str | None, workspace_flag: str | None,
     return c, workspace
 
 
+def confirmer(interactive: bool, yes: bool, ui):
+    """How a run answers Coiled's confirmation questions (HTTP 409 action_required "confirm"), as Coiled's own
+    client does: asked when the run can ask, confirmed by --yes (and said so), else a stop naming the question."""
+    def confirm(detail: str) -> bool:
+        question = detail.strip().rstrip(".?") or "Coiled asks for a confirmation"
+        if yes:
+            notice(f"Coiled asked: {question}? Confirmed (--yes).")
+            return True
+        if interactive:
+            ui.stop()
+            return ui.confirm(f"Coiled asks: {question}? Go on?", default=False)
+        raise BadInput(f"Coiled asks to confirm: {question}? Run again with --yes to confirm it, or in a terminal "
+                       "to be asked.")
+    return confirm
+
+
 def workspace_reads(c: Coiled) -> tuple[dict, list]:
     """Who the user is and the workspaces they belong to: two independent reads, made together."""
     try:
         me, memberships = run_all([c.me, c.memberships])
-    except CoiledError as e:
-        if e.status in (401, 403):
-            raise BadInput(e.message) from None
-        raise
+    except CoiledUnauthorized as e:
+        raise BadInput(e.message) from None
     return me, memberships
 
 
 def choose_workspace(c: Coiled, wanted: str | None, ask=None, reads: tuple[dict, list] | None = None) -> str:
-    """The workspace to use: the one asked for, else the only one, else the personal one, else `ask`'s pick.
+    """The workspace to use, as Coiled's own client picks it: the one asked for (flag, DASK_COILED__WORKSPACE,
+    coiled.workspace), else the one Coiled marks as the user's default, else the only one, else `ask`'s pick.
 
     `reads` are workspace_reads(c) when they were already made."""
-    me, memberships = reads if reads is not None else workspace_reads(c)
-    slugs = [m.get("account", {}).get("slug") for m in memberships]
+    _, memberships = reads if reads is not None else workspace_reads(c)
+    accounts = [m.get("account") or {} for m in memberships if isinstance(m, dict)]
+    slugs = [a.get("slug") for a in accounts if a.get("slug")]
+    marked = [m["account"]["slug"] for m in memberships
+              if isinstance(m, dict) and m.get("is_default_account") and (m.get("account") or {}).get("slug")]
     if wanted:
         if wanted not in slugs:
+            named = [a["slug"] for a in accounts
+                     if a.get("slug") and str(a.get("name") or "").lower() == wanted.lower()]
+            if named:
+                raise BadInput(f"{wanted!r} is the name of your Coiled workspace {named[0]!r}: pass its slug, "
+                               f"--workspace {named[0]}.")
             raise BadInput(f"Coiled workspace {wanted!r} is not one of yours ({', '.join(slugs) or 'none'}): "
                            "pass --workspace with one of them.")
         choice = wanted
+    elif marked:
+        choice = marked[0]
     elif len(slugs) == 1:
         choice = slugs[0]
-    elif me.get("username") in slugs:
-        choice = me["username"]
-    elif ask is not None and slugs:
+    elif not slugs:
+        raise BadInput("Your Coiled login belongs to no workspace: ask a workspace admin to invite you, or create "
+                       "one at Coiled, then run again.")
+    elif ask is not None:
         choice = ask(slugs)
     else:
-        raise BadInput(f"You belong to several Coiled workspaces ({', '.join(slugs)}): pass --workspace.")
+        raise BadInput(f"You belong to several Coiled workspaces ({', '.join(slugs)}) and none is marked as your "
+                       "default: pass --workspace with one of them.")
     c.workspace = choice
     return choice
 
@@ -148,6 +178,7 @@ class Session:
         c, wanted, reads = found
         ask = (lambda slugs: self.ui.select("Coiled workspace:", slugs)) if o.interactive else None
         o.workspace = choose_workspace(c, wanted, ask, reads)
+        c.confirm = confirmer(o.interactive, o.yes, self.ui)
         return g, c
 
     def check_permissions(self, g, steps) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from coiled_setup import context, keyfile, paths
 from coiled_setup import steps as registry
-from coiled_setup.cloud import UNREACHABLE, CloudError, Google
+from coiled_setup.cloud import CloudError, Google, Transient, Unauthenticated, Unreachable
 from coiled_setup.commands.common import Session
 from coiled_setup.concurrency import run_all
 from coiled_setup.engine import Engine
@@ -57,9 +58,10 @@ def _prompt_rule(rule):
 
 
 class Wizard(Session):
-    def __init__(self, opts: Options, ui: Ui):
+    def __init__(self, opts: Options, ui: Ui, export: tuple[str, Path] | None = None, terraform_key: bool = False):
         super().__init__("gcp", opts, ui)
         self.opts: Options = opts
+        self.export, self.terraform_key = export, terraform_key
         self.run: Run | None = None
         self.engine: Engine | None = None
         self.lock: ProjectLock | None = None
@@ -146,9 +148,9 @@ class Wizard(Session):
             for e in (terr, perr):
                 if vpc_refusal(e):  # not "the project does not exist": the perimeter hid it
                     raise UserError(explain(e, o.project)[0])
-            if terr.transient or terr.reason == UNREACHABLE:
+            if isinstance(terr, (Transient, Unreachable)):
                 raise UserError(explain(terr, o.project)[0])
-            if terr.code == "UNAUTHENTICATED":
+            if isinstance(terr, Unauthenticated):
                 raise BadInput(explain(terr, o.project)[0])
             raise BadInput(f"Project {o.project} does not exist, or {g.principal or 'your account'} cannot see it: "
                            "check --project.")
@@ -159,7 +161,7 @@ class Wizard(Session):
         if terr is not None:
             raise UserError(*explain(terr, o.project))
         missing = [p for p in perms if p not in held]
-        if missing:
+        if missing and not self.export:  # an export is applied by others: reading the project is enough
             raise UserError(missing_permissions_sentence(g.principal, o.project, missing), MISSING_PERMISSION)
         if perr is not None:
             raise UserError(*explain(perr, o.project))
@@ -296,8 +298,28 @@ class Wizard(Session):
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
                        coiled_credentials=cur.coiled_credentials)
         steps = registry.build(o)
+        if self.export:
+            return self.write_export(steps)
         if self.plan_and_apply(steps):
             self.finish()
+        return OK
+
+    def write_export(self, steps) -> int:
+        """The plan, observed read-only, written as Terraform or a gcloud script; nothing in the project changes."""
+        from rich.markup import escape
+
+        from coiled_setup import __version__, export, inventory
+        from coiled_setup.engine import Consent
+
+        kind, target = self.export
+        self.engine = engine = Engine(self.run, steps, Consent(interactive=False, dry_run=True), self.opts.project)
+        engine.plan()
+        engine.show()
+        items = inventory.collect(self.run, steps, observed=True)
+        written = export.write(kind, target, items, self.opts, self.terraform_key, __version__)
+        self.ui.info(f"Wrote this plan as {'Terraform' if kind == 'terraform' else 'a gcloud script'}: "
+                     f"{escape(', '.join(map(str, written)))} (the checks and Coiled's part are not in it). Nothing "
+                     "was changed.")
         return OK
 
     def finish(self) -> None:
@@ -307,11 +329,14 @@ class Wizard(Session):
             run.journal.record_settings(
                 region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, account=o.account_email,
                 instance_service_account=run.instance_email, key_file=run.key_path, local_key=not o.no_local_key,
-                upload=o.upload, workspace=o.workspace if o.upload else None)
+                upload=o.upload, workspace=o.workspace if o.upload else None,
+                firewall_cidr=o.firewall_cidr if o.upload else None,
+                firewall_ports=list(o.firewall_ports) if o.upload else None)
         except OSError as e:  # the setup itself is done; only verify's defaults are lost
             ui.warn(f"Could not record this run's settings ({e.strerror or e}): pass the same --region, --role-id "
                     "and --no-gar to verify.")
         self.engine.summary()
+        self.offer_quota()
         if run.key_path:
             ui.info(f"The key of {o.account_email} is in {run.key_path} (mode 0600). Keep it private.")
         if os.environ.get(SANDBOX_VAR):
@@ -328,6 +353,22 @@ class Wizard(Session):
             )
 
 
-def run(opts: Options) -> int:
+    def offer_quota(self) -> None:
+        """Interactive only: when fewer than 10 workers fit, offers to ask Google for more (never forced)."""
+        reading = next((getattr(s, "reading", None) for s in self.engine.steps if s.key == "quotas"), None)
+        if self.opts.interactive and reading is not None and reading.warning:
+            from coiled_setup.commands.quotas import offer
+
+            offer(self.run.google, reading, self.ui)
+
+
+def run(opts: Options, export: tuple[str, Path] | None = None, terraform_key: bool = False) -> int:
+    from coiled_setup.export import kind_error
+
+    wrong = kind_error(export[0]) if export else None
+    if terraform_key and (not export or export[0] != "terraform"):
+        wrong = "--terraform-key goes with --export terraform DIR: add it, or drop --terraform-key."
+    if wrong:
+        raise BadInput(wrong)
     ui = Ui(interactive=opts.interactive, output=opts.output)
-    return Wizard(opts, ui).drive()
+    return Wizard(opts, ui, export, terraform_key).drive()

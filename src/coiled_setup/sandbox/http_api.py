@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from coiled_setup.sandbox import snapshot
 from coiled_setup.sandbox.auth import GrantError, generate_access_token, grant_token
-from coiled_setup.sandbox.world import World
+from coiled_setup.sandbox.world import DEFAULT_SETTINGS, World
 
 KEY_FIELDS = (
     "type", "project_id", "private_key_id", "private_key", "client_email", "client_id",
@@ -51,6 +51,7 @@ class CoiledApi:
             Route("POST", "/api/v2/cloud-credentials/{ws}/gcp", self.store_credentials, True),
             Route("DELETE", "/api/v2/cloud-credentials/{ws}/gcp", self.drop_credentials, True),
             Route("PATCH", "/api/v2/setup/account/{ws}/gcp/settings", self.settings, True),
+            Route("GET", "/api/v2/setup/account/{ws}/gcp/settings", self.get_settings),
             Route("DELETE", "/api/v2/setup/account/{ws}/gcp", self.drop_infra, True),
             Route("POST", "/api/v2/setup/account/{ws}/gcp/global", self.start_global, True),
             Route("GET", "/api/v2/setup/account/{ws}/gcp/global", self.get_global),
@@ -81,9 +82,13 @@ class CoiledApi:
         return body
 
     def workspace(self, user, slug: str):
+        """The workspace of a route: 404 when there is none of that slug, 403 when the user is not a member
+        (worded as Coiled words it: the official client turns "aren't a member" into a PermissionsError)."""
         ws = self.world.coiled.workspaces.get(slug)
-        if ws is None or slug not in user.workspaces:
-            raise HttpError(404, f"Workspace {slug} not found.")
+        if ws is None:
+            raise HttpError(404, "Not found.")
+        if slug not in user.workspaces:
+            raise HttpError(403, f"You aren't a member of the {slug} workspace.")
         return ws
 
     def _component(self, comp: dict | None, ws, region: str | None) -> dict | None:
@@ -122,7 +127,8 @@ class CoiledApi:
         return 200, {"username": user.username}
 
     def memberships(self, user, body, **_):
-        return 200, [{"account": {"slug": s, "name": s}, "is_admin": user.admin} for s in user.workspaces]
+        return 200, [{"account": {"slug": s, "name": s}, "is_admin": user.admin,
+                      "is_default_account": s == user.default} for s in user.workspaces]
 
     def store_credentials(self, user, body, ws, **_):
         w = self.workspace(user, ws)
@@ -156,8 +162,17 @@ class CoiledApi:
         w = self.workspace(user, ws)
         if not isinstance(body, dict):
             raise HttpError(400, "Settings must be a JSON object.")
+        unknown = sorted(set(body) - set(DEFAULT_SETTINGS))
+        if unknown:
+            raise HttpError(400, f"Unknown settings: {', '.join(unknown)}.")
+        fw = body.get("scheduler_firewall")
+        if fw is not None and not _firewall_ok(fw):
+            raise HttpError(400, "scheduler_firewall must be {\"ingress\": [{\"ports\": [int, ...], \"cidr\": str}]}.")
         w.settings.update(body)
-        return 200, w.settings
+        return 200, dict(w.settings)
+
+    def get_settings(self, user, body, ws, **_):
+        return 200, dict(self.workspace(user, ws).settings)
 
     def drop_infra(self, user, body, ws, **_):
         w = self.workspace(user, ws)
@@ -188,6 +203,7 @@ class CoiledApi:
             "region": region,
             "default": bool(body.get("default")),
             "managed": bool(body.get("managed", True)),
+            "subnets": list(body.get("subnets") or []),
             "component": {"state": "in progress", "ready_at": time.monotonic() + self.world.config.infra_s},
         }
         if entry["default"]:
@@ -198,7 +214,7 @@ class CoiledApi:
 
     def _region_view(self, w, r):
         return {"region": r["region"], "default": r["default"], "managed": r["managed"],
-                "component": self._component(r["component"], w, r["region"])}
+                "subnets": r.get("subnets", []), "component": self._component(r["component"], w, r["region"])}
 
     def get_regions(self, user, body, ws, **_):
         w = self.workspace(user, ws)
@@ -235,7 +251,25 @@ class CoiledApi:
         return 200, {"backend": "vm_gcp", "options": options}
 
 
+def _firewall_ok(spec) -> bool:
+    rules = spec.get("ingress") if isinstance(spec, dict) else None
+    return isinstance(rules, list) and all(
+        isinstance(r, dict) and isinstance(r.get("cidr"), str) and isinstance(r.get("ports"), list)
+        and all(isinstance(p, int) and not isinstance(p, bool) for p in r["ports"]) for r in rules)
+
+
 def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTPServer:
+    def _action_required(route: Route, query: dict) -> dict | None:
+        """Coiled's 409 answers, as the scenario asks for them (under world.lock)."""
+        name = f"{route.method} {route.pattern}"
+        cfg = world.config
+        if cfg.coiled_retry.get(name, 0) > 0:
+            cfg.coiled_retry[name] -= 1
+            return {"action_required": "retry", "detail": "Another change to this workspace is in progress."}
+        if name in cfg.coiled_confirm and query.get("confirm") not in ("1", "true", "True"):
+            return {"action_required": "confirm", "detail": cfg.coiled_confirm[name]}
+        return None
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -271,7 +305,7 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
             for route in coiled.routes:
                 m = route.regex.match(url.path)
                 if m and route.method == method:
-                    return self._coiled(route, m.groupdict(), raw)
+                    return self._coiled(route, m.groupdict(), raw, dict(urllib.parse.parse_qsl(url.query)))
             self._send(404, {"detail": "Not found."})
 
         def _token(self, raw: bytes) -> None:
@@ -303,7 +337,7 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
                 return self._send(200, world.config.__dict__)
             self._send(404, {"detail": "Not found."})
 
-        def _coiled(self, route: Route, params: dict, raw: bytes) -> None:
+        def _coiled(self, route: Route, params: dict, raw: bytes, query: dict) -> None:
             cfg = world.config
             if cfg.latency_ms:
                 time.sleep(cfg.latency_ms / 1000.0)
@@ -312,7 +346,7 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
                 fault = world.pick([429, 502, 503])
             status, payload, username, changed = 500, {"detail": "sandbox error"}, None, False
             try:
-                status, payload, username, changed = self._answer(route, params, raw, fault)
+                status, payload, username, changed = self._answer(route, params, raw, fault, query)
             finally:
                 # Recorded before the answer leaves, so a client that has its answer finds the call recorded.
                 seq = world.record(service="coiled", method=f"{route.method} {route.pattern}", caller=username,
@@ -321,7 +355,8 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
             world.hold_answer(f"{route.method} {route.pattern}", status, seq)
             self._send(status, payload)
 
-        def _answer(self, route: Route, params: dict, raw: bytes, fault) -> tuple[int, object, str | None, bool]:
+        def _answer(self, route: Route, params: dict, raw: bytes, fault,
+                    query: dict) -> tuple[int, object, str | None, bool]:
             """(status, payload, username, changed) of one Coiled call, faults included."""
             if fault in (429, 503):
                 return fault, {"detail": "Too many requests." if fault == 429 else "Service unavailable."}, None, False
@@ -334,6 +369,9 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
                 try:
                     user = coiled.user(self.headers.get("Authorization"))
                     username = user.username
+                    asked = _action_required(route, query)
+                    if asked is not None:
+                        return 409, asked, username, False
                     status, payload = route.fn(user, body, **params)
                     changed = route.writes and status < 300
                 except HttpError as e:

@@ -128,6 +128,8 @@ PREDEFINED_ROLES: dict[str, list[str]] = {
         "artifactregistry.repositories.downloadArtifacts",
     ],
     "roles/logging.logWriter": ["logging.logEntries.create"],
+    "roles/cloudquotas.viewer": ["cloudquotas.quotas.get"],
+    "roles/cloudquotas.admin": ["cloudquotas.quotas.get", "cloudquotas.quotas.update"],
 }
 
 

@@ -20,6 +20,10 @@ A scenario is YAML or JSON:
           - role: roles/storage.objectViewer
             members: [group:data@example.com]
             condition: {title: expires, expression: 'request.time < timestamp("2030-01-01T00:00:00Z")'}
+        quotas:                     # Compute Engine limits: quota id -> region ("default": other regions)
+          CPUS-per-project-region: {default: 24, us-east1: 8}   # defaults: 24 vCPUs, 500 GB SSD, 8 addresses
+        quota_grant_up_to:          # a QuotaPreference up to this is granted at once, above it pending review
+          CPUS-per-project-region: 100                          # defaults: 100, 2048 and 32
         audit_configs:              # data access logs, as google.iam.v1.AuditConfig
           - {service: allServices, audit_log_configs: [{log_type: DATA_READ}]}
         repositories:
@@ -40,8 +44,11 @@ A scenario is YAML or JSON:
       id: operator                  # account id in the first project
       roles: [roles/owner]          # project roles (predefined or projects/P/roles/R)
     coiled:
-      users:
-        - {token: ..., username: demo, workspaces: [demo]}
+      users:                        # default: the workspace marked is_default_account (none: no mark)
+        - {token: ..., username: demo, workspaces: [demo], default: demo, admin: true}
+      # writes Coiled answers 409 action_required "confirm" (detail) until repeated with ?confirm=1
+      confirm: {"POST /api/v2/cloud-credentials/{ws}/gcp": "Workspace demo has running clusters ..."}
+      retry: {"POST /api/v2/setup/account/{ws}/gcp/regions": 1}   # 409 action_required "retry", N times
 """
 
 from __future__ import annotations
@@ -77,7 +84,7 @@ DEFAULT_SCENARIO: dict = {
         }
     ],
     "operator": {"id": "operator", "roles": ["roles/owner"]},
-    "coiled": {"users": [{"token": DEFAULT_TOKEN, "username": "demo", "workspaces": ["demo"]}]},
+    "coiled": {"users": [{"token": DEFAULT_TOKEN, "username": "demo", "workspaces": ["demo"], "default": "demo"}]},
 }
 
 
@@ -210,12 +217,30 @@ def _operation_error(value, where: str) -> None:
              ("method", "code", "message"))
 
 
+_QUOTA_IDS = ("CPUS-per-project-region", "SSD-TOTAL-GB-per-project-region", "IN-USE-ADDRESSES-per-project-region")
+
+
+def _region_counts(value, where: str) -> None:
+    if not isinstance(value, dict):
+        _fail(where, "must be a mapping of region (or default) to a whole number")
+    for region, n in value.items():
+        _text(region, _at(where, region))
+        _count(n, _at(where, region))
+
+
+def _quota_map(check):
+    def run(value, where: str) -> None:
+        _mapping(value, where, {q: check for q in _QUOTA_IDS})
+    return run
+
+
 def _project(value, where: str) -> None:
     _mapping(value, where, {
         "id": _text, "number": _number, "billing": _bool, "state": _one_of(*_STATES),
         "disable_key_creation": _bool, "services": _list_of(_text), "service_accounts": _list_of(_account),
         "roles": _list_of(_role), "bindings": _list_of(_binding), "repositories": _list_of(_repository),
-        "audit_configs": _list_of(_audit_config),
+        "audit_configs": _list_of(_audit_config), "quotas": _quota_map(_region_counts),
+        "quota_grant_up_to": _quota_map(_count),
     }, ("id",))
 
 
@@ -246,8 +271,21 @@ def _rule(r: dict) -> dict:
 
 
 def _user(value, where: str) -> None:
-    _mapping(value, where, {"token": _text, "username": _text, "workspaces": _list_of(_text), "admin": _bool},
-             ("token", "username", "workspaces"))
+    _mapping(value, where, {"token": _text, "username": _text, "workspaces": _list_of(_text), "admin": _bool,
+                            "default": _text}, ("token", "username", "workspaces"))
+    if "default" in value and value["default"] not in value["workspaces"]:
+        _fail(f"{where}.default", "must be one of the user's workspaces")
+
+
+def _routes(check):
+    def run(value, where: str) -> None:
+        if not isinstance(value, dict):
+            _fail(where, "must be a mapping of routes (\"POST /api/...\")")
+        for k, v in value.items():
+            if not isinstance(k, str) or " /api/" not in k:
+                _fail(where, f"has {k!r}, not a route such as \"POST /api/v2/cloud-credentials/{{ws}}/gcp\"")
+            check(v, _at(where, k))
+    return run
 
 
 def validate(data) -> None:
@@ -263,7 +301,8 @@ def validate(data) -> None:
     _mapping(data, "", {
         "projects": projects,
         "operator": lambda v, w: _mapping(v, w, {"id": _text, "roles": _list_of(_text)}),
-        "coiled": lambda v, w: _mapping(v, w, {"users": _list_of(_user)}),
+        "coiled": lambda v, w: _mapping(v, w, {"users": _list_of(_user), "confirm": _routes(_text),
+                                               "retry": _routes(_count)}),
         "operation_errors": _list_of(_operation_error),
         "organization": _organization,
         "perimeter": _list_of(_text),
@@ -293,6 +332,9 @@ def to_world(scenario: dict) -> dict:
             "key_creation_disabled": spec.get("disable_key_creation", False),
             "services": list(spec.get("services", DEFAULT_SERVICES)),
             "policy": _policy(spec.get("bindings", []), spec.get("audit_configs", [])),
+            "quotas": {q: {("" if r == "default" else r): n for r, n in per.items()}
+                       for q, per in spec.get("quotas", {}).items()},
+            "quota_grant_up_to": dict(spec.get("quota_grant_up_to", {})),
         }
         for sa in spec.get("service_accounts", []):
             accounts[f"{sa['id']}@{pid}.{SA_DOMAIN}"] = {
@@ -328,4 +370,6 @@ def apply(world: World, scenario: dict) -> dict:
                     world.issue_key(world.accounts[f"{sa['id']}@{spec['id']}.{SA_DOMAIN}"], settled=True)
         _, keyfile = world.issue_key(world.accounts[_operator(scenario)], settled=True)
         world.operation_errors = [dict(e) for e in scenario.get("operation_errors", [])]
+        world.config.coiled_confirm.update(scenario.get("coiled", {}).get("confirm", {}))
+        world.config.coiled_retry.update(scenario.get("coiled", {}).get("retry", {}))
         return keyfile

@@ -69,7 +69,10 @@ class Sandbox:
                 for sub in ("home", "dask"):
                     shutil.rmtree(self.state_dir / sub, ignore_errors=True)
             self.world = World(self.world.config)
-            self._listen(self.world, self._port, self._port + 1 if self._port else 0)
+            if self.persist and not self._port:
+                self._listen_resumable(self.world)
+            else:
+                self._listen(self.world, self._port, self._port + 1 if self._port else 0)
             keyfile = scenarios.apply(self.world, self._scenario)
             fd = os.open(self.operator_key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -77,6 +80,25 @@ class Sandbox:
         self.operator_email = json.loads(self.operator_key_path.read_text())["client_email"]
         self.coiled_token = next(iter(self.world.coiled.users), "")
         return self
+
+    def _listen_resumable(self, world: World) -> None:
+        """Ports below the system's ephemeral range: a server started on port 0 (any other sandbox, any test)
+        never takes them, so the saved world can be resumed on them later."""
+        import random
+
+        try:
+            low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            low = 32768
+        top = max(min(low, 32768), 12000)
+        for _ in range(40):
+            port = random.randrange(10000, top - 2)
+            try:
+                self._listen(world, port, port + 1)
+                return
+            except OSError:
+                continue
+        self._listen(world, 0, 0)
 
     @property
     def world_file(self) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 
 from coiled_setup.sandbox.world import (
+    DEFAULT_SETTINGS,
     Binding,
     CoiledUser,
     Key,
@@ -81,7 +82,7 @@ def to_dict(world: World, *, full: bool = False) -> dict:
                 repositories[n].update(description=r.description, created=r.created)
         users = []
         for t, u in world.coiled.users.items():
-            users.append({"username": u.username, "workspaces": u.workspaces,
+            users.append({"username": u.username, "workspaces": u.workspaces, "default": u.default,
                           **({"token": t, "admin": u.admin} if full else {})})
         return {
             "config": dict(world.config.__dict__),
@@ -94,6 +95,9 @@ def to_dict(world: World, *, full: bool = False) -> dict:
                     **({"org_policies": {c: dict(v) for c, v in p.org_policies.items()}} if p.org_policies else {}),
                     "services": sorted(s for s, t in p.services.items() if t <= now),
                     "policy": _policy(p.policy, full),
+                    **({"quotas": p.quotas} if p.quotas or full else {}),
+                    **({"quota_preferences": p.quota_preferences} if p.quota_preferences or full else {}),
+                    **({"quota_grant_up_to": p.quota_grant_up_to} if full else {}),
                 }
                 for pid, p in world.projects.items()
             },
@@ -136,6 +140,9 @@ def load(world: World, data: dict) -> None:
             proj.services = {s: 0.0 for s in p.get("services", [])}
             proj.org_policies = {c: dict(v) for c, v in p.get("org_policies", {}).items()}
             proj.policy = _policy_back(p.get("policy", {}), f"projects/{pid}")
+            proj.quotas = {q: dict(v) for q, v in p.get("quotas", {}).items()}
+            proj.quota_preferences = {n: dict(v) for n, v in p.get("quota_preferences", {}).items()}
+            proj.quota_grant_up_to = dict(p.get("quota_grant_up_to", {}))
         for email, a in data.get("service_accounts", {}).items():
             sa = ServiceAccount(a["project_id"], email.split("@", 1)[0], a.get("unique_id") or world.new_unique_id(),
                                 a.get("display_name", ""), a.get("description", ""), a.get("disabled", False),
@@ -160,11 +167,13 @@ def load(world: World, data: dict) -> None:
             world.perimeter = list(data["perimeter"])
         coiled = data.get("coiled", {})
         for u in coiled.get("users", []):
-            world.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u.get("admin", True))
+            world.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u.get("admin", True),
+                                                        u.get("default"))
             for slug in u["workspaces"]:
                 world.coiled.workspaces.setdefault(slug, Workspace(slug))
         for slug, ws in coiled.get("workspaces", {}).items():
             world.coiled.workspaces[slug] = Workspace(
-                slug, ws.get("credentials"), ws.get("instance_service_account"), ws.get("settings", {}),
+                slug, ws.get("credentials"), ws.get("instance_service_account"),
+                ws.get("settings", dict(DEFAULT_SETTINGS)),
                 ws.get("registry"), _settled(ws.get("global_infra")),
                 [{**r, "component": _settled(r["component"])} for r in ws.get("regions", [])])

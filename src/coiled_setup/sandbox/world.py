@@ -48,7 +48,13 @@ SERVICE_TITLES = {
     "serviceusage.googleapis.com": "Service Usage API",
     "compute.googleapis.com": "Compute Engine API",
     "logging.googleapis.com": "Cloud Logging API",
+    "cloudquotas.googleapis.com": "Cloud Quotas API",
 }
+# What a new project gets in every region (Compute Engine's regional quotas), and what Google grants at once.
+DEFAULT_QUOTAS = {"CPUS-per-project-region": 24, "SSD-TOTAL-GB-per-project-region": 500,
+                  "IN-USE-ADDRESSES-per-project-region": 8}
+DEFAULT_GRANT_UP_TO = {"CPUS-per-project-region": 100, "SSD-TOTAL-GB-per-project-region": 2048,
+                       "IN-USE-ADDRESSES-per-project-region": 32}
 
 
 def _etag(counter: int, salt: str) -> bytes:
@@ -125,6 +131,11 @@ class Project:
     # service -> monotonic time it became (or becomes) enabled; absent = disabled
     services: dict[str, float] = field(default_factory=dict)
     policy: Policy = None  # type: ignore[assignment]
+    # Cloud Quotas: quota id -> region ("" for every other region) -> limit; preferences by full name.
+    quotas: dict[str, dict[str, int]] = field(default_factory=dict)
+    quota_preferences: dict[str, dict] = field(default_factory=dict)
+    # A preference up to this value is granted at once; above it, it waits for review (quota id -> value).
+    quota_grant_up_to: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -219,6 +230,11 @@ class Config:
     # long, and ListServiceAccountKeys lags this long behind a new key (not listed) or a deleted one (still listed).
     key_usable_s: float = 0.0
     key_list_lag_s: float = 0.0
+    # Coiled's confirmations: a write to one of these routes ("POST /api/v2/cloud-credentials/{ws}/gcp") is
+    # answered 409 {"action_required": "confirm", "detail": <value>} until repeated with ?confirm=1.
+    coiled_confirm: dict = field(default_factory=dict)
+    # The next N calls of a route are answered 409 {"action_required": "retry"} ({route: N}).
+    coiled_retry: dict = field(default_factory=dict)
 
 
 class World:
@@ -436,11 +452,19 @@ class World:
             self.stopping.wait(cfg.hold_s)
 
 
+# A workspace's GCP settings before anyone sets them (the fields the official client PATCHes).
+DEFAULT_SETTINGS = {
+    "auto_setup": None, "give_workers_public_ip": True, "give_scheduler_public_ip": True,
+    "scheduler_firewall": None, "custom_software_bucket_prefix": None, "use_self_hosted_bucket": None,
+}
+
+
 @dataclass
 class CoiledUser:
     username: str
     workspaces: list[str]
     admin: bool = True
+    default: str | None = None  # the workspace marked is_default_account in the memberships
 
 
 @dataclass
@@ -448,7 +472,7 @@ class Workspace:
     slug: str
     credentials: dict | None = None  # public fields of the key only
     instance_service_account: str | None = None
-    settings: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
     registry: dict | None = None
     global_infra: dict | None = None  # {"state", "ready_at", "reason"}
     regions: list[dict] = field(default_factory=list)

@@ -20,6 +20,7 @@ from coiled_setup.steps import (
     instance,
     key_accepted,
     new_key,
+    quotas,
     registry,
     retire_keys,
     role,
@@ -29,7 +30,7 @@ from coiled_setup.steps import (
 from coiled_setup.steps.base import Step
 
 ORDER = (apis.steps_for, account.steps_for, role.steps_for, binding.steps_for, registry.steps_for,
-         instance.steps_for, confirm.steps_for, upload.steps_for)
+         instance.steps_for, confirm.steps_for, upload.steps_for, quotas.steps_for)
 # rotate-key: the new key is accepted by Google and held by Coiled before an old one is deleted.
 ROTATION = (new_key.steps_for, key_accepted.steps_for, handover.steps_for, retire_keys.steps_for)
 

@@ -8,13 +8,15 @@ from pathlib import Path
 
 from coiled_setup import keyfile as keyfiles
 from coiled_setup import paths, waiting
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import AlreadyExists, CloudError, FailedPrecondition, NotFound, Transient, Unreachable
 from coiled_setup.errors import UserError
 from coiled_setup.journal import JournalError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, Run, Step
 from coiled_setup.wording import count
 
 MAX_USER_KEYS = 10
+# How long Google's key list may lag behind a new key (its own samples wait 5 s before listing one).
+LIST_SETTLE_S = 5.0
 # In the description of every account this tool creates: teardown on another machine recognises them by it.
 MARKER = "(created by coiled-setup)"
 # The legacy constraint and the managed one that organizations created since 3 May 2024 enforce by default.
@@ -68,9 +70,7 @@ def delete_key(run: Run, kid: str) -> bool:
     try:
         run.google.delete_key(run.opts.account_email, kid)
         gone = True
-    except CloudError as e:
-        if e.code != "NOT_FOUND":
-            raise
+    except NotFound:
         gone = False
     run.journal.drop_key(kid)
     return gone
@@ -214,9 +214,7 @@ class AccountStep(Step):
                 run.fresh_account = True
                 run.journal.created("account", o.account_email)
                 done.append("created account")
-            except CloudError as e:
-                if e.code != "ALREADY_EXISTS":
-                    raise
+            except AlreadyExists:
                 # Unseen a moment ago, yet there: most likely our own earlier create whose answer was lost,
                 # so Google may not show it everywhere yet either.
                 run.fresh_account = True
@@ -226,11 +224,11 @@ class AccountStep(Step):
                 delete_key(run, kid)
             done.append(f"deleted {count(len(self.orphans), 'orphaned key')}")
             self.orphans = []
-        run.journal.set(key_pending=None)
         if self.needs_key(run):
-            self._create_key(run)
+            self._create_key(run)  # settles what an earlier attempt may have left first
             done.append(f"created key {run.key_id[:12]}…")
         else:
+            run.journal.set(key_pending=None)
             self.adopt(run)
         return ", ".join(done) or "nothing to do"
 
@@ -247,8 +245,8 @@ class AccountStep(Step):
         def attempt():
             try:
                 return run.google.list_user_keys(run.opts.account_email), True
-            except CloudError as e:
-                if e.code == "NOT_FOUND" and run.fresh_account:
+            except NotFound:
+                if run.fresh_account:
                     return None
                 raise
         keys, _ = waiting.poll(attempt, timeout=run.opts.wait_timeout, what="waiting for the new account to appear",
@@ -291,13 +289,20 @@ def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
     `known` are the account's keys before it: a crash between the create and the file leaves the journal's
     pending record, from which the next run deletes the one key nobody holds."""
     o, g = run.opts, run.google
+    known = list(known)
+    n = settle_unlisted(run, known)
+    if n:
+        run.ui.tick(f"deleted {count(n, 'key')} an earlier attempt made, whose answer was lost")
     # Written before the key exists, so a crash between here and the file leaves a trace to clean up.
-    run.journal.set(key_pending={"email": o.account_email, "known": list(known), "started": time.time()})
+    run.journal.set(key_pending={"email": o.account_email, "known": known, "started": time.time()})
     try:
         data = g.create_key(o.account_email)
     except CloudError as e:
+        if isinstance(e, (Transient, Unreachable)):
+            # The key may have been made, its answer lost: the next attempt first looks for it.
+            run.journal.set(key_pending={**run.journal.get("key_pending"), "uncertain": True})
         violated = [v for v in KEY_ORG_POLICIES if v in e.violations]
-        if e.code == "FAILED_PRECONDITION" and violated:
+        if isinstance(e, FailedPrecondition) and violated:
             raise UserError(key_policy_sentence(o.project, violated[0].split("/", 1)[1])) from None
         raise
     kid = data["private_key_id"]
@@ -316,6 +321,32 @@ def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
                         "again.") from None
     run.keyfile, run.key_id = data, kid
     return data
+
+
+def settle_unlisted(run: Run, known: list[str]) -> int:
+    """A key an earlier attempt of this run may have made (the journal's pending record says its answer was lost)
+    can be missing from Google's key list for a few seconds after it was made. Until LIST_SETTLE_S after
+    that attempt, watch the list for a key that is neither known then nor now, and delete it (nobody holds its
+    private half); answers how many. Without a recent pending record, nothing to wait for."""
+    pending = run.journal.get("key_pending") or {}
+    started = pending.get("started")
+    if (pending.get("email") != run.opts.account_email or not pending.get("uncertain")
+            or not isinstance(started, (int, float))):
+        return 0
+    keep = set(pending.get("known", [])) | set(known)
+    deadline = started + LIST_SETTLE_S
+    found: list[str] = []
+
+    def settled():
+        found[:] = [k.key_id for k in run.google.list_user_keys(run.opts.account_email) if k.key_id not in keep]
+        return bool(found) or time.time() >= deadline
+
+    if time.time() < deadline:
+        waiting.poll(settled, timeout=max(0.0, deadline - time.time()) + 1,
+                     what="waiting for Google to list a key an earlier attempt may have made", tick=run.ui.tick)
+    for kid in found:
+        delete_key(run, kid)
+    return len(found)
 
 
 def _discard(run: Run, kid: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from coiled_setup import needs, waiting
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import CloudError, PermissionDenied, Unauthenticated
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
 from coiled_setup.needs import REPO_PERMISSIONS
@@ -63,9 +63,7 @@ class ConfirmStep(Step):
             nonlocal refusal
             try:
                 as_account.authenticate()
-            except CloudError as e:
-                if e.code != "UNAUTHENTICATED":
-                    raise
+            except Unauthenticated as e:
                 # Google answers invalid_grant "Invalid JWT Signature." until a new key is in effect.
                 refusal = e.message.split(": ", 1)[-1]
                 return False
@@ -92,8 +90,9 @@ class ConfirmStep(Step):
             try:
                 last = missing_permissions(as_account, run.opts)
             except CloudError as e:
-                # A new key or binding may not be usable for a little while.
-                if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or e.transient:
+                # A new key or binding may not be usable for a little while. (A transient error is not waited
+                # out here: the adapter retried the call already.)
+                if isinstance(e, (Unauthenticated, PermissionDenied)):
                     last = last or ["(the key is not accepted yet)"]
                     return False
                 raise

@@ -3,6 +3,7 @@ coiled-setup made."""
 
 from __future__ import annotations
 
+from coiled_setup.cloud import NotFound
 from coiled_setup.steps.account import MARKER, delete_key
 from coiled_setup.steps.base import NOTHING, UPDATE, Change, Run, Step
 from coiled_setup.wording import count
@@ -59,7 +60,10 @@ class DropAccountStep(Step):
         email = self.email(run)
         ours, foreign = self._split(run)
         if self._made_here(run) and not foreign:
-            run.google.delete_account(email)
+            try:
+                run.google.delete_account(email)
+            except NotFound:
+                pass  # an earlier try deleted it (its answer lost)
             run.journal.forget(self.created)
             for kid in ours:
                 run.journal.drop_key(kid)

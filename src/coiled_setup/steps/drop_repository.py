@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import waiting
+from coiled_setup.cloud import NotFound
 from coiled_setup.steps.base import NOTHING, UPDATE, Change, Run, Step
 
 
@@ -27,9 +28,12 @@ class DropRepositoryStep(Step):
 
     def apply(self, run: Run) -> str:
         g, o = run.google, run.opts
-        op = g.start_delete_repository(o.repository)
-        waiting.poll(lambda: g.operation_done("registry", op), timeout=o.wait_timeout,
-                     what="deleting the repository", tick=run.ui.tick)
+        try:
+            op = g.start_delete_repository(o.repository)
+            waiting.poll(lambda: g.operation_done("registry", op), timeout=o.wait_timeout,
+                         what="deleting the repository", tick=run.ui.tick)
+        except NotFound:
+            pass  # an earlier try deleted it (its answer lost)
         self.format = None
         run.journal.forget("repository")
         return "deleted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from coiled_setup.cloud import FailedPrecondition, NotFound
 from coiled_setup.options import INSTANCE_ROLE_ID, role_name
 from coiled_setup.steps.base import NOTHING, UPDATE, Change, Run, Step
 
@@ -33,7 +34,12 @@ class DropRoleStep(Step):
                       "inactive)")
 
     def apply(self, run: Run) -> str:
-        self.role = run.google.delete_role(self.name(run), self.role.etag)
+        try:
+            self.role = run.google.delete_role(self.name(run), self.role.etag)
+        except (NotFound, FailedPrecondition):
+            self.observe(run)  # an earlier try deleted it (its answer lost): fine if so
+            if self.role is not None and not self.role.deleted:
+                raise
         run.journal.forget(self.created)
         return "deleted (undeletable for 7 days)"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import role_templates
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import AlreadyExists
 from coiled_setup.errors import BadInput
 from coiled_setup.options import INSTANCE_ACCOUNT_ID, INSTANCE_ROLE_ID, role_name
 from coiled_setup.steps.account import MARKER
@@ -58,9 +58,8 @@ class InstanceAccountStep(Step):
                 run.opts.project, INSTANCE_ACCOUNT_ID, "Coiled instances",
                 f"Attached to Coiled's cluster instances; grant it only the data access your work needs {MARKER}.",
             )
-        except CloudError as e:
-            if e.code != "ALREADY_EXISTS":
-                raise
+        except AlreadyExists:
+            pass
         run.journal.created("instance_account", instance_email(run.opts))
         return "created"
 

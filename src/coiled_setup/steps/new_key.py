@@ -109,8 +109,8 @@ class NewKeyStep(Step):
         if self.orphans:
             done.append(f"deleted {count(len(self.orphans), 'orphaned key')}")
             self.orphans = []
-        run.journal.set(key_pending=None)
         if run.key_id is not None:  # the plan keeps a key (resumed, or young enough)
+            run.journal.set(key_pending=None)
             self.adopt(run)
             return ", ".join(done) or "nothing to do"
         data = create_key(run, run.opts.key_file, [k.key_id for k in self.keys])

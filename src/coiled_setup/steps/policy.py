@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 
-from coiled_setup import waiting
-from coiled_setup.cloud import Binding, CloudError, Policy
+from coiled_setup import retry, waiting
+from coiled_setup.cloud import Aborted, Binding, InvalidArgument, Policy, Transient
 from coiled_setup.errors import UserError
 from coiled_setup.needs import holds
 
 MAX_CONFLICTS = 12
-MAX_TRANSIENT = 6  # transient errors in a row on the write
 
 
 def with_member(policy: Policy, role: str, member: str) -> Policy:
@@ -64,7 +62,7 @@ def rewrite(get: Callable[[], Policy], put: Callable[[Policy], Policy], change: 
             *, timeout: float, tick=None, on_conflict=None, member: str = "") -> bool:
     """Reads the policy, writes `change(policy)` with its etag (None: nothing to write), and starts over on a
     conflict. Answers whether it wrote."""
-    start = time.monotonic()
+    start = retry.now()
     deadline = start + timeout
     conflicts = transient = 0
     waits = waiting.delays()
@@ -75,15 +73,20 @@ def rewrite(get: Callable[[], Policy], put: Callable[[Policy], Policy], change: 
         try:
             put(new)
             return True
-        except CloudError as e:
-            # Retried here, not by starting the step over: while a new account propagates this loop may
-            # write many times, and each transient error would use up one of the step's few retries.
-            # (A write that was made but whose answer was lost shows in the next read.)
-            transient = transient + 1 if e.transient else 0
-            if e.transient and transient < MAX_TRANSIENT:
-                time.sleep(next(waits))
+        except (Transient, Aborted, InvalidArgument) as e:
+            # The write is retried here (the adapter does not repeat writes: a policy write needs a fresh etag),
+            # not by starting the step over: while a new account propagates this loop may write many times,
+            # and each transient error would use up one of the step's few retries. (A write that was made but
+            # whose answer was lost shows in the next read.) Transient errors in a row have the retry policy's
+            # attempts; the error given up on is marked, so the step is not started over for it.
+            transient = transient + 1 if isinstance(e, Transient) else 0
+            if isinstance(e, Transient):
+                if transient >= retry.current().attempts:
+                    retry.mark(e)
+                    raise
+                retry.sleep(next(waits))
                 continue
-            if e.code == "ABORTED":
+            if isinstance(e, Aborted):
                 conflicts += 1
                 if on_conflict:
                     on_conflict()
@@ -92,15 +95,15 @@ def rewrite(get: Callable[[], Policy], put: Callable[[Policy], Policy], change: 
                         f"The IAM policy kept changing under us ({conflicts} conflicts in a row): "
                         "run again when other changes have settled."
                     ) from None
-                time.sleep(random.uniform(0.05, 0.2) * min(conflicts, 5))
+                retry.sleep(random.uniform(0.05, 0.2) * min(conflicts, 5))
                 continue
-            if member and e.code == "INVALID_ARGUMENT" and "does not exist" in e.message:
-                left = deadline - time.monotonic()
+            if member and "does not exist" in e.message:
+                left = deadline - retry.now()
                 if left <= 0:
                     raise
                 if tick:
                     tick(waiting.progress(f"waiting for Google to know {member.split(':', 1)[1]}",
-                                          time.monotonic() - start, timeout))
-                time.sleep(min(next(waits), left))
+                                          retry.now() - start, timeout))
+                retry.sleep(min(next(waits), left))
                 continue
             raise

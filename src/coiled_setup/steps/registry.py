@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import waiting
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import AlreadyExists, CloudError
 from coiled_setup.errors import UserError
 from coiled_setup.needs import ARTIFACT_REGISTRY, REPO_ROLE, holds
 from coiled_setup.steps import policy as policies
@@ -12,7 +12,7 @@ from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
 
 def _settling(e: CloudError) -> bool:
     """Just after enabling, Artifact Registry may still say it is disabled."""
-    return e.reason == "SERVICE_DISABLED"
+    return e.service_disabled
 
 
 class RegistryStep(Step):
@@ -89,9 +89,8 @@ class RegistryStep(Step):
                 waiting.poll(lambda: g.operation_done("registry", op), timeout=o.wait_timeout,
                              what="creating the repository", tick=run.ui.tick)
                 done.append("created repository")
-            except CloudError as e:
-                if e.code != "ALREADY_EXISTS":
-                    raise
+            except AlreadyExists:
+                pass
             run.journal.created("repository", name)
             waiting.poll(lambda: g.get_repository(name), timeout=o.wait_timeout,
                          what="waiting for the repository to appear", tick=run.ui.tick)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coiled_setup import role_templates
-from coiled_setup.cloud import CloudError
+from coiled_setup.cloud import AlreadyExists, FailedPrecondition
 from coiled_setup.errors import UserError
 from coiled_setup.needs import role_diff
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
@@ -68,9 +68,7 @@ class RoleStep(Step):
                 g.create_role(run.opts.project, self.role_id, *args)
                 run.journal.created(self.key, self.name(run))
                 return "created"
-            except CloudError as e:
-                if e.code not in ("ALREADY_EXISTS", "FAILED_PRECONDITION"):
-                    raise
+            except (AlreadyExists, FailedPrecondition) as e:
                 self.observe(run)  # someone else made it, or it is soft-deleted: converge below
                 if self.role is None:
                     if "marked for deletion" in e.message:

@@ -18,12 +18,25 @@ def firewall_spec(opts) -> dict:
 
 
 def local_backend_options(opts) -> dict:
+    """coiled.backend-options for the dask config (--write-dask-config), in the names current clients accept
+    without a warning (coiled.types.GCPOptions). Only old clients apply them: the workspace's settings rule."""
     return {
-        "region": opts.region,
-        "zone": opts.zone,
-        "preemptible": opts.preemptible,
-        "firewall": {"ports": list(opts.firewall_ports), "cidr": opts.firewall_cidr},
+        "region_name": opts.region,
+        "zone_name": opts.zone,
+        "spot": opts.preemptible,
+        "ingress": [{"ports": list(opts.firewall_ports), "cidr": opts.firewall_cidr}],
     }
+
+
+# Names earlier versions of coiled-setup wrote, which current clients ignore ("not a recognized key") or warn
+# about ("deprecated"); left in the user's file, but named.
+OLD_CONFIG_KEYS = ("region", "zone", "preemptible", "firewall")
+# What the dask config can say that no workspace setting holds: one line of Python per cluster.
+SPOT_LINE = {True: 'coiled.Cluster(..., spot_policy="spot_with_fallback")',
+             False: 'coiled.Cluster(..., spot_policy="on-demand")'}
+# Read by old clients only: coiled 0.2.0's Cluster merges coiled.backend-options into its backend_options;
+# coiled 1.0.0 and 1.135.6 read the key and never apply it.
+CONFIG_READERS = "only older coiled clients (0.2-era) apply it; coiled 1.x reads it and ignores it"
 
 
 def _change(what: str, old, new) -> str:
@@ -35,6 +48,8 @@ def _key(kid) -> str | None:
 
 
 def _setting(value) -> str | None:
+    if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+        return "; ".join(_setting(r) or "?" for r in value)
     if isinstance(value, dict) and "cidr" in value:
         return f"{value.get('cidr')} on ports {','.join(map(str, value.get('ports') or []))}"
     if isinstance(value, bool):
@@ -81,18 +96,23 @@ class UploadStep(Step):
 
     def observe(self, run: Run) -> None:
         c = run.coiled
-        bo, glob, regions = run_all([c.backend_options, c.get_global, c.get_regions])  # independent reads
+        bo, settings, glob, regions = run_all([c.backend_options, c.get_settings, c.get_global,
+                                               c.get_regions])  # independent reads
         options = bo.get("options") or {}
+        # The workspace's own settings hold the scheduler firewall; a Coiled without that read shows it in the
+        # backend options.
+        firewall = settings.get("scheduler_firewall") if settings is not None else options.get("firewall_spec")
         self.view = {
             "credentials": options.get("gcp_service_creds_dict") or {},
             "instance": options.get("instance_service_account"),
-            "firewall": options.get("firewall_spec"),
+            "settings": settings,
+            "firewall": firewall,
             "registry": options.get("registry") or {},
             "global": _state(glob.get("component")),
             "region": next((_state(r.get("component")) for r in regions
                             if r.get("region") == run.opts.region and r.get("default")), "absent"),
             "region_name": next((r.get("region") for r in regions if r.get("default")), None),
-            "config": context.backend_options_in_config(),
+            "config": context.backend_options_in_config() if run.opts.write_dask_config else {},
         }
 
     def _changes(self, run: Run) -> list[tuple[str, str]]:
@@ -110,8 +130,10 @@ class UploadStep(Step):
             said.append(_change("instance account", v["instance"], run.instance_email))
         if said:
             todo.append(("credentials", ", ".join(said)))
-        if v["firewall"] != firewall_spec(o):
-            todo.append(("firewall", _firewall_change(v["firewall"], firewall_spec(o))))
+        if v["firewall"] != firewall_spec(o) or self._public_ips(run):
+            parts = [_firewall_change(v["firewall"], firewall_spec(o))] if v["firewall"] != firewall_spec(o) else []
+            parts += [_change(k.replace("give_", "").replace("_", " "), None, "true") for k in self._public_ips(run)]
+            todo.append(("firewall", ", ".join(parts)))
         if o.gar and v["registry"].get("type") != "gar":
             todo.append(("registry", _change("registry", v["registry"].get("type"), "Artifact Registry")))
         if v["global"] != "created" or said:
@@ -120,16 +142,26 @@ class UploadStep(Step):
             moved = v["region_name"] and v["region_name"] != o.region
             todo.append((f"region {o.region}", _change("default region", v["region_name"], o.region) if moved
                          else f"region {o.region}"))
-        wanted = local_backend_options(o)
-        old = {k: v["config"].get(k) for k in wanted}
-        if old != wanted:
-            if all(x is None for x in old.values()):
-                said_config = "dask config (none yet) → " + ", ".join(f"{k} {_setting(x)}" for k, x in wanted.items())
-            else:
-                said_config = "dask config " + ", ".join(
-                    _change(k, _setting(old[k]), _setting(wanted[k])) for k in wanted if old[k] != wanted[k])
-            todo.append(("dask config", said_config))
+        if o.write_dask_config:
+            wanted = local_backend_options(o)
+            old = {k: v["config"].get(k) for k in wanted}
+            if old != wanted:
+                if all(x is None for x in old.values()):
+                    said_config = "dask config (none yet) → " + ", ".join(f"{k} {_setting(x)}"
+                                                                         for k, x in wanted.items())
+                else:
+                    said_config = "dask config " + ", ".join(
+                        _change(k, _setting(old[k]), _setting(wanted[k])) for k in wanted if old[k] != wanted[k])
+                todo.append(("dask config", said_config))
         return todo
+
+    def _public_ips(self, run: Run) -> list[str]:
+        """Public-IP settings the workspace has not set yet: given the official setup's value (true); a value
+        already set is the workspace owner's choice, kept."""
+        settings = self.view.get("settings")
+        if settings is None:
+            return []
+        return [k for k in ("give_scheduler_public_ip", "give_workers_public_ip") if settings.get(k) is None]
 
     def _pending(self, run: Run) -> list[str]:
         return [part for part, _ in self._changes(run)]
@@ -158,7 +190,7 @@ class UploadStep(Step):
                 )
             c.store_credentials(run.keyfile, run.instance_email)
         if "firewall" in todo:
-            c.settings({"scheduler_firewall": firewall_spec(o), "give_scheduler_public_ip": True})
+            c.settings({"scheduler_firewall": firewall_spec(o), **{k: True for k in self._public_ips(run)}})
         if "registry" in todo:
             c.set_registry({"type": "gar"})
         if "global infrastructure" in todo:
@@ -169,7 +201,15 @@ class UploadStep(Step):
             self._await(run, lambda: next((r.get("component") or {} for r in c.get_regions()
                                            if r.get("region") == o.region), {}), f"Coiled's region {o.region}")
         if "dask config" in todo:
-            context.write_backend_options(local_backend_options(o), warn=lambda text: run.ui.warn(escape(text)))
+            f = context.write_backend_options(local_backend_options(o), warn=lambda text: run.ui.warn(escape(text)))
+            run.ui.info(escape(f"Wrote coiled.backend-options into {f}: {CONFIG_READERS}."))
+        if o.write_dask_config:
+            stale = [k for k in OLD_CONFIG_KEYS if k in context.backend_options_in_config()]
+            if stale:
+                run.ui.warn(escape(f"coiled.backend-options in your dask config still holds {', '.join(stale)}, "
+                                   "names current coiled clients ignore or warn about: remove them."))
+        run.ui.info(escape(f"Spot (preemptible) workers are chosen per cluster, not per workspace: "
+                           f"{SPOT_LINE[bool(o.preemptible)]}"))
         retired = self._retire_old_keys(run)
         outcome = ("sent " + ", ".join(todo)) if todo else "nothing to do"
         return outcome + (f"; deleted {count(retired, 'old key')} coiled-setup had made" if retired else "")

@@ -5,6 +5,7 @@ Each module names its gRPC service (`PATH`) and lists its `METHODS` as (method, 
 
 from coiled_setup.sandbox.services import (
     artifact_registry,
+    cloud_quotas,
     iam,
     operations,
     org_policy,
@@ -20,4 +21,5 @@ SERVICES = [
     (artifact_registry, "artifactregistry", "artifactregistry.googleapis.com"),
     (operations, "operations", "serviceusage.googleapis.com"),
     (org_policy, "orgpolicy", "orgpolicy.googleapis.com"),
+    (cloud_quotas, "cloudquotas", "cloudquotas.googleapis.com"),
 ]
