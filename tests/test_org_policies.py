@@ -309,6 +309,13 @@ def test_impersonated_run_calls_google_as_the_impersonated_account(make_sandbox,
     cli(sb, "verify", env={"CLOUDSDK_CONFIG": str(gcloud)}, check=None)
     assert {x["caller"] for x in calls(sb, mark) if x["service"] not in ("coiled", "iamcredentials")} <= {
         DEPLOYER, f"coiled@{P}.iam.gserviceaccount.com"}
+    # rotate-key and teardown take the flag too: every operator call is the impersonated account's.
+    for args in (("rotate-key", "--non-interactive", "--yes"), ("teardown", "--non-interactive", "--yes")):
+        mark = len(calls(sb))
+        cli(sb, *args, "--impersonate-service-account", DEPLOYER, check=0)
+        made = [x for x in calls(sb, mark) if x["service"] not in ("coiled", "iamcredentials")]
+        assert made and {x["caller"] for x in made} <= {DEPLOYER, f"coiled@{P}.iam.gserviceaccount.com"}
+        assert DEPLOYER in {x["caller"] for x in made if x["write"]}
 
 
 def test_impersonation_without_the_token_creator_role_is_one_sentence(make_sandbox, cli):

@@ -293,9 +293,13 @@ def rotate_key(
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rotate in the sandbox that `gcp --sandbox` set up."),
+    impersonate_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL",
+        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
 ) -> None:
     """Create a new key for Coiled's account, check that Google accepts it, hand it to Coiled, and only then delete
     the old key (and older ones coiled-setup made; never a key someone else created)."""
+    _impersonate(impersonate_service_account)
 
     def go() -> int:
         from coiled_setup.commands import rotate as command
@@ -348,10 +352,14 @@ def teardown(
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Tear down in the sandbox that `gcp --sandbox` set up."),
+    impersonate_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL",
+        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
 ) -> None:
     """Remove what coiled-setup created for Coiled: the workspace's credentials, the bindings, the custom roles,
     the accounts and their keys (and the repository only with --delete-repository). APIs stay enabled, and
     nothing coiled-setup did not create is touched."""
+    _impersonate(impersonate_service_account)
 
     def go() -> int:
         from coiled_setup.commands import teardown as command
