@@ -211,6 +211,18 @@ def test_region_outside_allowed_locations_blocks_dry_run_and_run_alike(make_sand
                            "rules": [{"values": {"allowedValues": ["in:us-east1-locations"]}}]}
     # The external-IP constraint stops Coiled's clusters, not this setup: no file for it.
     assert not list(tmp_path.rglob("compute.vmExternalIpAccess.yaml"))
+    # review --project reports the same findings, read-only.
+    review = json.loads(cli(sb, "review", "--project", P, "--format", "json", check=0).stdout)
+    assert writes(sb) == []
+    found = {p["constraint"]: p for p in review["org_policies"]}
+    assert {c: p["in_force"] for c, p in found.items()} == {
+        "constraints/iam.disableServiceAccountKeyCreation": False,
+        "constraints/iam.managed.disableServiceAccountKeyCreation": False,
+        "constraints/gcp.resourceLocations": True, "constraints/compute.vmExternalIpAccess": True,
+        "constraints/iam.allowedPolicyMemberDomains": None}
+    assert found["constraints/gcp.resourceLocations"]["exception"]["spec"] == doc["spec"]
+    assert "the run stops before its first change" in found["constraints/gcp.resourceLocations"]["finding"]
+    assert "a warning; the run goes on" in found["constraints/compute.vmExternalIpAccess"]["finding"]
     # In a region the organization allows, the run goes through.
     cli(sb, *ARGS, "--region", "us-central1", check=0)
     v = json.loads(cli(sb, "verify", "--output", "json", check=None).stdout)
