@@ -189,12 +189,14 @@ CEILINGS = {
     # 37, and 1 for the check that Coiled's account holds no owner, editor or IAM-admin role (a read of the
     # project policy before the plan); and 1 for the read of the workspace's settings, where its firewall lives;
     # and 3 for the regional quotas (one GetQuotaInfo per quota, read together with the other observations).
-    "fresh": 42,
-    # 19, the same policy read, the same settings read and the same 3 quota reads.
-    "rerun": 24,
+    # 4 more: the effective Org Policy of the 4 constraints that can block a setup, read before the first write.
+    "fresh": 46,
+    # 19, the same policy read, the same settings read and the same 3 quota reads; and the same 4 Org Policy reads.
+    "rerun": 28,
     # 12, and the workspace's settings and regions (its firewall and default region), read together; and the
-    # same 3 quota reads (gathered with the other facts).
-    "verify": 17,
+    # same 3 quota reads (gathered with the other facts); and 4: the same Org Policy reads, for verify's
+    # organization-policy check.
+    "verify": 21,
 }
 
 

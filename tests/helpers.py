@@ -12,7 +12,14 @@ import grpc
 from google.api_core import exceptions as gx
 from google.auth.transport.grpc import AuthMetadataPlugin
 from google.auth.transport.requests import Request
-from google.cloud import artifactregistry_v1, cloudquotas_v1, iam_admin_v1, resourcemanager_v3, service_usage_v1
+from google.cloud import (
+    artifactregistry_v1,
+    cloudquotas_v1,
+    iam_admin_v1,
+    orgpolicy_v2,
+    resourcemanager_v3,
+    service_usage_v1,
+)
 from google.oauth2 import service_account
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -45,6 +52,7 @@ def clients(sb, key: dict | str | None = None):
         projects=mk(resourcemanager_v3.ProjectsClient),
         usage=mk(service_usage_v1.ServiceUsageClient),
         registry=mk(artifactregistry_v1.ArtifactRegistryClient),
+        orgpolicy=mk(orgpolicy_v2.OrgPolicyClient),
         quotas=mk(cloudquotas_v1.CloudQuotasClient),
         channel=ch,
         project=sb.project,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coiled_setup import keyfile, needs, quotas
+from coiled_setup import keyfile, needs, org_policies, quotas
 from coiled_setup.cloud import CloudError, NotFound, PermissionDenied, Unauthenticated
 from coiled_setup.coiled_api import CoiledError, CoiledUnreachable
 from coiled_setup.concurrency import run_all
@@ -192,6 +192,7 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
     if coiled is not None:
         jobs["coiled"] = coiled
     jobs["quotas"] = lambda: quotas.read(operator, t.project, t.region)
+    jobs["org_policies"] = lambda: org_policies.read(operator, t.project)
     f.fetch(jobs)
 
     # Second round: what the first answers point to (the instance account and the roles it holds).
@@ -696,10 +697,30 @@ def check_quotas(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     return Result(name, title, OK, reading.sentence() + ".", data=data)
 
 
+def check_org_policies(t: Target, f: Facts, before: dict[str, Result]) -> Result:
+    name, title = "org_policies", "Organization policies"
+    effective, skipped = f.get("org_policies") or ({}, "")
+    if f.error("org_policies") is not None:
+        return cannot_read(name, title, f.error("org_policies"), t, f)
+    if skipped:
+        return Result(name, title, SKIPPED, f"Not checked: {skipped}.")
+    found = org_policies.findings(effective, t.project, t.region, key_needed=False, repository_needed=False)
+    if not found:
+        return Result(name, title, OK, "No organization policy in force blocks Coiled in this project.")
+    # A region Coiled cannot use fails; keys refused (rotation) and external IPs refused (clusters) warn.
+    status = FAILED if any(x.constraint == org_policies.LOCATIONS for x in found) else WARNING
+    import json
+
+    remedy = " ".join(f"gcloud org-policies set-policy on a file holding {json.dumps(x.exception)} (needs "
+                      f"{org_policies.ADMIN_ROLE} on the organization or folder)." for x in found)
+    return Result(name, title, status, " ".join(x.sentence(t.project).split(": someone")[0] + "." for x in found),
+                  remedy, {"constraints": [x.constraint for x in found]})
+
+
 # In order: a check sees the results before it, to skip what cannot be judged without them.
 CHECKS = (check_key_file, check_account, check_role, check_binding, check_effective, check_registry_api,
           check_repository, check_repo_grant, check_instance, check_coiled_credentials, check_coiled_backend,
-          check_firewall, check_quotas)
+          check_firewall, check_quotas, check_org_policies)
 
 
 def evaluate(t: Target, f: Facts) -> list[Result]:

@@ -12,7 +12,8 @@ import typer
 from coiled_setup import __version__
 
 EXIT_CODES = ("Exit codes: 0 done (or nothing to do), 1 a step failed, 2 bad input, "
-              "3 your account lacks a needed permission, 4 another run is changing the project, 130 interrupted.")
+              "3 your account lacks a needed permission, 4 another run is changing the project, "
+              "5 an organization policy blocks the setup (nothing was changed), 130 interrupted.")
 
 app = typer.Typer(
     name="coiled-setup",
@@ -137,6 +138,14 @@ def _guard(fn, command: str, output: str, log: tuple[bool, Path | None] = (False
     return code
 
 
+def _impersonate(email: str | None) -> None:
+    """--impersonate-service-account, passed on as gcloud's own variable for the same property."""
+    if email:
+        from coiled_setup.cloud import IMPERSONATE_VAR
+
+        os.environ[IMPERSONATE_VAR] = email
+
+
 @app.command(epilog=EXIT_CODES, short_help="Set up a project for Coiled, then configure Coiled.")
 def gcp(
     ctx: typer.Context,
@@ -194,12 +203,24 @@ def gcp(
         help="Write this run's plan as Terraform or as a gcloud script, and change nothing."),
     terraform_key: bool = typer.Option(False, "--terraform-key",
                                        help="With --export terraform: the key too (its private half in the state)."),
+    impersonate_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL",
+        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
 ) -> None:
     """Create the service account, key, role, binding and registry Coiled needs, then configure Coiled."""
+    _impersonate(impersonate_service_account)
 
     def go() -> int:
+        from coiled_setup import context
         from coiled_setup.commands import gcp as command
-        from coiled_setup.options import DEFAULT_ACCOUNT_ID, OPEN_CIDR, Options, parse_ports, refuse_empty
+        from coiled_setup.options import (
+            DEFAULT_ACCOUNT_ID,
+            OPEN_CIDR,
+            Options,
+            parse_ports,
+            refuse_empty,
+            region_error,
+        )
 
         if print_operator_roles:
             return command.print_operator_roles(project, gar=not no_gar, listing=not service_account)
@@ -219,8 +240,16 @@ def gcp(
             given.add("instance")
         if ctx.get_parameter_source("no_gar").name != "DEFAULT":
             given.add("gar")
+        use_region, use_zone = region, zone
+        if "region" not in given:
+            # gcloud's compute/region and compute/zone are the defaults (as Coiled's own CLI has it), when usable.
+            gregion = os.environ.get("CLOUDSDK_COMPUTE_REGION") or context.gcloud_property("compute", "region")
+            use_region = gregion if gregion and not region_error(gregion, not no_gar) else region
+        if "zone" not in given:
+            gzone = os.environ.get("CLOUDSDK_COMPUTE_ZONE") or context.gcloud_property("compute", "zone")
+            use_zone = gzone if gzone and gzone.startswith(f"{use_region}-") else None
         opts = Options(
-            project=project or "", workspace=workspace, region=region, zone=zone,
+            project=project or "", workspace=workspace, region=use_region, zone=use_zone,
             service_account=service_account or DEFAULT_ACCOUNT_ID, key_file=key_file, no_local_key=no_local_key,
             role_id=role_id, gar=not no_gar, instance_service_account=instance_service_account,
             create_instance_service_account=create_instance_service_account,
@@ -264,9 +293,13 @@ def rotate_key(
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Rotate in the sandbox that `gcp --sandbox` set up."),
+    impersonate_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL",
+        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
 ) -> None:
     """Create a new key for Coiled's account, check that Google accepts it, hand it to Coiled, and only then delete
     the old key (and older ones coiled-setup made; never a key someone else created)."""
+    _impersonate(impersonate_service_account)
 
     def go() -> int:
         from coiled_setup.commands import rotate as command
@@ -319,10 +352,14 @@ def teardown(
     output: str = typer.Option("text", metavar="text|json",
                                help="json: one JSON document on stdout, and never a question."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Tear down in the sandbox that `gcp --sandbox` set up."),
+    impersonate_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL",
+        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
 ) -> None:
     """Remove what coiled-setup created for Coiled: the workspace's credentials, the bindings, the custom roles,
     the accounts and their keys (and the repository only with --delete-repository). APIs stay enabled, and
     nothing coiled-setup did not create is touched."""
+    _impersonate(impersonate_service_account)
 
     def go() -> int:
         from coiled_setup.commands import teardown as command
@@ -405,8 +442,12 @@ def verify(
     log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
     output: str = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Check the sandbox that `gcp --sandbox` set up."),
+    impersonate_service_account: Optional[str] = typer.Option(
+        None, metavar="EMAIL",
+        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
 ) -> None:
     """Prove, read-only and as the service account itself, that Coiled can work in the project."""
+    _impersonate(impersonate_service_account)
 
     def go() -> int:
         from coiled_setup.commands import verify as command

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 
 from coiled_setup import retry
@@ -381,10 +382,17 @@ class Google:
         from google.auth import exceptions as aexc
 
         try:
-            creds, _ = google.auth.default(scopes=SCOPES)
+            with warnings.catch_warnings():
+                # google-auth's warning about user credentials without a quota project (with a file path):
+                # use_quota_project() sets one and says so in one sentence instead.
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"google\.auth")
+                creds, _ = google.auth.default(scopes=SCOPES)
         except aexc.DefaultCredentialsError as e:
             raise NoCredentials(_first_line(e)) from None
         principal = getattr(creds, "service_account_email", "") or ""
+        target = impersonation_target()
+        if target:
+            creds, principal = _impersonating(creds, target), target
         return cls(creds, os.environ.get(ENDPOINT_VAR) or None, principal)
 
     @classmethod
@@ -394,6 +402,19 @@ class Google:
         creds = service_account.Credentials.from_service_account_info(keyfile, scopes=SCOPES)
         return cls(creds, endpoint if endpoint is not None else os.environ.get(ENDPOINT_VAR) or None,
                    keyfile.get("client_email", ""))
+
+    def use_quota_project(self, project: str) -> str:
+        """User credentials need a quota project for APIs such as Service Usage: the ADC file's quota_project_id or
+        GOOGLE_CLOUD_QUOTA_PROJECT (google-auth reads both), else the target project. Answers the project this
+        method chose ("" when the credentials had one, or are not a user's)."""
+        from google.oauth2 import credentials as user
+
+        creds = self.credentials
+        if not isinstance(creds, user.Credentials) or creds.quota_project_id or not project:
+            return ""
+        self.credentials = creds.with_quota_project(os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") or project)
+        self.close()  # clients and channel are rebuilt with the new credentials
+        return "" if os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") else project
 
     def _make(self, name: str):
         with self._lock:
@@ -411,6 +432,10 @@ class Google:
                 from google.cloud import service_usage_v1 as mod
 
                 cls = mod.ServiceUsageClient
+            elif name == "orgpolicy":
+                from google.cloud import orgpolicy_v2 as mod
+
+                cls = mod.OrgPolicyClient
             elif name == "quotas":
                 from google.cloud import cloudquotas_v1 as mod
 
@@ -645,6 +670,24 @@ class Google:
                                               **_WRITE)
         return _policy_from_pb(pb)
 
+    # -- organization policies ---------------------------------------------------------------------------
+    def effective_org_policy(self, project: str, constraint: str) -> list[dict]:
+        """The rules in force on the project for a constraint (Org Policy v2), as plain data: {"enforce": bool},
+        {"allow_all": True}, {"deny_all": True} or {"allowed_values": [...], "denied_values": [...]}."""
+        client = self._make("orgpolicy")
+        pb = self._read(lambda: client.get_effective_policy(name=f"projects/{project}/policies/{constraint}", **_CALL))
+        rules = []
+        for r in pb.spec.rules:
+            kind = type(r).pb(r).WhichOneof("kind")
+            if kind == "enforce":
+                rules.append({"enforce": r.enforce})
+            elif kind in ("allow_all", "deny_all"):
+                rules.append({kind: True})
+            elif kind == "values":
+                rules.append({"allowed_values": list(r.values.allowed_values),
+                              "denied_values": list(r.values.denied_values)})
+        return rules
+
     # -- cloud quotas ---------------------------------------------------------------------------------
     def quota_limit(self, project: str, service: str, quota_id: str, region: str) -> int:
         """The quota's limit in `region` (its own entry, else the one for every other region); -1: unlimited."""
@@ -733,8 +776,34 @@ class Google:
                 if so_far >= GIVE_UP_S:
                     raise unreachable(where, so_far) from None
             except aexc.RefreshError as e:
+                if "impersonated" in str(e).lower():
+                    raise error("UNAUTHENTICATED", _first_line(e), reason="IMPERSONATION",
+                                metadata={"target": self.principal}) from None
                 raise _convert(e) from None
             policy.sleep(next(delays))
+
+
+IMPERSONATE_VAR = "CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT"  # gcloud's, as --impersonate-service-account sets it
+
+
+def impersonation_target() -> str:
+    """The account to act as: the variable, else gcloud's auth/impersonate_service_account property."""
+    from coiled_setup import context
+
+    return os.environ.get(IMPERSONATE_VAR) or context.gcloud_property("auth", "impersonate_service_account") or ""
+
+
+def _impersonating(source, target: str):
+    """Credentials of `target` through IAM Credentials generateAccessToken, called with `source`."""
+    from google.auth import impersonated_credentials
+
+    override = None
+    if os.environ.get(ENDPOINT_VAR):
+        # A local endpoint serves IAM Credentials beside the token endpoint its keys name.
+        base = getattr(source, "_token_uri", "") or ""
+        override = f"{base.rsplit('/', 1)[0]}/v1/projects/-/serviceAccounts/{target}:generateAccessToken"
+    return impersonated_credentials.Credentials(source_credentials=source, target_principal=target,
+                                                target_scopes=SCOPES, iam_endpoint_override=override)
 
 
 def _host(url: str) -> str:
@@ -756,7 +825,8 @@ def _log_calls(cls):
     """Each call of the adapter gets a line in the call log (--verbose, --log-file)."""
     from coiled_setup import calllog
 
-    not_calls = {"where", "from_environment", "from_key", "close", "iam", "projects", "usage", "registry"}
+    not_calls = {"where", "from_environment", "from_key", "use_quota_project", "close", "iam", "projects", "usage",
+                 "registry"}
     for name, fn in list(vars(cls).items()):
         if not name.startswith("_") and name not in not_calls and callable(fn) and not isinstance(fn, type):
             setattr(cls, name, calllog.logged("google", name, fn))

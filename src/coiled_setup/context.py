@@ -18,19 +18,24 @@ DEFAULT_COILED_SERVER = "https://cloud.coiled.io"
 
 def gcloud_project() -> str | None:
     """The project of gcloud's active configuration, read from its files (gcloud itself never runs)."""
+    return gcloud_property("core", "project")
+
+
+def gcloud_property(section: str, name: str) -> str | None:
+    """A property of gcloud's active configuration, read from its files (gcloud itself never runs)."""
     base = Path(os.environ.get("CLOUDSDK_CONFIG") or Path.home() / ".config" / "gcloud")
-    name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME")
-    if not name:
+    config = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME")
+    if not config:
         try:
-            name = (base / "active_config").read_text().strip() or "default"
+            config = (base / "active_config").read_text().strip() or "default"
         except OSError:
-            name = "default"
+            config = "default"
     parser = configparser.ConfigParser()
     try:
-        parser.read(base / "configurations" / f"config_{name}")
+        parser.read(base / "configurations" / f"config_{config}")
     except configparser.Error:
         return None
-    return parser.get("core", "project", fallback=None) or None
+    return parser.get(section, name, fallback=None) or None
 
 
 def project_from_environment() -> str | None:

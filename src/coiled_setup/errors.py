@@ -7,6 +7,7 @@ STEP_FAILED = 1
 BAD_INPUT = 2
 MISSING_PERMISSION = 3
 LOCKED = 4  # another run is changing the same project
+ORG_POLICY = 5  # an organization policy blocks the run (told before any change)
 INTERRUPTED = 130
 
 

@@ -122,7 +122,9 @@ def keep(o: Options, cur: InPlace) -> None:
         o.region = cur.region
     if "zone" not in given:
         kept = cur.zone if cur.zone and cur.region == o.region and not zone_error(cur.zone, o.region) else None
-        o.zone = kept or f"{o.region}-{DEFAULT_ZONE_SUFFIX}"
+        # gcloud's compute/zone, when it is in the region, else the default zone.
+        default = o.zone if o.zone and not zone_error(o.zone, o.region) else f"{o.region}-{DEFAULT_ZONE_SUFFIX}"
+        o.zone = kept or default
     if "preemptible" not in given and cur.preemptible is not None:
         o.preemptible = cur.preemptible
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import os
 
-from coiled_setup.cloud import CloudError, InvalidArgument, PermissionDenied, Transient, Unauthenticated, Unreachable
+from coiled_setup.cloud import (
+    CloudError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Transient,
+    Unauthenticated,
+    Unreachable,
+)
 from coiled_setup.errors import MISSING_PERMISSION, STEP_FAILED
 from coiled_setup.wording import count
 
@@ -46,10 +54,23 @@ def missing_permissions_sentence(principal: str, project: str, missing: list[str
             f"({parts}): ask a project owner for those roles and run again; nothing was changed.")
 
 
+def vpc_refusal(e: CloudError) -> bool:
+    """A VPC Service Controls perimeter said no (ErrorInfo reason, or the PreconditionFailure violation type)."""
+    return e.reason == "SECURITY_POLICY_VIOLATED" or "VPC_SERVICE_CONTROLS" in e.violations
+
+
 def explain(e: CloudError, project: str) -> tuple[str, int]:
     """(sentence, exit code) for a Google error a step could not get past."""
     if isinstance(e, Unreachable):  # already one sentence: where, for how long, what to check
         return e.message, STEP_FAILED
+    if vpc_refusal(e):
+        svc = e.metadata.get("service") or "a Google API"
+        uid = e.metadata.get("uid") or ""
+        return (f"A VPC Service Controls perimeter refused this machine's call to {svc}"
+                + (f" (vpcServiceControlsUniqueIdentifier {uid})" if uid else "")
+                + f": ask your network administrator to let this machine or your account into the perimeter around "
+                f"project {project} (an access level or ingress rule), or run from inside it, then run again.",
+                STEP_FAILED)
     if e.service_disabled:
         svc = e.metadata.get("service", "an API")
         return (f"The API {svc} is disabled in project {project}: enable it (gcloud services enable {svc} "
@@ -59,9 +80,19 @@ def explain(e: CloudError, project: str) -> tuple[str, int]:
         return (f"Project {project} has no billing account, which Google requires before enabling {svc}: link "
                 f"one (gcloud billing projects link {project} --billing-account=ACCOUNT_ID) and run again.",
                 STEP_FAILED)
+    constraints = [v for v in e.violations if v.startswith("constraints/")]
+    if isinstance(e, FailedPrecondition) and constraints:
+        return (f"The organization policy {constraints[0]} refused this ({e.message.rstrip('.')}): someone with "
+                f"roles/orgpolicy.policyAdmin on the organization or folder can exempt project {project}, then run "
+                "again.", STEP_FAILED)
     if isinstance(e, PermissionDenied) and e.permission:
         return (f"Google refused: your account lacks {e.permission} (granted by {granting_role(e.permission)}) "
                 f"in project {project}; ask a project owner for it and run again.", MISSING_PERMISSION)
+    if e.reason == "IMPERSONATION":
+        return (f"Google refused to let your credentials act as {e.metadata.get('target', 'the account')}: they "
+                "need roles/iam.serviceAccountTokenCreator on that account, so ask an administrator for it (or drop "
+                "--impersonate-service-account and gcloud's auth/impersonate_service_account), then run again.",
+                STEP_FAILED)
     if isinstance(e, Unauthenticated):
         return (f"Google did not accept your credentials ({e.message}): run `gcloud auth application-default "
                 "login` or point GOOGLE_APPLICATION_CREDENTIALS at a valid key.", STEP_FAILED)

@@ -272,7 +272,7 @@ def bad_input_cases() -> list[Case]:
         Case("IAM API disabled", 1, "iam.googleapis.com", scenario=scenario(
             services=["cloudresourcemanager.googleapis.com", "serviceusage.googleapis.com"]), fresh=True),
         Case("no billing", 1, "no billing account", scenario=scenario(billing=False), fresh=True),
-        Case("org policy forbids keys", 1, "iam.disableServiceAccountKeyCreation",
+        Case("org policy forbids keys", 5, "iam.disableServiceAccountKeyCreation",
              scenario=scenario(disable_key_creation=True), fresh=True),
         Case("10-key limit reached", 1, "10 user-managed keys",
              scenario=scenario(service_accounts=[{"id": "coiled", "keys": 10}]), fresh=True),
@@ -344,7 +344,7 @@ def check_case(lab: Lab, case: Case, shared) -> list[str]:
             problems.append(f"{case.needle!r} not in {lines[0]!r}")
     if case.after is not None and out.code == case.code:
         problems += case.after(d, sb)
-    if case.code in (2, 3):
+    if case.code in (2, 3, 5):  # refused before the first write
         made = writes(sb, mark)
         if made:
             problems.append(f"{len(made)} write call(s): {[c['method'] for c in made][:5]}")

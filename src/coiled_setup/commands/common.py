@@ -18,13 +18,17 @@ def notice(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def connect_google(notify=notice) -> Google:
+def connect_google(notify=notice, project: str = "") -> Google:
     """The operator's Google, its credentials accepted and its endpoint answering (refused credentials are bad
     input, told at once; a Google that does not answer is told within seconds, and given up on in 30)."""
     try:
         g = Google.from_environment()
     except NoCredentials as e:
         raise BadInput(no_credentials_sentence(str(e))) from None
+    if g.use_quota_project(project) and notify is not None:
+        notify(f"Your user credentials name no quota project: Google bills their API calls to project {project} "
+               "(choose another with `gcloud auth application-default set-quota-project` or "
+               "GOOGLE_CLOUD_QUOTA_PROJECT).")
     g.notify = notify
     try:
         g.authenticate()
@@ -168,7 +172,7 @@ class Session:
             c, wanted = coiled_client(o.coiled_server, o.workspace, skip_flag)
             return c, wanted, workspace_reads(c)
 
-        g, found = run_all([connect_google, coiled])
+        g, found = run_all([lambda: connect_google(project=o.project), coiled])
         if found is None:
             return g, None
         c, wanted, reads = found

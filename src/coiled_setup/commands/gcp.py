@@ -11,7 +11,7 @@ from coiled_setup.cloud import CloudError, Google, Transient, Unauthenticated, U
 from coiled_setup.commands.common import Session
 from coiled_setup.concurrency import run_all
 from coiled_setup.engine import Engine
-from coiled_setup.errors import MISSING_PERMISSION, OK, BadInput, UserError
+from coiled_setup.errors import MISSING_PERMISSION, OK, ORG_POLICY, BadInput, UserError
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
 from coiled_setup.journal import Journal
 from coiled_setup.lock import ProjectLock
@@ -28,7 +28,7 @@ from coiled_setup.options import (
     read_network,
     validate,
 )
-from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence
+from coiled_setup.remedies import SANDBOX_VAR, explain, missing_permissions_sentence, vpc_refusal
 from coiled_setup.steps.base import Run
 from coiled_setup.ui import Ui
 from coiled_setup.wording import count
@@ -145,6 +145,9 @@ class Wizard(Session):
                           + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
         (project, perr), (held, terr) = results[0], results[1]
         if terr is not None and perr is not None:
+            for e in (terr, perr):
+                if vpc_refusal(e):  # not "the project does not exist": the perimeter hid it
+                    raise UserError(explain(e, o.project)[0])
             if isinstance(terr, (Transient, Unreachable)):
                 raise UserError(explain(terr, o.project)[0])
             if isinstance(terr, Unauthenticated):
@@ -171,6 +174,38 @@ class Wizard(Session):
                                 f"{s} --project {o.project}) and run again.")
             enabled[s] = bool(on)
         return enabled
+
+    def org_policies(self, g: Google, cur: InPlace, journal: Journal) -> None:
+        """What the organization will block, told before the first write; a blocked run stops here."""
+        from coiled_setup import org_policies
+        from coiled_setup.steps.account import key_path
+
+        o, ui = self.opts, self.ui
+        effective, skipped = org_policies.read(g, o.project)
+        if skipped:
+            ui.warn(f"Skipped the check of organization policies: {skipped}; a policy that blocks a step is told "
+                    "when the step meets it.")
+            return
+        key_needed = (cur.coiled_credentials.get("client_email") != o.account_email if o.no_local_key
+                      else not key_path(o, journal).exists())
+        # With Artifact Registry the region holds the repository too: a region refused blocks the run, without
+        # another call to learn whether the repository exists.
+        found = org_policies.findings(effective, o.project, o.region, key_needed=key_needed, repository_needed=o.gar)
+        blocking = [f for f in found if f.blocks]
+        for f in found:
+            if f.blocks:
+                org_policies.write_exception(o.project, f)
+            ui.warn(f.sentence(o.project))
+        if blocking:
+            names = ", ".join(f"constraints/{f.constraint}" for f in blocking)
+            one = len(blocking) == 1
+            policy, verb, them = ("policy", "blocks", "its exception") if one else ("policies", "block",
+                                                                                  "their exceptions")
+            raise UserError(f"The organization {policy} {names} {verb} "
+                            f"this setup, so nothing was changed: have {them} "
+                            f"applied (gcloud org-policies set-policy with the file above, by someone with "
+                            f"{org_policies.ADMIN_ROLE}), then run again.",
+                            ORG_POLICY)
 
     # -- interactive choices -------------------------------------------------------------------------
     def choose(self, g: Google, cur: InPlace) -> None:
@@ -259,6 +294,7 @@ class Wizard(Session):
         check_instance_differs(o)
         validate(o)  # the interactive answers and the kept settings too
         self.refuse_privileged_account(g)
+        self.org_policies(g, cur, journal)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
                        coiled_credentials=cur.coiled_credentials)
         steps = registry.build(o)

@@ -119,7 +119,7 @@ def execute(o: QuotasOptions, ui: Ui, fields: dict) -> int:
     if error:
         raise BadInput(error)
     fields.update(project=project, region=region, console_url=quotas.console_url(project))
-    g = connect_google()
+    g = connect_google(project=project)
     try:
         if o.enable_api:
             _enable(g, project, ui)

@@ -12,7 +12,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from coiled_setup import inventory, needs, role_templates
+from coiled_setup import inventory, needs, org_policies, role_templates
 from coiled_setup.errors import OK, BadInput, UserError
 from coiled_setup.options import INSTANCE_ROLE_ID, Options, project_error
 from coiled_setup.remedies import command
@@ -59,20 +59,21 @@ def _offline(o: Options) -> list[inventory.Resource]:
     return inventory.collect(run, _steps(o), observed=False)
 
 
-def _observed(o: Options) -> list[inventory.Resource]:
-    """Reads the project through the wizard's own observe and plan: Google is only read, never written."""
+def _observed(o: Options) -> tuple[list[inventory.Resource], tuple[dict, str]]:
+    """Reads the project through the wizard's own observe and plan, and its organization policies as the wizard
+    reads them before its first write: Google is only read, never written."""
     from coiled_setup.commands.common import connect_google
     from coiled_setup.engine import Consent, Engine
     from coiled_setup.journal import Journal
     from coiled_setup.steps.base import Run
     from coiled_setup.ui import Ui
 
-    g = connect_google()
+    g = connect_google(project=o.project)
     try:
         run = Run(opts=o, google=g, journal=Journal(o.project), ui=Ui(interactive=False, output="json"))
         steps = _steps(o)
         Engine(run, steps, Consent(interactive=False, dry_run=True), o.project).plan()
-        return inventory.collect(run, steps, observed=True)
+        return inventory.collect(run, steps, observed=True), org_policies.read(g, o.project)
     finally:
         g.close()
 
@@ -82,10 +83,10 @@ def gather(ro: ReviewOptions) -> dict:
     o = _options(ro.project)
     note = None
     source = "templates"
-    found = None
+    found = policies = None
     if ro.project:
         try:
-            found = _observed(o)
+            found, policies = _observed(o)
             source = "project"
         except UserError as e:
             note = (f"Project {o.project} could not be read ({e.message.rstrip('.')}), so this report is made from "
@@ -126,15 +127,44 @@ def gather(ro: ReviewOptions) -> dict:
         "apis": [{"name": r.name, "state": r.state} for r in items if r.kind == "api"],
         "key": {"account": key.attrs["account"], "state": key.state, "file": key.attrs["file"], "mode": "0600",
                 "to_coiled": key.attrs["to_coiled"]},
-        "org_policies": [
-            {"constraint": KEY_ORG_POLICY,
-             "finding": "When enforced on the project, Google refuses to create the account's key: the run stops "
-                        "before the key and names the exemption an organisation policy administrator grants."},
-            {"constraint": DOMAIN_ORG_POLICY,
-             "finding": "Not needed by coiled-setup; Coiled's own setup of a log sink to BigQuery may need an "
-                        "exception when it restricts the members a policy may name."},
-        ],
+        "org_policies": _org_policies(o, policies),
     }
+
+
+def _org_policies(o: Options, policies: tuple[dict, str] | None) -> list[dict]:
+    """What each organization policy that matters does to a run: read from the project when it could be (what the
+    wizard would tell before its first write), else the constraints known to matter."""
+    domains = {"constraint": DOMAIN_ORG_POLICY, "in_force": None,
+               "finding": "Not needed by coiled-setup, which grants roles only to accounts of the project itself; "
+                          "Coiled's own setup of a log sink to BigQuery may need an exception when it restricts the "
+                          "members a policy may name."}
+    effective, skipped = policies or ({}, "")
+    if policies is None or skipped:
+        why = f" (the project's were not read: {skipped})" if skipped else ""
+        return [{"constraint": KEY_ORG_POLICY, "in_force": None,
+                 "finding": "When enforced on the project (or its managed twin "
+                            f"constraints/{org_policies.KEY_MANAGED}), Google refuses to create the account's key: "
+                            "the run stops before its first change and names the exemption an organisation policy "
+                            f"administrator grants{why}."},
+                {"constraint": f"constraints/{org_policies.LOCATIONS}", "in_force": None,
+                 "finding": "When it does not allow the region, Google refuses the registry repository there (the "
+                            "run stops before its first change) and Coiled's clusters cannot run there."},
+                {"constraint": f"constraints/{org_policies.EXTERNAL_IP}", "in_force": None,
+                 "finding": "When it refuses external IP addresses, Coiled's clusters, whose VMs get public IPs by "
+                            "default, fail to start; the run warns and goes on."}, domains]
+    found = {f.constraint: f for f in org_policies.findings(effective, o.project, o.region, key_needed=True,
+                                                            repository_needed=o.gar)}
+    out = []
+    for c in org_policies.CONSTRAINTS:
+        f = found.get(c)
+        if f is None:
+            out.append({"constraint": f"constraints/{c}", "in_force": False,
+                        "finding": f"Nothing of this setup or of Coiled's clusters is blocked in project {o.project}."})
+        else:
+            stops = "the run stops before its first change" if f.blocks else "a warning; the run goes on"
+            out.append({"constraint": f"constraints/{c}", "in_force": True, "exception": f.exception,
+                        "finding": f"{f.sentence(o.project).rstrip('.')} ({stops})."})
+    return out + [domains]
 
 
 # -- Markdown ------------------------------------------------------------------------------------------
@@ -220,8 +250,12 @@ def markdown(f: dict, version: str) -> str:
               f"{where}, and sent to Coiled's workspace (its GCP credentials), which starts clusters with it. "
               "The private key is never printed, logged or stored in coiled-setup's journal. "
               f"`{command('rotate-key')}` replaces it; `{command('teardown')}` deletes it.",
-              "", "## Organisation policies", "", "coiled-setup does not read organisation policies; these are the "
-              "ones known to matter:", ""]
+              "", "## Organisation policies", ""]
+    if any(p.get("in_force") is not None for p in f["org_policies"]):
+        lines += [f"Read from project `{f['project']}` (the effective policy of each constraint), as a run reads "
+                  "them before its first change:", ""]
+    else:
+        lines += ["Not read from a project; these are the ones known to matter:", ""]
     lines += [f"- `{p['constraint']}`: {p['finding']}" for p in f["org_policies"]]
     lines += ["", "## Permissions", "",
               "Each permission of the roles, what Coiled uses it for, and what a reviewer looks for. \"Also in\" "

@@ -244,7 +244,7 @@ def verify(o: VerifyOptions, ui: Ui) -> tuple[Target, list[Result], str]:
     if reader is not None and needs_coiled(t, o):
         # The journal cannot say what to check: Coiled's workspace is read first, while Google's libraries load
         # and the credentials are checked.
-        view, operator = run_all([_quiet(reader), connect_google])
+        view, operator = run_all([_quiet(reader), lambda: connect_google(project=t.project)])
         try:
             settle(t, o, from_coiled(view))
         except UserError:
@@ -252,7 +252,7 @@ def verify(o: VerifyOptions, ui: Ui) -> tuple[Target, list[Result], str]:
             raise
     else:
         settle(t, o, {})
-        operator = connect_google()
+        operator = connect_google(project=t.project)
     as_key = Google.from_key(t.key) if t.key is not None and t.key["project_id"] == t.project else None
     if as_key is not None:
         as_key.notify = operator.notify

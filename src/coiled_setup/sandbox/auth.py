@@ -99,3 +99,33 @@ def caller_of(world: World, authorization: str | None) -> str:
         if sa is None or sa.disabled:
             raise errors.unauthenticated(invalid, "ACCOUNT_STATE_INVALID")
         return email
+
+
+def generate_access_token(world: World, authorization: str | None, target: str) -> tuple[int, dict]:
+    """IAM Credentials generateAccessToken: a token of `target` for a caller holding
+    iam.serviceAccounts.getAccessToken on it (roles/iam.serviceAccountTokenCreator), as (HTTP status, body)."""
+    from coiled_setup.sandbox.errors import ApiError
+
+    try:
+        caller = caller_of(world, authorization)
+    except ApiError as e:
+        return 401, {"error": {"code": 401, "message": e.message, "status": "UNAUTHENTICATED"}}
+    permission = "iam.serviceAccounts.getAccessToken"
+    with world.lock:
+        sa = world.accounts.get(target)
+        p = world.projects.get(sa.project_id) if sa is not None else None
+        code = "OK"
+        if sa is None or p is None or not world.holds(caller, permission, p, None):
+            code = "PERMISSION_DENIED"
+        world.record(service="iamcredentials", method="GenerateAccessToken", caller=caller, code=code, write=False,
+                     mutating=False, resource=f"projects/-/serviceAccounts/{target}", fault=None)
+        if code != "OK":
+            return 403, {"error": {"code": 403, "status": "PERMISSION_DENIED",
+                                   "message": f"Permission '{permission}' denied on resource (or it may not exist).",
+                                   "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                                "reason": "IAM_PERMISSION_DENIED", "domain": "iam.googleapis.com",
+                                                "metadata": {"permission": permission}}]}}
+        token = "ya29.sandbox." + secrets.token_urlsafe(32)
+        expiry = time.time() + TOKEN_LIFETIME_S
+        world.tokens[token] = (target, expiry)
+    return 200, {"accessToken": token, "expireTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expiry))}

@@ -104,3 +104,11 @@ def unauthenticated(message: str, reason: str = "CREDENTIALS_MISSING") -> ApiErr
     ACCESS_TOKEN_TYPE_UNSUPPORTED (a token Google does not know), ACCESS_TOKEN_EXPIRED,
     ACCOUNT_STATE_INVALID (the token's account is disabled or deleted)."""
     return ApiError(grpc.StatusCode.UNAUTHENTICATED, message, reason=reason)
+
+
+def vpc_refusal(service: str, uid: str = "sandbox-vpcsc-7Qe2Xk") -> ApiError:
+    """A VPC Service Controls perimeter refusing a call from outside it, in Google's words."""
+    return ApiError(grpc.StatusCode.PERMISSION_DENIED,
+                    f"Request is prohibited by organization's policy. vpcServiceControlsUniqueIdentifier: {uid}",
+                    reason="SECURITY_POLICY_VIOLATED", metadata={"service": service, "uid": uid},
+                    violations=[("VPC_SERVICE_CONTROLS", "", uid)])

@@ -13,7 +13,7 @@ import grpc
 from grpc_status import rpc_status
 
 from coiled_setup.sandbox.auth import caller_of
-from coiled_setup.sandbox.errors import ApiError
+from coiled_setup.sandbox.errors import ApiError, vpc_refusal
 from coiled_setup.sandbox.services import SERVICES
 from coiled_setup.sandbox.services.common import Ctx
 from coiled_setup.sandbox.world import World
@@ -78,6 +78,8 @@ def _wrap(world: World, service: str, method: str, fn: Callable, writes: bool):
                     reason="RATE_LIMIT_EXCEEDED",
                     metadata={"service": host, "quota_metric": f"{host}/default_requests"},
                 )
+            if API_HOSTS[service] in world.perimeter:
+                raise vpc_refusal(API_HOSTS[service])
             md = {k: v for k, v in context.invocation_metadata()}
             caller = caller_of(world, md.get("authorization"))
             ctx = Ctx(world, caller)

@@ -10,7 +10,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from coiled_setup.sandbox import snapshot
-from coiled_setup.sandbox.auth import GrantError, grant_token
+from coiled_setup.sandbox.auth import GrantError, generate_access_token, grant_token
 from coiled_setup.sandbox.world import DEFAULT_SETTINGS, World
 
 KEY_FIELDS = (
@@ -19,6 +19,9 @@ KEY_FIELDS = (
 )
 REGISTRY_TYPES = {"gar", "ecr", "dockerhub"}
 
+
+# IAM Credentials, as google-auth's impersonated credentials call it.
+IMPERSONATE = re.compile(r"^/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken$")
 
 class HttpError(Exception):
     def __init__(self, status: int, detail: str):
@@ -296,6 +299,9 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
                 return self._token(raw)
             if url.path.startswith("/_sandbox/"):
                 return self._sandbox(method, url, raw)
+            m = IMPERSONATE.match(url.path)
+            if m and method == "POST":
+                return self._send(*generate_access_token(world, self.headers.get("Authorization"), m.group(1)))
             for route in coiled.routes:
                 m = route.regex.match(url.path)
                 if m and route.method == method:

@@ -22,6 +22,7 @@ PREDEFINED_ROLES: dict[str, list[str]] = {
         "logging.*",
         "storage.*",
         "bigquery.*",
+        "orgpolicy.policy.get",
     ],
     "roles/viewer": [
         "iam.serviceAccounts.get",
@@ -37,8 +38,13 @@ PREDEFINED_ROLES: dict[str, list[str]] = {
         "artifactregistry.repositories.get",
         "artifactregistry.repositories.list",
         "artifactregistry.repositories.getIamPolicy",
+        "orgpolicy.policy.get",
     ],
+    "roles/orgpolicy.policyViewer": ["orgpolicy.policy.get", "orgpolicy.policies.list", "orgpolicy.constraints.list"],
+    "roles/orgpolicy.policyAdmin": ["orgpolicy.*"],
     "roles/browser": ["resourcemanager.projects.get"],
+    "roles/iam.serviceAccountTokenCreator": ["iam.serviceAccounts.getAccessToken", "iam.serviceAccounts.signBlob",
+                                             "iam.serviceAccounts.signJwt"],
     "roles/iam.serviceAccountAdmin": [
         "iam.serviceAccounts.*",
         "resourcemanager.projects.get",

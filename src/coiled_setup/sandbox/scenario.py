@@ -30,6 +30,16 @@ A scenario is YAML or JSON:
           - {location: us-east1, id: coiled, format: DOCKER, bindings: [...]}
     operation_errors:               # long-running operations that end in error (Operation.error)
       - {method: BatchEnableServices, code: FAILED_PRECONDITION, message: "...", times: 1}  # times -1: always
+    organization:                   # the organization every project inherits Org Policy v2 policies from
+      id: "123456789"
+      customer_id: C01abc234        # the Cloud Identity customer of its domain and of its projects' accounts
+      domain: example.com
+      policies:                     # constraint -> one rule: enforce, allowed_values/denied_values, allow_all, deny_all
+        iam.disableServiceAccountKeyCreation: {enforce: true}  # or iam.managed.disableServiceAccountKeyCreation
+        iam.allowedPolicyMemberDomains: {allowed_values: [C01abc234]}
+        gcp.resourceLocations: {allowed_values: [in:eu-locations]}
+        compute.vmExternalIpAccess: {deny_all: true}
+    perimeter: [serviceusage.googleapis.com]  # APIs a VPC Service Controls perimeter refuses to this machine
     operator:                       # the principal whose key the product uses
       id: operator                  # account id in the first project
       roles: [roles/owner]          # project roles (predefined or projects/P/roles/R)
@@ -234,6 +244,32 @@ def _project(value, where: str) -> None:
     }, ("id",))
 
 
+def _org_rule(value, where: str) -> None:
+    _mapping(value, where, {"enforce": _bool, "allow_all": _bool, "deny_all": _bool,
+                            "allowed_values": _list_of(_text), "denied_values": _list_of(_text)})
+    if len(value) != 1 and set(value) - {"allowed_values", "denied_values"}:
+        _fail(where, "must hold one rule: enforce, allow_all, deny_all, or allowed_values/denied_values")
+
+
+def _organization(value, where: str) -> None:
+    _mapping(value, where, {"id": _number, "customer_id": _text, "domain": _text,
+                            "policies": lambda v, w: [_org_rule(r, _at(w, c)) for c, r in _dict(v, w).items()]})
+
+
+def _dict(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        _fail(where, "must be a mapping")
+    return value
+
+
+def _rule(r: dict) -> dict:
+    """A scenario's shorthand rule in the Org Policy v2 rule form the sandbox keeps."""
+    if "allowed_values" in r or "denied_values" in r:
+        return {"values": {"allowed_values": list(r.get("allowed_values", [])),
+                           "denied_values": list(r.get("denied_values", []))}}
+    return dict(r)
+
+
 def _user(value, where: str) -> None:
     _mapping(value, where, {"token": _text, "username": _text, "workspaces": _list_of(_text), "admin": _bool,
                             "default": _text}, ("token", "username", "workspaces"))
@@ -268,6 +304,8 @@ def validate(data) -> None:
         "coiled": lambda v, w: _mapping(v, w, {"users": _list_of(_user), "confirm": _routes(_text),
                                                "retry": _routes(_count)}),
         "operation_errors": _list_of(_operation_error),
+        "organization": _organization,
+        "perimeter": _list_of(_text),
     }, ("projects",))
 
 
@@ -312,7 +350,11 @@ def to_world(scenario: dict) -> dict:
     accounts[operator] = {"project_id": first, "display_name": "Operator"}
     projects[first]["policy"]["bindings"] += [{"role": r, "members": [f"serviceAccount:{operator}"]}
                                               for r in op.get("roles", [])]
+    org = scenario.get("organization")
+    organization = ({**org, "policies": {c: {"rules": [_rule(r)]} for c, r in org.get("policies", {}).items()}}
+                    if org else {})
     return {"projects": projects, "service_accounts": accounts, "roles": roles, "repositories": repositories,
+            "organization": organization, "perimeter": list(scenario.get("perimeter", [])),
             "coiled": {"users": scenario.get("coiled", {}).get("users", [])}}
 
 

@@ -92,6 +92,7 @@ def to_dict(world: World, *, full: bool = False) -> dict:
                     "billing": p.billing,
                     "state": p.state,
                     "key_creation_disabled": p.key_creation_disabled,
+                    **({"org_policies": {c: dict(v) for c, v in p.org_policies.items()}} if p.org_policies else {}),
                     "services": sorted(s for s, t in p.services.items() if t <= now),
                     "policy": _policy(p.policy, full),
                     **({"quotas": p.quotas} if p.quotas or full else {}),
@@ -100,6 +101,8 @@ def to_dict(world: World, *, full: bool = False) -> dict:
                 }
                 for pid, p in world.projects.items()
             },
+            **({"organization": world.organization} if world.organization else {}),
+            **({"perimeter": list(world.perimeter)} if world.perimeter else {}),
             "service_accounts": accounts,
             "keys": keys,
             "roles": roles,
@@ -135,6 +138,7 @@ def load(world: World, data: dict) -> None:
                                      state=p.get("state", "ACTIVE"),
                                      key_creation_disabled=p.get("key_creation_disabled", False))
             proj.services = {s: 0.0 for s in p.get("services", [])}
+            proj.org_policies = {c: dict(v) for c, v in p.get("org_policies", {}).items()}
             proj.policy = _policy_back(p.get("policy", {}), f"projects/{pid}")
             proj.quotas = {q: dict(v) for q, v in p.get("quotas", {}).items()}
             proj.quota_preferences = {n: dict(v) for n, v in p.get("quota_preferences", {}).items()}
@@ -157,6 +161,10 @@ def load(world: World, data: dict) -> None:
         for n, r in data.get("repositories", {}).items():
             world.repositories[n] = Repository(n, r.get("format", "DOCKER"), r.get("description", ""),
                                                r.get("created", 0.0), 0.0, _policy_back(r.get("policy", {}), n))
+        if data.get("organization"):
+            world.organization = dict(data["organization"])
+        if data.get("perimeter"):
+            world.perimeter = list(data["perimeter"])
         coiled = data.get("coiled", {})
         for u in coiled.get("users", []):
             world.coiled.users[u["token"]] = CoiledUser(u["username"], list(u["workspaces"]), u.get("admin", True),

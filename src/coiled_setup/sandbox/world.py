@@ -126,6 +126,8 @@ class Project:
     billing: bool = True
     state: str = "ACTIVE"
     key_creation_disabled: bool = False
+    # Org Policy v2 policies set on the project itself: constraint -> {"spec", "etag", "counter"}
+    org_policies: dict[str, dict] = field(default_factory=dict)
     # service -> monotonic time it became (or becomes) enabled; absent = disabled
     services: dict[str, float] = field(default_factory=dict)
     policy: Policy = None  # type: ignore[assignment]
@@ -254,6 +256,10 @@ class World:
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (email, expiry wall)
         self.calls: list[dict] = []
         self.coiled = CoiledState()
+        # The organization every project inherits from: {"id", "customer_id", "domain", "policies"} (scenario).
+        self.organization: dict = {}
+        # API hosts a VPC Service Controls perimeter refuses this machine's calls to.
+        self.perimeter: list[str] = []
         self.token_uri = "http://127.0.0.1:0/token"
         self._rng = random.Random(self.config.seed)
         self._ids = itertools.count(1)

@@ -19,7 +19,25 @@ MAX_USER_KEYS = 10
 LIST_SETTLE_S = 5.0
 # In the description of every account this tool creates: teardown on another machine recognises them by it.
 MARKER = "(created by coiled-setup)"
-KEY_ORG_POLICY = "constraints/iam.disableServiceAccountKeyCreation"
+# The legacy constraint and the managed one that organizations created since 3 May 2024 enforce by default.
+KEY_ORG_POLICIES = ("constraints/iam.disableServiceAccountKeyCreation",
+                    "constraints/iam.managed.disableServiceAccountKeyCreation")
+
+
+def key_policy_sentence(project: str, constraint: str) -> str:
+    """The refusal of a key by an organization policy, with the project-level exception written to a file."""
+    from coiled_setup import org_policies
+
+    f = org_policies.Finding(constraint, "", True, {"name": f"projects/{project}/policies/{constraint}",
+                                                     "spec": {"rules": [{"enforce": False}]}})
+    try:
+        org_policies.write_exception(project, f)
+        how = f"gcloud org-policies set-policy {f.file}"
+    except OSError:
+        how = f"a project-level policy of {constraint} with enforce: false"
+    return (f"The organization policy {constraint} forbids creating keys in project {project}: someone with "
+            f"{org_policies.ADMIN_ROLE} on the organization or folder must exempt this project ({how}) before "
+            "Coiled can get a key.")
 
 
 def key_path(o, journal) -> Path:
@@ -283,13 +301,9 @@ def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
         if isinstance(e, (Transient, Unreachable)):
             # The key may have been made, its answer lost: the next attempt first looks for it.
             run.journal.set(key_pending={**run.journal.get("key_pending"), "uncertain": True})
-        if isinstance(e, FailedPrecondition) and KEY_ORG_POLICY in e.violations:
-            raise UserError(
-                f"The organization policy iam.disableServiceAccountKeyCreation forbids creating keys in "
-                f"project {o.project}: an organization policy administrator must exempt this project "
-                f"(gcloud resource-manager org-policies disable-enforce iam.disableServiceAccountKeyCreation "
-                f"--project {o.project}) before Coiled can get a key."
-            ) from None
+        violated = [v for v in KEY_ORG_POLICIES if v in e.violations]
+        if isinstance(e, FailedPrecondition) and violated:
+            raise UserError(key_policy_sentence(o.project, violated[0].split("/", 1)[1])) from None
         raise
     kid = data["private_key_id"]
     try:

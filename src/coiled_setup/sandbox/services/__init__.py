@@ -8,6 +8,7 @@ from coiled_setup.sandbox.services import (
     cloud_quotas,
     iam,
     operations,
+    org_policy,
     resource_manager,
     service_usage,
 )
@@ -19,5 +20,6 @@ SERVICES = [
     (service_usage, "serviceusage", "serviceusage.googleapis.com"),
     (artifact_registry, "artifactregistry", "artifactregistry.googleapis.com"),
     (operations, "operations", "serviceusage.googleapis.com"),
+    (org_policy, "orgpolicy", "orgpolicy.googleapis.com"),
     (cloud_quotas, "cloudquotas", "cloudquotas.googleapis.com"),
 ]

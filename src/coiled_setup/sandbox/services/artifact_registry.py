@@ -9,7 +9,7 @@ from google.iam.v1 import iam_policy_pb2
 from google.protobuf import empty_pb2
 
 from coiled_setup.sandbox import errors
-from coiled_setup.sandbox.services import operations
+from coiled_setup.sandbox.services import operations, org_policy
 from coiled_setup.sandbox.services.common import AR_SVC, Ctx, live, parts, ts
 from coiled_setup.sandbox.services.operations import operation_proto
 from coiled_setup.sandbox.services.policies import apply_policy, policy_to_proto, test_permissions
@@ -64,6 +64,7 @@ def create_repository(ctx: Ctx, req: ar.CreateRepositoryRequest):
     name = f"projects/{p.project_id}/locations/{location}/repositories/{rid}"
     if name in w.repositories:
         raise errors.already_exists("the repository already exists")
+    org_policy.check_location(w, p, location, "repository")
     err = w.operation_error("CreateRepository")
     if err is not None:
         op = w.new_operation(f"projects/{p.project_id}/locations/{location}/operations/{new_operation_id()}",

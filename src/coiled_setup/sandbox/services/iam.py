@@ -8,6 +8,7 @@ from google.cloud.iam_admin_v1 import types as iam
 from google.protobuf import empty_pb2
 
 from coiled_setup.sandbox import errors
+from coiled_setup.sandbox.services import org_policy
 from coiled_setup.sandbox.services.common import IAM_SVC, Ctx, page_start, parts, ts
 from coiled_setup.sandbox.world import (
     ACCOUNT_ID_RE,
@@ -146,15 +147,9 @@ def _key_proto(k, *, public: bool = False) -> iam.ServiceAccountKey:
 
 def create_key(ctx: Ctx, req: iam.CreateServiceAccountKeyRequest):
     sa, p = _account(ctx, req.name, "iam.serviceAccountKeys.create")
-    if p.key_creation_disabled:
-        msg = "Key creation is not allowed on this service account."
-        raise errors.failed_precondition(
-            msg,
-            # The subject names the account, then the constraint's config value (the email, URL-encoded).
-            violations=[("constraints/iam.disableServiceAccountKeyCreation",
-                         f"projects/{p.project_id}/serviceAccounts/{sa.email}?configvalue="
-                         f"{sa.email.replace('@', '%40')}", msg)],
-        )
+    # The subject names the account, then the constraint's config value (the email, URL-encoded).
+    org_policy.check_key_creation(ctx.world, p, f"projects/{p.project_id}/serviceAccounts/{sa.email}?configvalue="
+                                                f"{sa.email.replace('@', '%40')}")
     if len(ctx.world.user_keys(sa.email)) >= MAX_USER_KEYS:
         raise errors.failed_precondition("Precondition check failed.")
     key, keyfile = ctx.world.issue_key(sa)
@@ -223,7 +218,7 @@ def _check_permissions(perms) -> list[str]:
     from coiled_setup.sandbox.catalogue import valid_in_project_role
 
     for perm in perms:
-        # Google names the first offending permission, whether it does not exist or is organisation-level only.
+        # Google names the first offending permission, whether it does not exist or is organization-level only.
         if not PERMISSION_RE.match(perm) or not valid_in_project_role(perm):
             raise errors.invalid_argument(f"Permission {perm} is not valid.", field="role.included_permissions")
     return list(dict.fromkeys(perms))

@@ -6,6 +6,7 @@ from google.cloud.resourcemanager_v3 import types as rm
 from google.iam.v1 import iam_policy_pb2
 
 from coiled_setup.sandbox import errors
+from coiled_setup.sandbox.services import org_policy
 from coiled_setup.sandbox.services.common import CRM_SVC, Ctx, live, parts
 from coiled_setup.sandbox.services.policies import apply_policy, policy_to_proto, test_permissions
 
@@ -34,6 +35,8 @@ def project_get_policy(ctx: Ctx, req: iam_policy_pb2.GetIamPolicyRequest):
 def project_set_policy(ctx: Ctx, req: iam_policy_pb2.SetIamPolicyRequest):
     (ref,) = parts(req.resource, "projects")
     p = ctx.project(ref, "resourcemanager.projects.setIamPolicy", f"projects/{ref}", CRM_SVC)
+    org_policy.check_members(ctx.world, p, {m for b in p.policy.bindings for m in b.members},
+                             {m for b in req.policy.bindings for m in b.members})
     apply_policy(ctx, p.policy, req.policy, req.resource, req.update_mask.paths)
     return policy_to_proto(p.policy, 3)
 
