@@ -269,3 +269,14 @@ def test_the_region_is_asked_for_as_coiled_setup_gcp_asks(sb, cli):
     regions = state(sb)["coiled"]["workspaces"]["demo"]["regions"]
     assert [r["subnets"] for r in regions if r["default"]] == [
         [{"link": None, "name": None, "for_workers": True, "for_schedulers": True}]]
+
+
+# -- connections ------------------------------------------------------------------------------------------------
+
+def test_coiled_calls_share_connections(sb, cli):
+    """A run keeps its connections to Coiled open between calls (over TLS each new one costs round trips)."""
+    before_calls, before_conns = len(calls(sb)), sb.world.http_connections
+    cli(sb, "gcp", "--dry-run", "--output", "json", "--workspace", "demo", check=0)
+    coiled = [x for x in calls(sb, before_calls) if x["service"] == "coiled"]
+    made = sb.world.http_connections - before_conns  # the token route's included
+    assert len(coiled) >= 4 and made < len(coiled), (made, [x["method"] for x in coiled])

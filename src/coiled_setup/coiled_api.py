@@ -1,4 +1,5 @@
-"""Coiled's control plane over plain HTTP, with the retries Coiled's own client makes.
+"""Coiled's control plane over HTTP (requests, which every run has loaded already through google-auth, and which
+keeps connections open between calls), with the retries Coiled's own client makes.
 
 The one place that retries a Coiled call (under the policy of coiled_setup.retry), and that reads HTTP
 statuses: callers tell errors apart by their class.
@@ -8,10 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from coiled_setup import calllog, retry
 from coiled_setup.cloud import GIVE_UP_S, Reachability
@@ -61,6 +61,34 @@ class _Silent(Exception):
     """No answer yet, for less than GIVE_UP_S: retried without counting attempts."""
 
 
+def _causes(e: BaseException):
+    """The exception and what it wraps (requests wraps urllib3's, which wrap http.client's and the socket's)."""
+    seen = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        stack += [x.__cause__, x.__context__, *[a for a in getattr(x, "args", ()) if isinstance(a, BaseException)],
+                  getattr(x, "reason", None) if isinstance(getattr(x, "reason", None), BaseException) else None]
+
+
+def _not_http(e: BaseException) -> BaseException | None:
+    """The answer that was not HTTP/1.1, if that is what went wrong (a dropped connection is not)."""
+    for x in _causes(e):
+        if isinstance(x, http.client.HTTPException) and not isinstance(x, OSError):
+            return x
+    return None
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost cause, in a few words (a refused connection, a timeout, an unknown host)."""
+    causes = [x for x in _causes(e) if isinstance(x, OSError) and getattr(x, "errno", None)]
+    return str(causes[-1] if causes else e)[:200]
+
+
 class Coiled:
     def __init__(self, server: str, token: str, workspace: str | None = None):
         url = urllib.parse.urlsplit(server)
@@ -79,6 +107,18 @@ class Coiled:
         # Reads kept for one more read (backend options, settings, regions): what is in place and the Coiled
         # step's first observation share one answer (the project lock keeps other runs of this tool out meanwhile).
         self._kept: dict[str, object] = {}
+        self._session_lock = threading.Lock()
+        self._requests = None
+
+    def _session(self):
+        """One session for the run: its pool keeps connections open for the next call, whichever thread makes it
+        (calls that run together take a connection each; the pool is thread-safe)."""
+        with self._session_lock:
+            if self._requests is None:
+                import requests
+
+                self._requests = requests.Session()
+            return self._requests
 
     def __repr__(self) -> str:  # never show the token
         return f"Coiled(server={self.server!r}, workspace={self.workspace!r})"
@@ -107,38 +147,37 @@ class Coiled:
             return answer
 
         def attempt(started):
-            req = urllib.request.Request(url[0], data=data, method=method)
-            req.add_header("Authorization", self._auth())
-            req.add_header("Accept", "application/json")
+            import requests
+
+            headers = {"Authorization": self._auth(), "Accept": "application/json"}
             if data is not None:
-                req.add_header("Content-Type", "application/json")
+                headers["Content-Type"] = "application/json"
             try:
-                with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
-                    raw = r.read()
-                self._reach.answered()
-            except urllib.error.HTTPError as e:
-                self._reach.answered()
-                raw = e.read()
-                if e.code == 404 and ok_missing:
-                    return None
-                action, detail = _action_required(e.code, raw)
-                if action:
-                    raise _ActionRequired(action, detail, _message(e.code, raw, method, path)) from None
-                cls = (CoiledBusy if e.code in RETRY_STATUSES else CoiledUnauthorized if e.code in (401, 403)
-                       else CoiledError)
-                raise cls(_message(e.code, raw, method, path), e.code) from None
-            except (urllib.error.URLError, OSError) as e:  # no answer (a dropped connection included)
+                r = self._session().request(method, url[0], data=data, headers=headers, timeout=REQUEST_TIMEOUT_S)
+                status, raw = r.status_code, r.content
+            except requests.RequestException as e:
+                not_http = _not_http(e)
+                if not_http is not None:  # something answered, but not in HTTP/1.1
+                    raise _NotHttp(f"Could not reach Coiled at {self.server}: it answers, but not in HTTP/1.1 "
+                                   f"({type(not_http).__name__}): check --coiled-server.") from None
+                # No answer (a refused, dropped or timed-out connection).
                 so_far = self._reach.silent(started, self.server, self.notify)
                 if so_far < GIVE_UP_S:
                     raise _Silent() from None
-                reason = getattr(e, "reason", e)
                 raise CoiledUnreachable(
-                    f"Coiled did not answer at {self.server} for {int(so_far)} s ({reason}): check your network "
+                    f"Coiled did not answer at {self.server} for {int(so_far)} s ({_reason(e)}): check your network "
                     "connection, proxy settings (HTTPS_PROXY, NO_PROXY) and --coiled-server, then run again."
                 ) from None
-            except http.client.HTTPException as e:  # something answered, but not in HTTP/1.1
-                raise _NotHttp(f"Could not reach Coiled at {self.server}: it answers, but not in HTTP/1.1 "
-                               f"({type(e).__name__}): check --coiled-server.") from None
+            self._reach.answered()
+            if not 200 <= status < 300:
+                if status == 404 and ok_missing:
+                    return None
+                action, detail = _action_required(status, raw)
+                if action:
+                    raise _ActionRequired(action, detail, _message(status, raw, method, path)) from None
+                cls = (CoiledBusy if status in RETRY_STATUSES else CoiledUnauthorized if status in (401, 403)
+                       else CoiledError)
+                raise cls(_message(status, raw, method, path), status) from None
             try:
                 return json.loads(raw) if raw else None
             except ValueError:

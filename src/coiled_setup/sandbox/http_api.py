@@ -276,6 +276,11 @@ def make_server(world: World, coiled: CoiledApi, port: int = 0) -> ThreadingHTTP
         def log_message(self, *args):  # quiet: the call record is the log
             pass
 
+        def setup(self):
+            super().setup()
+            with world.lock:
+                world.http_connections += 1
+
         def _send(self, status: int, payload) -> None:
             body = b"" if payload is None else json.dumps(payload).encode()
             self.send_response(status)

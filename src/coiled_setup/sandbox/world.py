@@ -255,6 +255,9 @@ class World:
         self.operation_errors: list[dict] = []
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (email, expiry wall)
         self.calls: list[dict] = []
+        # Connections the HTTP server (Coiled's routes, the token route) accepted: a client that keeps its
+        # connections open makes fewer than it makes calls.
+        self.http_connections = 0
         self.coiled = CoiledState()
         # The organization every project inherits from: {"id", "customer_id", "domain", "policies"} (scenario).
         self.organization: dict = {}
