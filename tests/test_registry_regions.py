@@ -8,10 +8,14 @@ region found only after the first write.
 
 from __future__ import annotations
 
+import copy
 import json
+import subprocess
 from pathlib import Path
 
+from coiled_setup.journal import Journal
 from coiled_setup.needs import REPO_ROLE
+from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
 from tests.helpers import calls, clients
 
 P = "coiled-demo"
@@ -77,9 +81,28 @@ def test_two_regions_are_made_kept_and_verified_each(make_sandbox, cli):
     assert repo["status"] == "failed" and "us-central1" in repo["detail"] and "us-east1" not in repo["detail"]
 
 
-def test_teardown_deletes_each_repository_it_made_and_leaves_a_foreign_one(make_sandbox, cli):
+def test_exports_review_then_teardown_delete_each_repository_it_made_and_leave_a_foreign_one(make_sandbox, cli,
+                                                                                                 tmp_path):
     sb = make_sandbox(**FAST)
     cli(sb, *GCP, *TWO, check=0)
+    # The exports and the review name each region's repository and grant (a converged project: imported).
+    tf, sh = tmp_path / "tf", tmp_path / "setup.sh"
+    cli(sb, "gcp", "--non-interactive", *TWO, "--export", "terraform", str(tf), check=0)
+    cli(sb, "gcp", "--non-interactive", *TWO, "--export", "gcloud", str(sh), check=0)
+    main = (tf / "main.tf").read_text()
+    imports = (tf / "imports.tf").read_text()
+    for address in (f"{kind}.{label}" for kind in ("google_artifact_registry_repository",
+                                                   "google_artifact_registry_repository_iam_member")
+                    for label in ("coiled", "coiled_us_central1")):
+        assert f'"{address.split(".")[1]}"' in main and address in imports
+    assert 'location      = "us-central1"' in main and "locations/us-central1/repositories/coiled" in imports
+    script = sh.read_text()
+    assert subprocess.run(["bash", "-n", str(sh)]).returncode == 0
+    assert f"# resource: repository {EAST} " in script and f"# resource: repository {CENTRAL} " in script
+    assert script.count("gcloud artifacts repositories add-iam-policy-binding") == 2
+    review = json.loads(cli(sb, "review", "--project", P, "--format", "json", check=0).stdout)
+    assert [r["name"] for r in review["resources"] if r["kind"] == "repository"] == [EAST, CENTRAL]
+    assert all(r["state"] == "exists" for r in review["resources"] if r["kind"].startswith("repository"))
     c = clients(sb)
     foreign = c.registry.create_repository(parent=f"projects/{P}/locations/us-central1", repository_id="other",
                                            repository={"format_": 1}).result().name
@@ -108,3 +131,26 @@ def test_a_bad_registry_region_exits_2_before_any_write(make_sandbox, cli):
     out = cli(sb, *GCP, "--registry-regions", "us-east1,atlantis1", check=2)
     assert "atlantis1" in out.stderr
     assert not [x for x in calls(sb) if x["write"]]
+
+
+def test_a_registry_region_the_organization_refuses_blocks_before_any_write(make_sandbox, cli):
+    s = copy.deepcopy(DEFAULT_SCENARIO)
+    s["organization"] = {"id": "123456789", "customer_id": "C01abc234", "domain": "example.com",
+                         "policies": {"gcp.resourceLocations": {"allowed_values": ["in:us-central1-locations"]}}}
+    sb = make_sandbox(s, **FAST)
+    out = cli(sb, *GCP, "--region", "us-central1", "--registry-regions", "us-central1,us-east1", check=5)
+    assert "constraints/gcp.resourceLocations does not allow region us-east1" in " ".join(out.stdout.split())
+    assert not [x for x in calls(sb) if x["write"]]
+
+
+def test_an_older_journal_naming_one_repository_is_read(tmp_path):
+    path = tmp_path / "journal.json"
+    path.write_text(json.dumps({"project": P, "created": {"repository": EAST}, "keys": []}))
+    j = Journal(P, path)
+    assert j.created_repositories() == [EAST]
+    j.created_repository(CENTRAL)
+    assert Journal(P, path).created_repositories() == [EAST, CENTRAL]
+    j.forget_repository(EAST)
+    assert Journal(P, path).get("created") == {"repository": CENTRAL}  # one name: a string, as before
+    j.forget_repository(CENTRAL)
+    assert Journal(P, path).created_repositories() == []
