@@ -51,7 +51,6 @@ def test_two_regions_are_made_kept_and_verified_each(make_sandbox, cli):
     for name in (EAST, CENTRAL):
         assert c.registry.get_repository(name=name).format_.name == "DOCKER"
         assert granted(c, name)
-    # The two regions are created together: both creations start before either repository is read back.
     made = [x for x in calls(sb) if x["method"] == "CreateRepository"]
     assert len(made) == 2
     journal = json.loads(next(Path(sb.env["COILED_SETUP_HOME"]).rglob("journal-coiled-demo.json")).read_text())
