@@ -189,7 +189,14 @@ def registry_regions_error(regions: tuple[str, ...], gar: bool, flag: str = "--r
         return None
     if not gar:
         return f"{flag} needs Artifact Registry: leave out --no-gar, or leave out {flag}."
-    return next((e for e in (region_error(r, True, flag) for r in regions) if e), None)
+    for r in regions:
+        if r not in REGIONS:
+            return (f"{_named(flag, ','.join(regions))} names {r!r}, which is not a Google Cloud region (for example "
+                    "us-east1).")
+        if r not in GAR_REGIONS:
+            return (f"{_named(flag, ','.join(regions))} names {r}, which cannot hold Coiled's Artifact Registry "
+                    "repository: use us-east1 or us-central1.")
+    return None
 
 
 def zone_error(zone: str, region: str, flag: str = "--zone") -> str | None:
