@@ -88,6 +88,7 @@ class Target:
     fresh_key: str | None = None  # the key id gcp made moments ago, which Google may not list yet (journal)
     recorded: dict = field(default_factory=dict)  # the settings the wizard recorded
     sources: dict = field(default_factory=dict)  # where region, role_id and gar came from
+    registry_regions: tuple[str, ...] = ()  # more regions with Coiled's repository, besides the cluster region
 
     @property
     def role_name(self) -> str:
@@ -96,6 +97,15 @@ class Target:
     @property
     def repository(self) -> str:
         return repository_name(self.project, self.region)
+
+    @property
+    def repo_regions(self) -> tuple[str, ...]:
+        """Every region with Coiled's repository, the cluster region first."""
+        return tuple(dict.fromkeys((self.region, *self.registry_regions))) if self.gar else ()
+
+    def fact(self, name: str, region: str) -> str:
+        """The fact's name for a region's repository (the cluster region's keeps the plain name)."""
+        return name if region == self.region else f"{name}@{region}"
 
     @property
     def member(self) -> str:
@@ -171,7 +181,9 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
     if as_key is not None:
         f.fetch({"key_auth": as_key.authenticate})
     if f.error("key_auth") is not None:
-        f.errors["held"] = f.errors["repo_held"] = f.error("key_auth")
+        f.errors["held"] = f.error("key_auth")
+        for region in t.repo_regions:
+            f.errors[t.fact("repo_held", region)] = f.error("key_auth")
         as_key = None
     jobs: dict[str, Callable[[], object]] = {}
     if t.account:
@@ -183,10 +195,13 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
         jobs["held"] = lambda: as_key.test_permissions(t.project, template_permissions())
     if t.gar:
         jobs["registry_api"] = lambda: operator.service_enabled(t.project, ARTIFACT_REGISTRY)
-        jobs["repository"] = lambda: operator.get_repository(t.repository)
-        jobs["repo_policy"] = lambda: operator.get_repo_policy(t.repository)
-        if as_key is not None:
-            jobs["repo_held"] = lambda: as_key.test_permissions(t.repository, list(REPO_PERMISSIONS), repository=True)
+        for region in t.repo_regions:  # each registry region's repository, read together with the rest
+            repo = repository_name(t.project, region)
+            jobs[t.fact("repository", region)] = lambda r=repo: operator.get_repository(r)
+            jobs[t.fact("repo_policy", region)] = lambda r=repo: operator.get_repo_policy(r)
+            if as_key is not None:
+                jobs[t.fact("repo_held", region)] = lambda r=repo: as_key.test_permissions(
+                    r, list(REPO_PERMISSIONS), repository=True)
     if t.instance_flag and t.instance_flag != t.account:
         jobs["instance"] = lambda: operator.get_account(t.instance_flag)
     if coiled is not None:
@@ -458,24 +473,45 @@ def check_registry_api(t: Target, f: Facts, before: dict[str, Result]) -> Result
     return Result(name, title, OK, f"{ARTIFACT_REGISTRY} is enabled.")
 
 
+def _each_region(t: Target, name: str, title: str, one) -> Result:
+    """One result for every registry region: the region's own when there is one, else the failures (each naming
+    its repository, so its region), else every region's detail."""
+    results = [one(region) for region in t.repo_regions]
+    if len(results) == 1:
+        return results[0]
+    failed = [r for r in results if r.status == FAILED]
+    if failed:
+        data = {"regions": [region for region, r in zip(t.repo_regions, results, strict=True) if r.status == FAILED]}
+        return Result(name, title, FAILED, " ".join(r.detail for r in failed),
+                      " ".join(dict.fromkeys(r.remedy for r in failed if r.remedy)), data)
+    if any(r.status == SKIPPED for r in results):
+        return next(r for r in results if r.status == SKIPPED)
+    return Result(name, title, results[0].status, " ".join(r.detail for r in results))
+
+
 def check_repository(t: Target, f: Facts, before: dict[str, Result]) -> Result:
     name, title = "registry_repository", "Registry repository"
     if not t.gar:
         return Result(name, title, SKIPPED, "Not checked (--no-gar).")
     if before["registry_api"].status != OK:
         return Result(name, title, SKIPPED, "Needs the Artifact Registry API (see above).")
-    e = f.error("repository")
-    if e is not None:
-        return cannot_read(name, title, e, t, f)
-    fmt = f.get("repository")
-    if fmt is None:
-        return Result(name, title, FAILED, f"There is no repository coiled in {t.region}: {t.repository} is missing.",
-                      f"{t.gcp()} (creates the DOCKER repository and grants the account {REPO_ROLE})")
-    if fmt != "DOCKER":
-        return Result(name, title, FAILED, f"{t.repository} has format {fmt}; Coiled needs DOCKER.",
-                      f"Delete or rename it (gcloud artifacts repositories delete coiled --location {t.region} "
-                      f"--project {t.project}), then {t.gcp()}; or pass --no-gar and use another registry.")
-    return Result(name, title, OK, f"{t.repository} (DOCKER).")
+
+    def one(region: str) -> Result:
+        repo = repository_name(t.project, region)
+        e = f.error(t.fact("repository", region))
+        if e is not None:
+            return cannot_read(name, title, e, t, f)
+        fmt = f.get(t.fact("repository", region))
+        if fmt is None:
+            return Result(name, title, FAILED, f"There is no repository coiled in {region}: {repo} is missing.",
+                          f"{t.gcp()} (creates the DOCKER repository and grants the account {REPO_ROLE})")
+        if fmt != "DOCKER":
+            return Result(name, title, FAILED, f"{repo} has format {fmt}; Coiled needs DOCKER.",
+                          f"Delete or rename it (gcloud artifacts repositories delete coiled --location {region} "
+                          f"--project {t.project}), then {t.gcp()}; or pass --no-gar and use another registry.")
+        return Result(name, title, OK, f"{repo} (DOCKER).")
+
+    return _each_region(t, name, title, one)
 
 
 def check_repo_grant(t: Target, f: Facts, before: dict[str, Result]) -> Result:
@@ -486,31 +522,41 @@ def check_repo_grant(t: Target, f: Facts, before: dict[str, Result]) -> Result:
         return Result(name, title, SKIPPED, "Needs the repository (see above).")
     if not t.account:
         return Result(name, title, SKIPPED, "No account to check: the key file is not usable (see Key file).")
-    e = f.error("repo_policy")
-    if e is not None:
-        return cannot_read(name, title, e, t, f)
-    policy = f.get("repo_policy")
-    if REPO_ROLE not in bound_roles(policy, t.member):
-        if any(r == REPO_ROLE for r, _ in conditional_roles(policy, t.member)):
-            detail = (f"{t.account} holds {REPO_ROLE} on {t.repository} only under a condition: Coiled cannot "
-                      "push software environments.")
-        else:
-            detail = (f"{t.account} does not hold {REPO_ROLE} on {t.repository}: Coiled cannot push software "
-                      "environments.")
-        return Result(name, title, FAILED, detail,
-                      f"{t.gcp()} (grants it), or gcloud artifacts repositories add-iam-policy-binding coiled "
-                      f"--location {t.region} --project {t.project} --member {t.member} --role {REPO_ROLE}")
-    held = f.get("repo_held")
-    if held is not None:
-        missing = [p for p in REPO_PERMISSIONS if p not in held]
-        if missing:
-            return Result(name, title, FAILED,
-                          f"{t.account} is granted {REPO_ROLE}, but Google does not give it {', '.join(missing)} yet.",
-                          "Google may still be propagating the grant (up to 7 minutes): run verify again later.",
-                          {"not_held": missing})
-        return Result(name, title, OK, f"{t.account} holds {REPO_ROLE}; push and pull tested as the account.")
-    untested = f" (push and pull not tested as the account: {NEEDS_KEY})" if t.key is None else ""
-    return Result(name, title, OK, f"{t.account} holds {REPO_ROLE} on the repository{untested}.")
+    several = len(t.repo_regions) > 1
+
+    def one(region: str) -> Result:
+        repo = repository_name(t.project, region)
+        e = f.error(t.fact("repo_policy", region))
+        if e is not None:
+            return cannot_read(name, title, e, t, f)
+        policy = f.get(t.fact("repo_policy", region))
+        if REPO_ROLE not in bound_roles(policy, t.member):
+            if any(r == REPO_ROLE for r, _ in conditional_roles(policy, t.member)):
+                detail = (f"{t.account} holds {REPO_ROLE} on {repo} only under a condition: Coiled cannot "
+                          "push software environments.")
+            else:
+                detail = (f"{t.account} does not hold {REPO_ROLE} on {repo}: Coiled cannot push software "
+                          "environments.")
+            return Result(name, title, FAILED, detail,
+                          f"{t.gcp()} (grants it), or gcloud artifacts repositories add-iam-policy-binding coiled "
+                          f"--location {region} --project {t.project} --member {t.member} --role {REPO_ROLE}")
+        where = f" on {repo}" if several else ""
+        held = f.get(t.fact("repo_held", region))
+        if held is not None:
+            missing = [p for p in REPO_PERMISSIONS if p not in held]
+            if missing:
+                return Result(name, title, FAILED,
+                              f"{t.account} is granted {REPO_ROLE}{where}, but Google does not give it "
+                              f"{', '.join(missing)} yet.",
+                              "Google may still be propagating the grant (up to 7 minutes): run verify again later.",
+                              {"not_held": missing})
+            return Result(name, title, OK, f"{t.account} holds {REPO_ROLE}{where}; push and pull tested as the "
+                          "account.")
+        untested = f" (push and pull not tested as the account: {NEEDS_KEY})" if t.key is None else ""
+        return Result(name, title, OK, f"{t.account} holds {REPO_ROLE} on {repo if several else 'the repository'}"
+                      f"{untested}.")
+
+    return _each_region(t, name, title, one)
 
 
 def check_instance(t: Target, f: Facts, before: dict[str, Result]) -> Result:
@@ -704,7 +750,8 @@ def check_org_policies(t: Target, f: Facts, before: dict[str, Result]) -> Result
         return cannot_read(name, title, f.error("org_policies"), t, f)
     if skipped:
         return Result(name, title, SKIPPED, f"Not checked: {skipped}.")
-    found = org_policies.findings(effective, t.project, t.region, key_needed=False, repository_needed=False)
+    found = org_policies.findings(effective, t.project, t.region, key_needed=False, repository_needed=False,
+                                  registry_regions=t.repo_regions)
     if not found:
         return Result(name, title, OK, "No organization policy in force blocks Coiled in this project.")
     # A region Coiled cannot use fails; keys refused (rotation) and external IPs refused (clusters) warn.

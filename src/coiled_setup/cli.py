@@ -163,6 +163,8 @@ def gcp(
     no_local_key: bool = typer.Option(False, "--no-local-key", help="Keep a new key in memory only, for the upload."),
     role_id: str = typer.Option("coiled", metavar="ROLE_ID", help="Id of the custom role."),
     no_gar: bool = typer.Option(False, "--no-gar", help="Skip Artifact Registry (use another registry)."),
+    registry_regions: Optional[str] = typer.Option(
+        None, metavar="R1,R2", help="Regions that each get Coiled's registry repository [default: --region]."),
     instance_service_account: Optional[str] = typer.Option(
         None, metavar="EMAIL", help="Existing account for cluster instances [default: none]."),
     create_instance_service_account: bool = typer.Option(
@@ -218,6 +220,7 @@ def gcp(
             OPEN_CIDR,
             Options,
             parse_ports,
+            parse_regions,
             refuse_empty,
             region_error,
         )
@@ -228,7 +231,7 @@ def gcp(
         refuse_empty({"--project": project, "--workspace": workspace, "--zone": zone, "--region": region,
                       "--service-account": service_account, "--instance-service-account": instance_service_account,
                       "--firewall-cidr": firewall_cidr, "--coiled-server": coiled_server, "--role-id": role_id,
-                      "--firewall-ports": firewall_ports,
+                      "--firewall-ports": firewall_ports, "--registry-regions": registry_regions,
                       # typer reads --key-file "" as the current directory
                       "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
         # A flag not given keeps what is in place; one given changes it.
@@ -259,7 +262,7 @@ def gcp(
             # A JSON consumer is a program: it cannot answer questions, and stdout is its document.
             interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
-            allow_privileged_key=allow_privileged_key,
+            allow_privileged_key=allow_privileged_key, registry_regions=parse_regions(registry_regions or ""),
         )
         if export is not None:
             opts.dry_run = True  # an export changes nothing

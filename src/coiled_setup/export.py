@@ -52,7 +52,13 @@ def label(r: inventory.Resource) -> str:
         return _label(r.attrs["role_id"])
     if r.kind == "project_binding":
         return _label(r.attrs["role"].rsplit("/", 1)[-1])
-    return "coiled"  # the repository and its grant
+    # The repository and its grant: the cluster region's are "coiled", another registry region's name it.
+    return "coiled" if r.attrs.get("cluster_region", True) else f"coiled_{_label(r.attrs['location'])}"
+
+
+def _tf_location(r: inventory.Resource) -> str:
+    """The cluster region follows var.region; another registry region is written out."""
+    return "var.region" if r.attrs.get("cluster_region", True) else _q(r.attrs["location"])
 
 
 def address(r: inventory.Resource) -> str:
@@ -84,8 +90,9 @@ class _Names:
         kind, _, email = member.partition(":")
         return f"{kind}:{self.email(email)}"
 
-    def repository(self) -> str:
-        return "projects/${var.project}/locations/${var.region}/repositories/" + inventory.REPOSITORY_ID
+    def repository(self, r: inventory.Resource) -> str:
+        where = "${var.region}" if r.attrs.get("cluster_region", True) else r.attrs["location"]
+        return "projects/${var.project}/locations/" + where + "/repositories/" + inventory.REPOSITORY_ID
 
     def import_id(self, r: inventory.Resource) -> str:
         if r.kind == "api":
@@ -97,9 +104,9 @@ class _Names:
         if r.kind == "project_binding":
             return f"${{var.project}} {self.role(r.attrs['role'])} {self.member(r.attrs['member'])}"
         if r.kind == "repository":
-            return self.repository()
+            return self.repository(r)
         if r.kind == "repository_binding":
-            return f"{self.repository()} {r.attrs['role']} {self.member(r.attrs['member'])}"
+            return f"{self.repository(r)} {r.attrs['role']} {self.member(r.attrs['member'])}"
         raise ValueError(r.kind)
 
 
@@ -123,7 +130,7 @@ def terraform(items: list[inventory.Resource], o: Options, with_key: bool, versi
     accounts = {r.name: address(r) for r in items if r.kind == "service_account"}
     roles = {r.name: address(r) for r in items if r.kind == "custom_role"}
     apis = {r.name: address(r) for r in items if r.kind == "api"}
-    repo = next((address(r) for r in items if r.kind == "repository"), None)
+    repos = {r.name: address(r) for r in items if r.kind == "repository"}
     blocks: list[str] = []
     for r in items:
         a = r.attrs
@@ -147,13 +154,14 @@ def terraform(items: list[inventory.Resource], o: Options, with_key: bool, versi
             role = f"{roles[a['role']]}.name" if a["role"] in roles else _q(a["role"])
             body += ["project = var.project", f"role    = {role}", f"member  = {_ref_member(a['member'], accounts)}"]
         elif r.kind == "repository":
-            body += ["project       = var.project", "location      = var.region",
+            body += ["project       = var.project", f"location      = {_tf_location(r)}",
                      f"repository_id = {_q(a['repository_id'])}", f"format        = {_q(a['format'])}",
                      f"description   = {_q(a['description'])}"]
             if ARTIFACT_REGISTRY in apis:
                 body.append(f"depends_on    = [{apis[ARTIFACT_REGISTRY]}]")
         elif r.kind == "repository_binding":
-            body += ["project    = var.project", "location   = var.region",
+            repo = repos.get(a["repository"])
+            body += ["project    = var.project", f"location   = {_tf_location(r)}",
                      f"repository = {repo}.name" if repo else f"repository = {_q(inventory.REPOSITORY_ID)}",
                      f"role       = {_q(a['role'])}", f"member     = {_ref_member(a['member'], accounts)}"]
         elif r.kind == "key":
@@ -281,16 +289,18 @@ def gcloud(items: list[inventory.Resource], o: Options, version: str) -> str:
                       f'gcloud projects add-iam-policy-binding "${{PROJECT}}" --member {_shp(a["member"], o)} '
                       f'--role {_shp(a["role"], o)} --condition None >/dev/null']
         elif r.kind == "repository":
+            where = '"${REGION}"' if a.get("cluster_region", True) else _sh(a["location"])
             lines += ["", head,
-                      f'if ! gcloud artifacts repositories describe {_sh(a["repository_id"])} --location "${{REGION}}" '
+                      f'if ! gcloud artifacts repositories describe {_sh(a["repository_id"])} --location {where} '
                       '--project "${PROJECT}" >/dev/null 2>&1; then',
                       f'  gcloud artifacts repositories create {_sh(a["repository_id"])} --repository-format docker '
-                      f'--location "${{REGION}}" --project "${{PROJECT}}" --description {_sh(a["description"])}',
+                      f'--location {where} --project "${{PROJECT}}" --description {_sh(a["description"])}',
                       "fi"]
         elif r.kind == "repository_binding":
+            where = '"${REGION}"' if a.get("cluster_region", True) else _sh(a["location"])
             lines += ["", head, "# (adding a binding that is there changes nothing)",
                       f"gcloud artifacts repositories add-iam-policy-binding {inventory.REPOSITORY_ID} "
-                      f'--location "${{REGION}}" --project "${{PROJECT}}" --member {_shp(a["member"], o)} '
+                      f'--location {where} --project "${{PROJECT}}" --member {_shp(a["member"], o)} '
                       f"--role {_sh(a['role'])} >/dev/null"]
         elif r.kind == "key":
             default = a["file"] or f"{o.account_id}-key.json"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from coiled_setup import paths
 from coiled_setup.needs import REPO_ROLE
+from coiled_setup.options import repository_name
 
 # What the run does with a resource.
 CREATE = "create"  # absent: the run creates it
@@ -84,15 +85,20 @@ def _of(step, run, observed: bool) -> list[Resource]:
                          step.key, {"role": role_name, "member": member})]
     if isinstance(step, registry.RegistryStep):
         member = step.member(run)
-        there = step.format is not None
-        return [
-            Resource("repository", o.repository, _state(observed, there), step.key,
-                     {"location": o.region, "repository_id": REPOSITORY_ID, "format": "DOCKER",
-                      "description": REPOSITORY_DESCRIPTION}),
-            Resource("repository_binding", f"{o.repository} {REPO_ROLE} {member}",
-                     _state(observed, there and step.granted), step.key,
-                     {"repository": o.repository, "role": REPO_ROLE, "member": member}),
-        ]
+        repos = step.repos or [registry.Repo(r, repository_name(o.project, r)) for r in o.repo_regions]
+        out = []
+        for r in repos:  # one repository and one grant in each registry region
+            there = r.format is not None
+            out += [
+                Resource("repository", r.name, _state(observed, there), step.key,
+                         {"location": r.region, "repository_id": REPOSITORY_ID, "format": "DOCKER",
+                          "description": REPOSITORY_DESCRIPTION, "cluster_region": r.region == o.region}),
+                Resource("repository_binding", f"{r.name} {REPO_ROLE} {member}",
+                         _state(observed, there and r.granted), step.key,
+                         {"repository": r.name, "role": REPO_ROLE, "member": member, "location": r.region,
+                          "cluster_region": r.region == o.region}),
+            ]
+        return out
     if isinstance(step, instance.InstanceAccountStep):
         email = instance.instance_email(o)
         if not o.create_instance_service_account:  # one you named: used, never made

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class Journal:
     def __init__(self, project: str, path: Path | None = None):
         self.path = path or paths.state_dir() / f"journal-{project}.json"
         self.data: dict = {"project": project, "created": {}, "keys": []}
+        self._lock = threading.RLock()  # the registry regions record their repositories concurrently
         if self.path.exists():
             try:
                 loaded = json.loads(self.path.read_text())
@@ -47,7 +49,7 @@ class Journal:
         except OSError as e:
             raise JournalError(self.path, e) from None
 
-    def created(self, kind: str, name: str) -> None:
+    def created(self, kind: str, name) -> None:
         self.data.setdefault("created", {})[kind] = name
         self.set()
 
@@ -56,6 +58,29 @@ class Journal:
         if kind in self.data.get("created", {}):
             del self.data["created"][kind]
             self.set()
+
+    # -- the repositories this tool created (one per registry region); older journals hold one name -------
+    def created_repositories(self) -> list[str]:
+        made = (self.data.get("created") or {}).get("repository")
+        if isinstance(made, str):
+            return [made]
+        return [r for r in made if isinstance(r, str)] if isinstance(made, list) else []
+
+    def created_repository(self, name: str) -> None:
+        with self._lock:
+            if name not in self.created_repositories():
+                self._repositories([*self.created_repositories(), name])
+
+    def forget_repository(self, name: str) -> None:
+        with self._lock:
+            self._repositories([r for r in self.created_repositories() if r != name])
+
+    def _repositories(self, names: list[str]) -> None:
+        # One name stays a string, as journals always held it; several are a list.
+        if not names:
+            self.forget("repository")
+        else:
+            self.created("repository", names[0] if len(names) == 1 else names)
 
     def our_keys(self) -> list[str]:
         """Key ids this tool created, oldest first."""

@@ -80,6 +80,8 @@ class Options:
     allow_privileged_key: bool = False  # hand Coiled a key of an owner/editor/IAM-admin account anyway
     max_age: float | None = None  # rotate-key: rotate only a key older than this many days
     delete_repository: bool = False  # teardown: the repository too (it holds images)
+    # More regions for Coiled's repository (--registry-regions); the cluster region always has one.
+    registry_regions: tuple[str, ...] = ()
     explicit: set[str] = field(default_factory=set)  # flags the user gave
 
     @property
@@ -107,7 +109,17 @@ class Options:
 
     @property
     def repository(self) -> str:
+        """The cluster region's repository: the one Coiled is told about."""
         return repository_name(self.project, self.region)
+
+    @property
+    def repo_regions(self) -> tuple[str, ...]:
+        """Every region that holds Coiled's repository: the cluster region first, then the others."""
+        return tuple(dict.fromkeys((self.region, *self.registry_regions))) if self.gar else ()
+
+    @property
+    def repositories(self) -> list[str]:
+        return [repository_name(self.project, r) for r in self.repo_regions]
 
     @property
     def open_firewall(self) -> bool:
@@ -164,6 +176,26 @@ def region_error(region: str, gar: bool, flag: str = "--region") -> str | None:
     if gar and region not in GAR_REGIONS:
         return (f"{_named(flag, region)} cannot hold Coiled's Artifact Registry repository: use us-east1 or "
                 "us-central1, or pass --no-gar to use another registry.")
+    return None
+
+
+def parse_regions(text: str) -> tuple[str, ...]:
+    """--registry-regions us-east1,us-central1: each region once, in the order given."""
+    return tuple(dict.fromkeys(r.strip() for r in text.split(",") if r.strip()))
+
+
+def registry_regions_error(regions: tuple[str, ...], gar: bool, flag: str = "--registry-regions") -> str | None:
+    if not regions:
+        return None
+    if not gar:
+        return f"{flag} needs Artifact Registry: leave out --no-gar, or leave out {flag}."
+    for r in regions:
+        if r not in REGIONS:
+            return (f"{_named(flag, ','.join(regions))} names {r!r}, which is not a Google Cloud region (for example "
+                    "us-east1).")
+        if r not in GAR_REGIONS:
+            return (f"{_named(flag, ','.join(regions))} names {r}, which cannot hold Coiled's Artifact Registry "
+                    "repository: use us-east1 or us-central1.")
     return None
 
 
@@ -227,6 +259,7 @@ def validate(o: Options, *, accounts_known: bool = True) -> None:
     _check(account_error(o.service_account, o.project))
     _check(role_id_error(o.role_id))
     _check(region_error(o.region, o.gar))
+    _check(registry_regions_error(o.registry_regions, o.gar))
     if o.zone is None:
         o.zone = f"{o.region}-{DEFAULT_ZONE_SUFFIX}"
     _check(zone_error(o.zone, o.region))

@@ -103,19 +103,27 @@ def _policy(project: str, constraint: str, spec: dict) -> dict:
 
 
 def findings(effective: dict[str, list[dict]], project: str, region: str, *, key_needed: bool,
-             repository_needed: bool) -> list[Finding]:
-    """What the policies in force block: this run (key, repository) or Coiled's clusters later."""
+             repository_needed: bool, registry_regions: tuple[str, ...] = ()) -> list[Finding]:
+    """What the policies in force block: this run (key, repositories) or Coiled's clusters later.
+
+    `region` is the cluster region (its repository too when `repository_needed`); `registry_regions` the other
+    regions that get a repository."""
     out = []
     for c in (KEY_LEGACY, KEY_MANAGED):
         if enforced(effective.get(c, [])):
             out.append(Finding(c, "forbids creating service-account keys, and Coiled needs a key of its account",
                                key_needed, _policy(project, c, {"rules": [{"enforce": False}]})))
     locations = effective.get(LOCATIONS, [])
-    if not region_allowed(locations, region):
+    refused = [r for r in dict.fromkeys((region, *registry_regions)) if not region_allowed(locations, r)]
+    if refused == [region]:
         what = (f"does not allow region {region}, where the Artifact Registry repository goes and Coiled's clusters "
                 "run" if repository_needed else f"does not allow region {region}, where Coiled's clusters run")
-        out.append(Finding(LOCATIONS, what, repository_needed, _policy(project, LOCATIONS, {
-            "inheritFromParent": True, "rules": [{"values": {"allowedValues": [region_value(region)]}}]})))
+    elif refused:  # a registry region of its own: one finding (one exception file) names every refused region
+        what = (f"does not allow region{'s' if len(refused) > 1 else ''} {' and '.join(refused)}, where Coiled's "
+                "Artifact Registry repositories go" + (" and its clusters run" if region in refused else ""))
+    if refused:
+        out.append(Finding(LOCATIONS, what, repository_needed or refused != [region], _policy(project, LOCATIONS, {
+            "inheritFromParent": True, "rules": [{"values": {"allowedValues": [region_value(r) for r in refused]}}]})))
     if not allows(effective.get(EXTERNAL_IP, []), lambda v: False):
         out.append(Finding(EXTERNAL_IP, "refuses external IP addresses, which Coiled gives its VMs by default, so "
                                         "clusters would fail to start", False,

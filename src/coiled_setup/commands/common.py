@@ -218,7 +218,10 @@ class Session:
         return {"project": o.project or None, "workspace": o.workspace,
                 "service_account": o.account_email if o.project else None,
                 "key_file": str(run.key_path) if run and run.key_path else None,
-                "steps": engine.results if engine else [], "conflicts_retried": self.ui.conflicts}
+                "steps": engine.results if engine else [], "conflicts_retried": self.ui.conflicts,
+                # Coiled's repository in each registry region (gcp and teardown's documents carry them).
+                **({"repositories": o.repositories if o.project else []}
+                   if self.command in ("gcp", "teardown") else {})}
 
     def drive(self, execute) -> int:
         from coiled_setup import report

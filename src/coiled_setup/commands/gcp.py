@@ -190,7 +190,8 @@ class Wizard(Session):
                       else not key_path(o, journal).exists())
         # With Artifact Registry the region holds the repository too: a region refused blocks the run, without
         # another call to learn whether the repository exists.
-        found = org_policies.findings(effective, o.project, o.region, key_needed=key_needed, repository_needed=o.gar)
+        found = org_policies.findings(effective, o.project, o.region, key_needed=key_needed, repository_needed=o.gar,
+                                      registry_regions=o.repo_regions)
         blocking = [f for f in found if f.blocks]
         for f in found:
             if f.blocks:
@@ -328,6 +329,7 @@ class Wizard(Session):
         try:
             run.journal.record_settings(
                 region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, account=o.account_email,
+                registry_regions=list(o.repo_regions[1:]),  # the registry regions besides the cluster region
                 instance_service_account=run.instance_email, key_file=run.key_path, local_key=not o.no_local_key,
                 upload=o.upload, workspace=o.workspace if o.upload else None,
                 firewall_cidr=o.firewall_cidr if o.upload else None,

@@ -78,6 +78,16 @@ def _observed(o: Options) -> tuple[list[inventory.Resource], tuple[dict, str]]:
         g.close()
 
 
+def _recorded_registry_regions(project: str) -> tuple[str, ...]:
+    """The registry regions `gcp` set up for the project on this machine (its journal), each listed."""
+    from coiled_setup.journal import Journal
+    from coiled_setup.options import region_error
+
+    regions = Journal(project).settings().get("registry_regions")
+    return tuple(r for r in regions if isinstance(r, str) and not region_error(r, True)) \
+        if isinstance(regions, list) else ()
+
+
 def gather(ro: ReviewOptions) -> dict:
     """The report's fields (the JSON document less its five common fields)."""
     o = _options(ro.project)
@@ -85,6 +95,7 @@ def gather(ro: ReviewOptions) -> dict:
     source = "templates"
     found = policies = None
     if ro.project:
+        o.registry_regions = _recorded_registry_regions(o.project)
         try:
             found, policies = _observed(o)
             source = "project"
@@ -113,7 +124,7 @@ def gather(ro: ReviewOptions) -> dict:
         "note": note,
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {"service_account": o.account_email, "role": o.role_name, "region": o.region,
-                     "artifact_registry": o.gar, "repository": o.repository},
+                     "artifact_registry": o.gar, "repository": o.repository, "repositories": o.repositories},
         "roles": [
             {"role_id": o.role_id, "template": role_templates.CONTROL_PLANE, "title": control.title,
              "permissions": len(control.permissions), "member": f"serviceAccount:{o.account_email}",
@@ -153,7 +164,7 @@ def _org_policies(o: Options, policies: tuple[dict, str] | None) -> list[dict]:
                  "finding": "When it refuses external IP addresses, Coiled's clusters, whose VMs get public IPs by "
                             "default, fail to start; the run warns and goes on."}, domains]
     found = {f.constraint: f for f in org_policies.findings(effective, o.project, o.region, key_needed=True,
-                                                            repository_needed=o.gar)}
+                                                            repository_needed=o.gar, registry_regions=o.repo_regions)}
     out = []
     for c in org_policies.CONSTRAINTS:
         f = found.get(c)
@@ -226,8 +237,9 @@ def markdown(f: dict, version: str) -> str:
         f"(template `{instance['template']}`).",
     ]
     if s["artifact_registry"]:
-        lines.append(f"- A Docker repository `{s['repository']}`, on which the account gets "
-                     f"`{needs.REPO_ROLE}` (not with `--no-gar`).")
+        for repo in s.get("repositories") or [s["repository"]]:  # one per registry region
+            lines.append(f"- A Docker repository `{repo}`, on which the account gets "
+                         f"`{needs.REPO_ROLE}` (not with `--no-gar`).")
     lines += [
         "- Permissions that let the holder act as another identity: " + ", ".join(f"`{p}`" for p in identity) + ".",
         "- Permissions that read data that is not Coiled's: " + ", ".join(f"`{p}`" for p in data) + ".",

@@ -55,6 +55,13 @@ class Teardown(Session):
         region = recorded.get("region") or options.get("gcp_region_name")
         if region in REGIONS and region in GAR_REGIONS:
             o.region = region
+        # Every registry region gcp recorded, and any whose repository coiled-setup created: each loses the grant
+        # (and, with --delete-repository, the repository it created).
+        made = [n.split("/")[3] for n in journal.created_repositories()
+                if n.startswith(f"projects/{o.project}/locations/") and n.count("/") == 5]
+        listed = recorded.get("registry_regions") if isinstance(recorded.get("registry_regions"), list) else []
+        o.registry_regions = tuple(r for r in dict.fromkeys([*listed, *made])
+                                   if isinstance(r, str) and r in GAR_REGIONS)
         instance = default_instance_email(o.project)
         o.create_instance_service_account = instance in ((journal.get("created") or {}).get("instance_account"),
                                                          options.get("instance_service_account"))
@@ -87,7 +94,9 @@ class Teardown(Session):
         self.engine.summary()
         ui.info("Left on purpose: the enabled APIs (other workloads may use them)"
                 + ("" if o.delete_repository or not o.gar else
-                   f", the repository {o.repository} and its images (--delete-repository removes it)")
+                   f", the {'repositories' if len(o.repositories) > 1 else 'repository'} {', '.join(o.repositories)} "
+                   f"and {'their' if len(o.repositories) > 1 else 'its'} images (--delete-repository removes "
+                   f"{'them' if len(o.repositories) > 1 else 'it'})")
                 + ", and your dask config file.")
         return OK
 

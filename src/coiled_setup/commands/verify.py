@@ -26,6 +26,7 @@ from coiled_setup.options import (
     output_error,
     ports_error,
     region_error,
+    repository_name,
     role_id_error,
 )
 from coiled_setup.remedies import command
@@ -73,6 +74,9 @@ def _recorded(settings: dict) -> dict:
         out["role_id"] = settings["role_id"]
     if isinstance(settings.get("gar"), bool):
         out["gar"] = settings["gar"]
+    regions = settings.get("registry_regions")
+    if isinstance(regions, list):
+        out["registry_regions"] = tuple(r for r in regions if isinstance(r, str) and not region_error(r, True))
     for k in ("account", "instance_service_account", "key_file", "workspace"):
         if isinstance(settings.get(k), str) and settings[k]:
             out[k] = settings[k]
@@ -174,6 +178,8 @@ def settle(t: Target, o: VerifyOptions, coiled: dict) -> None:
         else:
             value, t.sources[name] = default, "default"
         setattr(t, name, value)
+    # The repositories of the other registry regions gcp set up (the cluster region's is always checked).
+    t.registry_regions = t.recorded.get("registry_regions", ())
     if t.instance_flag is None and t.recorded.get("instance_service_account"):
         t.instance_flag = t.recorded["instance_service_account"]
     wrong = region_error(t.region, t.gar)
@@ -336,6 +342,7 @@ def run(o: VerifyOptions) -> int:
                 project=t.project if t else o.project,
                 service_account=t.account if t else None,
                 key_file=str(t.key_path) if t and t.key_path else None,
+                repositories=[repository_name(t.project, r) for r in t.repo_regions] if t else [],
                 workspace=workspace,
                 checks=[r.as_dict() for r in results],
                 summary={**summary(results), "passed": code == OK_CODE, "strict": o.strict},

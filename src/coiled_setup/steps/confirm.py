@@ -18,12 +18,12 @@ def missing_permissions(google, opts) -> list[str]:
     """Permissions the account (behind `google`) does not hold yet, project and repository."""
     want = list(needs.control_role().permissions)
     tests = [lambda: google.test_permissions(opts.project, want)]
-    if opts.gar:
-        tests.append(lambda: google.test_permissions(opts.repository, list(REPO_PERMISSIONS), repository=True))
-    held, *rheld = run_all(tests)  # the project and the repository, tested together
+    for repo in opts.repositories:  # each registry region's repository (none without Artifact Registry)
+        tests.append(lambda r=repo: google.test_permissions(r, list(REPO_PERMISSIONS), repository=True))
+    held, *rheld = run_all(tests)  # the project and the repositories, tested together
     missing = [p for p in want if p not in held]
-    if rheld:
-        missing += [p for p in REPO_PERMISSIONS if p not in rheld[0]]
+    for repo, got in zip(opts.repositories, rheld, strict=True):
+        missing += [p if len(rheld) == 1 else f"{p} on {repo}" for p in REPO_PERMISSIONS if p not in got]
     return missing
 
 
@@ -36,7 +36,9 @@ class ConfirmStep(Step):
     def plan(self, run: Run) -> Change:
         # Counted as verify counts them: the role's permissions on the project, the registry's on the repository.
         what = f"the role's {count(len(needs.control_role().permissions), 'permission')} in the project"
-        if run.opts.gar:
+        if len(run.opts.repositories) > 1:
+            what += f" and {len(REPO_PERMISSIONS)} on each of {len(run.opts.repositories)} registry repositories"
+        elif run.opts.gar:
             what += f" and {len(REPO_PERMISSIONS)} on the registry repository"
         return Change(CHECK, f"check, as the account itself, {what}")
 

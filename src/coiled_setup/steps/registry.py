@@ -1,11 +1,17 @@
-"""Step 4: the Docker repository `coiled` in Artifact Registry, and the account's repoAdmin grant on it."""
+"""Step 4: the Docker repository `coiled` in Artifact Registry, and the account's repoAdmin grant on it, in each
+registry region (the cluster region, and any more --registry-regions names): one step, the regions handled
+together, so that the order, the journal and the plan line of the registry stay in one place."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from coiled_setup import waiting
 from coiled_setup.cloud import AlreadyExists, CloudError
+from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
 from coiled_setup.needs import ARTIFACT_REGISTRY, REPO_ROLE, holds
+from coiled_setup.options import repository_name
 from coiled_setup.steps import policy as policies
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
 
@@ -13,6 +19,17 @@ from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, Run, Step
 def _settling(e: CloudError) -> bool:
     """Just after enabling, Artifact Registry may still say it is disabled."""
     return e.service_disabled
+
+
+@dataclass
+class Repo:
+    """What exists of Coiled's repository in one region."""
+
+    region: str
+    name: str
+    format: str | None = None
+    granted: bool = False
+    settling: bool = False  # enabled, but Google does not serve it yet
 
 
 class RegistryStep(Step):
@@ -24,45 +41,66 @@ class RegistryStep(Step):
     reads = ("services",)
 
     def __init__(self):
-        self.format: str | None = None
-        self.granted = False
-        self.settling = False  # enabled, but Google does not serve it yet
+        self.repos: list[Repo] = []
+        # Repositories coiled-setup created in regions this run no longer names: kept (only teardown deletes).
+        self.kept: list[str] = []
+
+    @property
+    def format(self) -> str | None:
+        """The cluster region's repository format (None: no repository)."""
+        return self.repos[0].format if self.repos else None
+
+    @property
+    def granted(self) -> bool:
+        return bool(self.repos) and self.repos[0].granted
 
     def member(self, run: Run) -> str:
         return f"serviceAccount:{run.opts.account_email}"
 
     def observe(self, run: Run) -> None:
-        self.format, self.granted, self.settling = None, False, False
+        o = run.opts
+        self.repos = [Repo(r, repository_name(o.project, r)) for r in o.repo_regions]
+        self.kept = [n for n in run.journal.created_repositories() if n not in o.repositories]
         on = run.services.get(ARTIFACT_REGISTRY)
         if on is None:
-            on = run.google.service_enabled(run.opts.project, ARTIFACT_REGISTRY)
-        if not on:
-            return
-        name = run.opts.repository
+            on = run.google.service_enabled(o.project, ARTIFACT_REGISTRY)
+        if on:
+            run_all([lambda r=r: self._observe(run, r) for r in self.repos])
+
+    def _observe(self, run: Run, r: Repo) -> None:
         try:
-            self.format = run.google.get_repository(name)
-            if self.format is not None:
-                self.granted = holds(run.google.get_repo_policy(name), REPO_ROLE, self.member(run))
+            r.format = run.google.get_repository(r.name)
+            if r.format is not None:
+                r.granted = holds(run.google.get_repo_policy(r.name), REPO_ROLE, self.member(run))
         except CloudError as e:
             if not _settling(e):
                 raise
             # Enabled by an earlier (interrupted or failed) run and still propagating: nothing there yet,
             # and apply waits until the API answers.
-            self.format, self.granted, self.settling = None, False, True
+            r.format, r.granted, r.settling = None, False, True
 
     def plan(self, run: Run) -> Change:
-        repo = run.opts.repository
-        if self.format is not None and self.format != "DOCKER":
-            raise UserError(
-                f"Repository {repo} exists with format {self.format}, but Coiled needs a DOCKER repository named "
-                "coiled: delete or rename it, or pass --no-gar."
-            )
-        if self.format is None:
-            note = " (once the just-enabled Artifact Registry API takes effect)" if self.settling else ""
-            return Change(CREATE, f"create DOCKER repository {repo}; grant {REPO_ROLE}{note}")
-        if not self.granted:
-            return Change(UPDATE, f"grant {REPO_ROLE} on {repo}")
-        return Change(NOTHING, f"{repo} with {REPO_ROLE}")
+        for r in self.repos:
+            if r.format is not None and r.format != "DOCKER":
+                raise UserError(
+                    f"Repository {r.name} exists with format {r.format}, but Coiled needs a DOCKER repository named "
+                    "coiled: delete or rename it, or pass --no-gar."
+                )
+        changes = [self._plan(r) for r in self.repos]
+        action = (CREATE if any(a == CREATE for a, _ in changes) else
+                  UPDATE if any(a == UPDATE for a, _ in changes) else NOTHING)
+        details = [d for _, d in changes] + [f"kept {n} (not a registry region of this run; teardown "
+                                             "--delete-repository deletes it)" for n in self.kept]
+        return Change(action, "; ".join(details))
+
+    @staticmethod
+    def _plan(r: Repo) -> tuple[str, str]:
+        if r.format is None:
+            note = " (once the just-enabled Artifact Registry API takes effect)" if r.settling else ""
+            return CREATE, f"create DOCKER repository {r.name}; grant {REPO_ROLE}{note}"
+        if not r.granted:
+            return UPDATE, f"grant {REPO_ROLE} on {r.name}"
+        return NOTHING, f"{r.name} with {REPO_ROLE}"
 
     def _until_ready(self, run: Run, fn, what: str):
         """Runs `fn`, waiting with backoff while the API is still settling after enablement."""
@@ -76,22 +114,30 @@ class RegistryStep(Step):
         return waiting.poll(attempt, timeout=run.opts.wait_timeout, what=what, tick=run.ui.tick)[0]
 
     def apply(self, run: Run) -> str:
+        # The regions are independent: created and granted together; one already in place is left alone.
+        todo = [r for r in self.repos if self._plan(r)[0] != NOTHING] if len(self.repos) > 1 else self.repos
+        done = run_all([lambda r=r: self._apply(run, r) for r in todo])
+        if len(self.repos) == 1:
+            return done[0]
+        return "; ".join(f"{r.region}: {d}" for r, d in zip(todo, done, strict=True))
+
+    def _apply(self, run: Run, r: Repo) -> str:
         g, o = run.google, run.opts
-        name = o.repository
+        name = r.name
         done = []
         fmt = self._until_ready(run, lambda: g.get_repository(name), "waiting for Artifact Registry to be enabled")
         if fmt is not None and fmt != "DOCKER":  # seen only now when the API was still settling at observe
-            self.format = fmt
+            r.format = fmt
             self.plan(run)
         if fmt is None:
             try:
-                op = g.start_create_repository(o.project, o.region, "coiled", "Software environments for Coiled")
+                op = g.start_create_repository(o.project, r.region, "coiled", "Software environments for Coiled")
                 waiting.poll(lambda: g.operation_done("registry", op), timeout=o.wait_timeout,
                              what="creating the repository", tick=run.ui.tick)
                 done.append("created repository")
             except AlreadyExists:
                 pass
-            run.journal.created("repository", name)
+            run.journal.created_repository(name)
             waiting.poll(lambda: g.get_repository(name), timeout=o.wait_timeout,
                          what="waiting for the repository to appear", tick=run.ui.tick)
         wrote = policies.ensure_member(
@@ -100,7 +146,7 @@ class RegistryStep(Step):
         )
         if wrote:
             done.append(f"granted {REPO_ROLE}")
-        self.format, self.granted = "DOCKER", True
+        r.format, r.granted = "DOCKER", True
         return ", ".join(done) or "nothing to do"
 
 
