@@ -280,3 +280,14 @@ def test_coiled_calls_share_connections(sb, cli):
     coiled = [x for x in calls(sb, before_calls) if x["service"] == "coiled"]
     made = sb.world.http_connections - before_conns  # the token route's included
     assert len(coiled) >= 4 and made < len(coiled), (made, [x["method"] for x in coiled])
+
+
+def test_a_netrc_login_does_not_replace_the_token(sb, cli, tmp_path):
+    """requests would put a ~/.netrc login for the host in place of an Authorization header; not of the token."""
+    host = sb.coiled_url.split("//", 1)[1].split(":")[0]
+    netrc = tmp_path / "user-home" / ".netrc"
+    netrc.parent.mkdir(exist_ok=True)
+    netrc.write_text(f"machine {host} login someone password not-the-token\n")
+    netrc.chmod(0o600)
+    doc = planned_workspace(cli, sb, "--workspace", "demo")
+    assert doc["exit_code"] == 0, doc

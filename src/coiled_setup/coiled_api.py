@@ -126,6 +126,10 @@ class Coiled:
     def _auth(self) -> str:
         return f"ApiToken {self._token}" if "-" in self._token else f"Token {self._token}"
 
+    def _sign(self, request):
+        request.headers["Authorization"] = self._auth()
+        return request
+
     def call(self, method: str, path: str, body=None, *, ok_missing: bool = False):
         if method != "GET":
             self._kept.clear()  # before sending: a write whose answer is lost may still have been made
@@ -149,13 +153,15 @@ class Coiled:
         def attempt(started):
             import requests
 
-            headers = {"Authorization": self._auth(), "Accept": "application/json"}
+            headers = {"Accept": "application/json"}
             if data is not None:
                 headers["Content-Type"] = "application/json"
             try:
-                r = self._session().request(method, url[0], data=data, headers=headers, timeout=REQUEST_TIMEOUT_S)
+                # The token as `auth`: given any, requests does not put a ~/.netrc login in its place.
+                r = self._session().request(method, url[0], data=data, headers=headers, auth=self._sign,
+                                            timeout=REQUEST_TIMEOUT_S)
                 status, raw = r.status_code, r.content
-            except requests.RequestException as e:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
                 not_http = _not_http(e)
                 if not_http is not None:  # something answered, but not in HTTP/1.1
                     raise _NotHttp(f"Could not reach Coiled at {self.server}: it answers, but not in HTTP/1.1 "
@@ -168,6 +174,9 @@ class Coiled:
                     f"Coiled did not answer at {self.server} for {int(so_far)} s ({_reason(e)}): check your network "
                     "connection, proxy settings (HTTPS_PROXY, NO_PROXY) and --coiled-server, then run again."
                 ) from None
+            except requests.RequestException as e:  # answered, but not as a server answers (a redirect loop, ...)
+                raise CoiledUnreachable(f"Could not reach Coiled at {self.server}: {type(e).__name__}: check "
+                                        "--coiled-server.") from None
             self._reach.answered()
             if not 200 <= status < 300:
                 if status == 404 and ok_missing:
