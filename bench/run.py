@@ -5,6 +5,11 @@ baseline measured in the same run, with its target.
     python bench/run.py            # full: medians of 15 start-ups, 3 runs of each scenario, 6. to 8. (4 to 7 min)
     python bench/run.py --quick    # CI: 7 start-ups, one run of each scenario, not 6. to 8. (about 30 s)
     python -m bench.run --json out.json --strict   # also write the figures; exit 1 when a target is missed
+    python bench/run.py --only polling,memory      # only these parts (1. always runs: the others need its floor)
+
+--only takes a comma-separated list of startup, round_trips (2, 3 and 5, memory among them; "memory" is a
+synonym), waiting (4), retry (6), polling (7), scale (8; it runs round_trips too, its baseline). The figures of
+the parts left out are not printed at all: a partial run is for working on one figure, never a verdict.
 
 Figures and how each is measured:
 
@@ -201,9 +206,12 @@ CEILINGS = {
 
 
 # -- the floor of 3 ------------------------------------------------------------------------------------------------
-# The Google client modules `gcp` and `verify` import (the same for both, as a run's sys.modules shows).
+# The Google client modules `gcp` and `verify` import (the same for both, as a run's sys.modules shows; the Org
+# Policy client since the organization-policy reads). A bare Python runs each package's __init__, which imports
+# all its clients; the product imports only the clients it calls (cloud.client_class).
 GOOGLE_CLIENTS = ["google.cloud.resourcemanager_v3", "google.cloud.iam_admin_v1", "google.cloud.service_usage_v1",
-                  "google.cloud.artifactregistry_v1", "google.cloud.cloudquotas_v1", "google.oauth2.service_account",
+                  "google.cloud.artifactregistry_v1", "google.cloud.cloudquotas_v1", "google.cloud.orgpolicy_v2",
+                  "google.oauth2.service_account",
                   "google.auth.transport.grpc",
                   "google.auth.transport.requests", "grpc"]
 # The longest chain of calls that must follow one another, per scenario (derived in the docstring, 3).
@@ -725,7 +733,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="wizard runs of each scenario (default 3, quick 1): medians, and the worst wait")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--only", default="", help="comma-separated parts to run: startup, round_trips (memory), "
+                    "waiting, retry, polling, scale (see the docstring)")
     a = ap.parse_args(argv)
+    parts = {"startup", "round_trips", "waiting", "retry", "polling", "scale"}
+    only = {"round_trips" if x == "memory" else x for x in a.only.replace(" ", "").split(",") if x}
+    if only - parts:
+        ap.error(f"--only: unknown part(s) {', '.join(sorted(only - parts))}")
+    if "scale" in only:
+        only.add("round_trips")
+    def run(part: str) -> bool:
+        return not only or part in only
+
     rounds = a.runs or (7 if a.quick else 15)
     repeats = a.repeats or (1 if a.quick else 3)
     t0 = time.monotonic()
@@ -733,9 +752,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="coiled-bench-") as d:
         tmp = Path(d)
         imports_s, imports_peak = startup(rounds, tmp)
-        small = round_trips(tmp, repeats, imports_s, imports_peak)
-        waiting(tmp, repeats)
-        if a.quick:
+        if only:
+            print(f"only {', '.join(sorted(only | {'startup'}))}: the other figures are left out", flush=True)
+        small = round_trips(tmp, repeats, imports_s, imports_peak) if run("round_trips") else []
+        if run("waiting"):
+            waiting(tmp, repeats)
+        if only:
+            import concurrent.futures
+
+            if run("scale"):
+                scale(tmp, repeats, small)
+            (tmp / "polling").mkdir()
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                slow = pool.submit(_polling_run, tmp / "polling") if run("polling") else None
+                if run("retry"):
+                    failing_read(tmp)
+                if slow is not None:
+                    polling(slow.result(), imports_s)
+        elif a.quick:
             for kind in ("fresh", "rerun", "verify"):
                 missing(f"scale.{kind}", "not measured: --quick leaves out the large project")
             for kind in RETRY_TARGETS:

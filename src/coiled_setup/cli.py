@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from coiled_setup import __version__
+from coiled_setup import __version__, typer_lean
 
 EXIT_CODES = ("Exit codes: 0 done (or nothing to do), 1 a step failed, 2 bad input, "
               "3 your account lacks a needed permission, 4 another run is changing the project, "
@@ -24,6 +24,7 @@ app = typer.Typer(
     # Plain help: Rich markup would eat "[default: …]" and cut option names at 80 columns.
     rich_markup_mode=None,
 )
+typer_lean.install()  # typer's pydantic converter only for the values that need it
 
 
 def _version(value: bool) -> None:

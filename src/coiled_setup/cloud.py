@@ -39,6 +39,68 @@ _NO_ANSWER = ("failed to connect", "connection refused", "failed to establish", 
               "network is unreachable", "no route to host", "deadline exceeded", "timed out")
 
 
+# The client of each property below: (package of google.cloud, its service module, the class).
+_CLIENTS = {
+    "iam": ("iam_admin_v1", "iam", "IAMClient"),
+    "projects": ("resourcemanager_v3", "projects", "ProjectsClient"),
+    "usage": ("service_usage_v1", "service_usage", "ServiceUsageClient"),
+    "orgpolicy": ("orgpolicy_v2", "org_policy", "OrgPolicyClient"),
+    "quotas": ("cloudquotas_v1", "cloud_quotas", "CloudQuotasClient"),
+    "registry": ("artifactregistry_v1", "artifact_registry", "ArtifactRegistryClient"),
+}
+_PACKAGES_LOCK = threading.Lock()
+
+
+def client_class(package: str, service: str, name: str):
+    """`name` from google.cloud.<package>.services.<service>, without the rest of the package.
+
+    A package's __init__ imports every client it has (Resource Manager's seven: 3.5 MiB for the six unused, over
+    all six packages), and Python runs it before any submodule. So the package is put in place without running
+    it; the first time anything asks the package itself for a name (`resourcemanager_v3.ProjectsClient`, `from
+    google.cloud.resourcemanager_v3 import ...`), its __init__ runs after all, and it is the usual package again.
+    """
+    import importlib
+    import sys
+
+    full = f"google.cloud.{package}"
+    with _PACKAGES_LOCK:
+        if full not in sys.modules:
+            _defer_package(full)
+    return getattr(importlib.import_module(f"{full}.services.{service}"), name)
+
+
+def _defer_package(full: str) -> None:
+    import importlib
+    import importlib.util
+    import sys
+
+    import google.cloud
+
+    spec = importlib.util.find_spec(full)
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        importlib.import_module(full)  # not a plain package: imported as usual
+        return
+    module = importlib.util.module_from_spec(spec)
+    running = threading.RLock()
+
+    def complete(attr: str):
+        # A submodule (`from google.cloud.<package> import gapic_version`, as the clients do) is imported alone.
+        if not attr.startswith("__") and importlib.util.find_spec(f"{full}.{attr}") is not None:
+            return importlib.import_module(f"{full}.{attr}")
+        with running:
+            if module.__dict__.get("__getattr__") is complete:
+                del module.__dict__["__getattr__"]
+                spec.loader.exec_module(module)
+        try:
+            return module.__dict__[attr]
+        except KeyError:
+            raise AttributeError(f"module {full!r} has no attribute {attr!r}") from None
+
+    module.__getattr__ = complete  # type: ignore[attr-defined]  # a module's own __getattr__ (PEP 562)
+    sys.modules[full] = module
+    setattr(google.cloud, full.rsplit(".", 1)[1], module)
+
+
 class CloudError(Exception):
     """A Google answer other than OK, with what the rich status says; raised as one of the classes below."""
 
@@ -342,9 +404,7 @@ class Google:
         """Where the calls go, for messages."""
         if self.endpoint:
             return self.endpoint
-        from google.cloud import resourcemanager_v3
-
-        return getattr(resourcemanager_v3.ProjectsClient, "DEFAULT_ENDPOINT", None) or "googleapis.com"
+        return getattr(client_class(*_CLIENTS["projects"]), "DEFAULT_ENDPOINT", None) or "googleapis.com"
 
     @contextlib.contextmanager
     def _calling(self):
@@ -420,30 +480,7 @@ class Google:
         with self._lock:
             if name in self._clients:
                 return self._clients[name]
-            if name == "iam":
-                from google.cloud import iam_admin_v1 as mod
-
-                cls = mod.IAMClient
-            elif name == "projects":
-                from google.cloud import resourcemanager_v3 as mod
-
-                cls = mod.ProjectsClient
-            elif name == "usage":
-                from google.cloud import service_usage_v1 as mod
-
-                cls = mod.ServiceUsageClient
-            elif name == "orgpolicy":
-                from google.cloud import orgpolicy_v2 as mod
-
-                cls = mod.OrgPolicyClient
-            elif name == "quotas":
-                from google.cloud import cloudquotas_v1 as mod
-
-                cls = mod.CloudQuotasClient
-            else:
-                from google.cloud import artifactregistry_v1 as mod
-
-                cls = mod.ArtifactRegistryClient
+            cls = client_class(*_CLIENTS[name])
             if self.endpoint:
                 client = cls(transport=cls.get_transport_class("grpc")(channel=self._local_channel()))
             else:
@@ -526,7 +563,7 @@ class Google:
     def service_enabled(self, project: str, service: str) -> bool:
         s = self._read(lambda: self.usage.get_service(
             request={"name": f"projects/{project}/services/{service}"}, **_CALL))
-        from google.cloud.service_usage_v1 import State
+        from google.cloud.service_usage_v1.types import State
 
         return s.state == State.ENABLED
 
@@ -643,7 +680,7 @@ class Google:
         return type(r).Format(r.format_).name
 
     def start_create_repository(self, project: str, location: str, repo_id: str, description: str) -> str:
-        from google.cloud.artifactregistry_v1 import Repository
+        from google.cloud.artifactregistry_v1.types import Repository
 
         with self._calling():
             op = self.registry.create_repository(

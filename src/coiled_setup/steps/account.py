@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from coiled_setup import keyfile as keyfiles
-from coiled_setup import paths, waiting
+from coiled_setup import paths, retry, waiting
 from coiled_setup.cloud import AlreadyExists, CloudError, FailedPrecondition, NotFound, Transient, Unreachable
 from coiled_setup.errors import UserError
 from coiled_setup.journal import JournalError
@@ -83,7 +83,7 @@ class AccountStep(Step):
     permissions = ("iam.serviceAccounts.get", "iam.serviceAccounts.create", "iam.serviceAccountKeys.list",
                    "iam.serviceAccountKeys.create", "iam.serviceAccountKeys.delete")
     reads = ("coiled_credentials",)
-    publishes = ("key_id", "keyfile", "key_path", "fresh_account")
+    publishes = ("key_id", "keyfile", "key_path", "fresh_account", "account_created")
 
     def __init__(self):
         self.account = None
@@ -212,6 +212,7 @@ class AccountStep(Step):
                 self.account = g.create_account(o.project, o.account_id, "Coiled",
                                                 f"Used by Coiled to run Dask clusters {MARKER}.")
                 run.fresh_account = True
+                run.account_created = retry.now()
                 run.journal.created("account", o.account_email)
                 done.append("created account")
             except AlreadyExists:

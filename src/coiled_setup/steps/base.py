@@ -55,6 +55,11 @@ class Run:
     key_path: str | None = None
     fresh_account: bool = False
     instance_email: str | None = None
+    # How long Google took this run to know a just-created account (retry.now() seconds), when a binding had to
+    # wait for it, and when that binding was written: what the wait for the permissions expects.
+    account_created: float | None = None
+    propagation_s: float | None = None
+    bound_at: float | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from coiled_setup import retry
 from coiled_setup.needs import holds
 from coiled_setup.steps import policy as policies
 from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
@@ -15,10 +16,15 @@ class BindingStep(Step):
     permissions = ("resourcemanager.projects.getIamPolicy", "resourcemanager.projects.setIamPolicy")
 
     def __init__(self, member: Callable[[Run], str], role: Callable[[Run], str], key: str = "binding",
-                 title: str = "Project IAM binding", after: tuple[str, ...] = ("account", "role")):
+                 title: str = "Project IAM binding", after: tuple[str, ...] = ("account", "role"),
+                 paces: bool = False):
         self.member, self.role = member, role
         self.key, self.title, self.after = key, title, after
         self.present = False
+        # The binding of the account the account step made: how long Google took to know it paces later waits.
+        self.paces = paces
+        if paces:
+            self.reads, self.publishes = ("account_created",), ("propagation_s", "bound_at")
 
     def observe(self, run: Run) -> None:
         self.present = holds(run.google.get_policy(run.opts.project), self.role(run), self.member(run))
@@ -29,13 +35,21 @@ class BindingStep(Step):
 
     def apply(self, run: Run) -> str:
         g, p = run.google, run.opts.project
+        unknown = []
         wrote = policies.ensure_member(
             lambda: g.get_policy(p), lambda pol: g.set_policy(p, pol), self.role(run), self.member(run),
             timeout=run.opts.wait_timeout, tick=run.ui.tick, on_conflict=run.ui.conflict,
+            on_unknown=lambda: unknown.append(1),
         )
+        if wrote and self.paces:
+            run.bound_at = retry.now()
+            if unknown and run.account_created is not None:
+                # Google took this long to know the account: the binding will take about as long to take effect.
+                run.propagation_s = run.bound_at - run.account_created
         self.present = True
         return "bound" if wrote else "already bound"
 
 
 def steps_for(opts) -> list[Step]:
-    return [BindingStep(lambda run: f"serviceAccount:{run.opts.account_email}", lambda run: run.opts.role_name)]
+    return [BindingStep(lambda run: f"serviceAccount:{run.opts.account_email}", lambda run: run.opts.role_name,
+                        paces=True)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from coiled_setup import needs, waiting
+from coiled_setup import needs, retry, waiting
 from coiled_setup.cloud import CloudError, PermissionDenied, Unauthenticated
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
@@ -14,24 +14,54 @@ from coiled_setup.steps.base import CHECK, Change, Run, Step
 from coiled_setup.wording import count
 
 
-def missing_permissions(google, opts) -> list[str]:
-    """Permissions the account (behind `google`) does not hold yet, project and repository."""
-    want = list(needs.control_role().permissions)
-    tests = [lambda: google.test_permissions(opts.project, want)]
-    for repo in opts.repositories:  # each registry region's repository (none without Artifact Registry)
-        tests.append(lambda r=repo: google.test_permissions(r, list(REPO_PERMISSIONS), repository=True))
-    held, *rheld = run_all(tests)  # the project and the repositories, tested together
-    missing = [p for p in want if p not in held]
-    for repo, got in zip(opts.repositories, rheld, strict=True):
-        missing += [p if len(rheld) == 1 else f"{p} on {repo}" for p in REPO_PERMISSIONS if p not in got]
-    return missing
+class PermissionTest:
+    """What the account (behind `google`) does not hold yet, test after test.
+
+    The first test asks the project and every repository together (on a converged project all pass at once).
+    After that, while the project's test fails, only the project is asked: the repositories' bindings were made
+    after the project's and take effect no sooner, so asking them too would only double the calls of a wait. Once
+    the project passes, the repositories still lacking something are asked (together). A resource that passed is
+    not asked again."""
+
+    def __init__(self, google, opts):
+        self.google = google
+        self.project = opts.project
+        self.want = list(needs.control_role().permissions)
+        self.repositories = list(opts.repositories)  # each registry region's (none without Artifact Registry)
+        self.lacking: dict[str, list[str]] = {}  # by resource, from its latest test
+
+    def _test(self, resources: list[str]) -> None:
+        def one(resource):
+            if resource == self.project:
+                held = self.google.test_permissions(resource, self.want)
+                return [p for p in self.want if p not in held]
+            held = self.google.test_permissions(resource, list(REPO_PERMISSIONS), repository=True)
+            return [p for p in REPO_PERMISSIONS if p not in held]
+
+        for resource, lacking in zip(resources, run_all([lambda r=r: one(r) for r in resources]), strict=True):
+            self.lacking[resource] = lacking
+
+    def missing(self) -> list[str]:
+        if not self.lacking:
+            self._test([self.project, *self.repositories])
+        else:
+            if self.lacking[self.project]:
+                self._test([self.project])
+            if not self.lacking[self.project]:
+                self._test([r for r in self.repositories if self.lacking.get(r, True)])
+        several = len(self.repositories) > 1
+        missing = list(self.lacking.get(self.project, []))
+        for r in self.repositories:
+            missing += [f"{p} on {r}" if several else p for p in self.lacking.get(r, [])]
+        return missing
 
 
 class ConfirmStep(Step):
     key = "confirm"
     title = "Permissions in effect"
     after = ("account", "role", "binding", "registry")
-    reads = ("keyfile", "key_id")  # tests as the account, with the key the account step made or kept
+    # Tests as the account, with the key the account step made or kept; paced by what the binding saw of Google.
+    reads = ("keyfile", "key_id", "propagation_s", "bound_at")
 
     def plan(self, run: Run) -> Change:
         # Counted as verify counts them: the role's permissions on the project, the registry's on the repository.
@@ -86,11 +116,12 @@ class ConfirmStep(Step):
 
     def _await_permissions(self, run: Run, as_account, left: float) -> None:
         last: list[str] = []
+        test = PermissionTest(as_account, run.opts)
 
         def check():
             nonlocal last
             try:
-                last = missing_permissions(as_account, run.opts)
+                last = test.missing()
             except CloudError as e:
                 # A new key or binding may not be usable for a little while. (A transient error is not waited
                 # out here: the adapter retried the call already.)
@@ -100,9 +131,13 @@ class ConfirmStep(Step):
                 raise
             return not last
 
+        expected = None
+        if "propagation_s" in self.reads and run.propagation_s is not None and run.bound_at is not None:
+            # The binding should take effect about as long after it was made as Google took to know the account.
+            expected = max(0.0, run.bound_at + run.propagation_s - retry.now())
         try:
             waiting.poll(check, timeout=max(left, 0.0), what="waiting for Google to put the permissions "
-                         "in effect", tick=run.ui.tick)
+                         "in effect", tick=run.ui.tick, expected=expected)
         except waiting.TimedOut:
             raise UserError(
                 f"After {int(run.opts.wait_timeout)} s Google still does not grant {run.opts.account_email}: "

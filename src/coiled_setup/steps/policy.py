@@ -42,14 +42,15 @@ def without(policy: Policy, role: str, gone: Callable[[str], bool]) -> Policy | 
 
 
 def ensure_member(get: Callable[[], Policy], put: Callable[[Policy], Policy], role: str, member: str, *,
-                  timeout: float, tick=None, on_conflict=None) -> bool:
+                  timeout: float, tick=None, on_conflict=None, on_unknown=None) -> bool:
     """Read-modify-write with the etag, the whole cycle retried on a conflict.
 
     Answers True when it wrote, False when the member was already there. While a just-created
-    account is unknown to IAM ("does not exist"), waits with backoff up to `timeout`.
+    account is unknown to IAM ("does not exist"), waits with backoff up to `timeout` (`on_unknown` hears each
+    such answer).
     """
     return rewrite(get, put, lambda p: None if holds(p, role, member) else with_member(p, role, member),
-                   timeout=timeout, tick=tick, on_conflict=on_conflict, member=member)
+                   timeout=timeout, tick=tick, on_conflict=on_conflict, member=member, on_unknown=on_unknown)
 
 
 def ensure_removed(get: Callable[[], Policy], put: Callable[[Policy], Policy], role: str,
@@ -59,17 +60,19 @@ def ensure_removed(get: Callable[[], Policy], put: Callable[[Policy], Policy], r
 
 
 def rewrite(get: Callable[[], Policy], put: Callable[[Policy], Policy], change: Callable[[Policy], Policy | None],
-            *, timeout: float, tick=None, on_conflict=None, member: str = "") -> bool:
+            *, timeout: float, tick=None, on_conflict=None, member: str = "", on_unknown=None) -> bool:
     """Reads the policy, writes `change(policy)` with its etag (None: nothing to write), and starts over on a
     conflict. Answers whether it wrote."""
     start = retry.now()
     deadline = start + timeout
     conflicts = transient = 0
     waits = waiting.delays()
+    new = None  # a write to try again as it is, with the etag it holds
     while True:
-        new = change(get())
         if new is None:
-            return False
+            new = change(get())
+            if new is None:
+                return False
         try:
             put(new)
             return True
@@ -85,8 +88,10 @@ def rewrite(get: Callable[[], Policy], put: Callable[[Policy], Policy], change: 
                     retry.mark(e)
                     raise
                 retry.sleep(next(waits))
+                new = None  # a write whose answer was lost may have been made: read again
                 continue
             if isinstance(e, Aborted):
+                new = None  # someone else's change: read it, never write over it
                 conflicts += 1
                 if on_conflict:
                     on_conflict()
@@ -98,6 +103,10 @@ def rewrite(get: Callable[[], Policy], put: Callable[[Policy], Policy], change: 
                 retry.sleep(random.uniform(0.05, 0.2) * min(conflicts, 5))
                 continue
             if member and "does not exist" in e.message:
+                # Nothing was written: the same write, with the etag it holds, is tried again (a change made
+                # meanwhile fails it with a conflict, which reads again).
+                if on_unknown:
+                    on_unknown()
                 left = deadline - retry.now()
                 if left <= 0:
                     raise
