@@ -50,7 +50,7 @@ from tests.helpers import calls, clients
 HOME = "unit-steps"  # the operator's own project
 OPERATOR = f"serviceAccount:operator@{HOME}.iam.gserviceaccount.com"
 CORE = [*needs.CORE_SERVICES, "serviceusage.googleapis.com", "logging.googleapis.com"]
-ALL_SERVICES = [*CORE, needs.COMPUTE, needs.ARTIFACT_REGISTRY]
+ALL_SERVICES = [*CORE, *needs.services(True)]
 TEMPLATE = list(needs.control_role().permissions)
 TOKEN = "sandbox-unit-steps-token"
 REGION = "us-east1"
@@ -378,7 +378,7 @@ def test_apis_enables_what_is_off_then_has_nothing_to_do(google, real, name, gar
     run = new_run(google, name, gar=gar)
     step = one(run, "apis")
     change = observe_plan(step, run)
-    wanted = [needs.COMPUTE] + ([needs.ARTIFACT_REGISTRY] if gar else [])
+    wanted = [s for s in needs.services(gar) if s not in CORE]
     assert (change.action, change.detail) == (CREATE, "enable " + ", ".join(wanted))
     assert step.apply(run) == "enabled " + ", ".join(wanted)
     assert all(run.services[s] for s in wanted)

@@ -163,6 +163,9 @@ def gcp(
     no_local_key: bool = typer.Option(False, "--no-local-key", help="Keep a new key in memory only, for the upload."),
     role_id: str = typer.Option("coiled", metavar="ROLE_ID", help="Id of the custom role."),
     no_gar: bool = typer.Option(False, "--no-gar", help="Skip Artifact Registry (use another registry)."),
+    no_bigquery: bool = typer.Option(False, "--no-bigquery",
+                                     help="Leave the BigQuery API off (Coiled's cluster logs go to Cloud Logging "
+                                          "only)."),
     instance_service_account: Optional[str] = typer.Option(
         None, metavar="EMAIL", help="Existing account for cluster instances [default: none]."),
     create_instance_service_account: bool = typer.Option(
@@ -251,7 +254,8 @@ def gcp(
         opts = Options(
             project=project or "", workspace=workspace, region=use_region, zone=use_zone,
             service_account=service_account or DEFAULT_ACCOUNT_ID, key_file=key_file, no_local_key=no_local_key,
-            role_id=role_id, gar=not no_gar, instance_service_account=instance_service_account,
+            role_id=role_id, gar=not no_gar, bigquery=not no_bigquery,
+            instance_service_account=instance_service_account,
             create_instance_service_account=create_instance_service_account,
             no_instance_service_account=no_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),
@@ -430,6 +434,9 @@ def verify(
                                                                       "us-east1]."),
     gar: Optional[bool] = typer.Option(None, "--gar/--no-gar", help="Check Artifact Registry [default: as gcp "
                                                                     "recorded, else on]."),
+    bigquery: Optional[bool] = typer.Option(None, "--bigquery/--no-bigquery", help="Check that the BigQuery API is "
+                                                                               "on [default: as gcp recorded, else "
+                                                                               "on]."),
     instance_service_account: Optional[str] = typer.Option(
         None, metavar="EMAIL", help="Account for cluster instances [default: as gcp recorded, else Coiled's]."),
     workspace: Optional[str] = typer.Option(None, metavar="SLUG",
@@ -458,7 +465,7 @@ def verify(
                       "--role-id": role_id,
                       "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
         return _rehearsing(sandbox, lambda: command.run(command.VerifyOptions(
-            project=project, key_file=key_file, role_id=role_id, region=region, gar=gar,
+            project=project, key_file=key_file, role_id=role_id, region=region, gar=gar, bigquery=bigquery,
             instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
             coiled_server=coiled_server, strict=strict, output=output,
         )))

@@ -50,6 +50,10 @@ class CloudError(Exception):
         self.reason = reason
         self.metadata = metadata or {}
         self.violations = violations or []
+        # For a SERVICE_DISABLED remedy: the quota project the call named, and the project numbers known (id ->
+        # number), since Google names the consumer project by number.
+        self.quota_project = ""
+        self.project_numbers: dict[str, str] = {}
 
     @property
     def transient(self) -> bool:
@@ -336,6 +340,7 @@ class Google:
         # Hears one line now and then while Google does not answer (None: silent).
         self.notify = None
         self._reach = Reachability()
+        self._numbers: dict[str, str] = {}  # project id -> number, as get_project learnt them
 
     @property
     def where(self) -> str:
@@ -355,6 +360,9 @@ class Google:
             with _google_errors():
                 yield
         except CloudError as e:
+            if e.service_disabled or e.reason == "USER_PROJECT_DENIED":
+                e.quota_project = getattr(self.credentials, "quota_project_id", None) or ""
+                e.project_numbers = self._numbers  # filled in by then when read together with the project
             if e.no_answer:
                 so_far = self._reach.silent(started, self.where, self.notify)
                 if so_far >= GIVE_UP_S:
@@ -492,6 +500,7 @@ class Google:
     # -- projects and permissions --------------------------------------------------------------
     def get_project(self, project: str) -> Project:
         p = self._read(lambda: self.projects.get_project(name=f"projects/{project}", **_CALL))
+        self._numbers[p.project_id] = p.name.split("/", 1)[1]
         return Project(p.project_id, p.name.split("/", 1)[1], type(p).State(p.state).name)
 
     def test_permissions(self, resource: str, permissions: list[str], *, repository: bool = False) -> set[str]:
@@ -529,6 +538,17 @@ class Google:
         from google.cloud.service_usage_v1 import State
 
         return s.state == State.ENABLED
+
+    def services_enabled(self, project: str, services: list[str]) -> dict[str, bool]:
+        """Which of `services` are on, in one BatchGetServices call (Google takes up to 30 names)."""
+        from google.cloud.service_usage_v1 import State
+
+        answer = self._read(lambda: self.usage.batch_get_services(request={
+            "parent": f"projects/{project}", "names": [f"projects/{project}/services/{s}" for s in services]},
+            **_CALL))
+        # Google names them by project number: match on the service's own name.
+        on = {s.config.name or s.name.rsplit("/", 1)[-1]: s.state == State.ENABLED for s in answer.services}
+        return {s: on.get(s, False) for s in services}
 
     def start_enable(self, project: str, services: list[str]) -> str:
         """Starts enabling; answers the operation name (done already when nothing was to do)."""

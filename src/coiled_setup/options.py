@@ -63,6 +63,7 @@ class Options:
     no_local_key: bool = False
     role_id: str = DEFAULT_ROLE_ID
     gar: bool = True
+    bigquery: bool = True  # enable BigQuery, where Coiled's log sink writes (as Coiled's own setup does)
     instance_service_account: str | None = None
     create_instance_service_account: bool = False
     no_instance_service_account: bool = False

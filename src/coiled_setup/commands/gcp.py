@@ -139,15 +139,16 @@ class Wizard(Session):
                     return None, e
             return call
 
-        services = [*CORE_SERVICES, *services_needed(o.gar)]
-        results = run_all([attempt(lambda: g.get_project(o.project)),
-                           attempt(lambda: g.test_permissions(o.project, perms))]
-                          + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
-        (project, perr), (held, terr) = results[0], results[1]
+        services = [*CORE_SERVICES, *services_needed(o.gar, o.bigquery)]
+        (project, perr), (held, terr), (states, serr) = run_all([
+            attempt(lambda: g.get_project(o.project)), attempt(lambda: g.test_permissions(o.project, perms)),
+            attempt(lambda: g.services_enabled(o.project, services))])
         if terr is not None and perr is not None:
             for e in (terr, perr):
                 if vpc_refusal(e):  # not "the project does not exist": the perimeter hid it
                     raise UserError(explain(e, o.project)[0])
+                if e.reason == "USER_PROJECT_DENIED":  # nor when the quota project is what Google refused
+                    raise UserError(*explain(e, o.project))
             if isinstance(terr, (Transient, Unreachable)):
                 raise UserError(explain(terr, o.project)[0])
             if isinstance(terr, Unauthenticated):
@@ -165,15 +166,13 @@ class Wizard(Session):
             raise UserError(missing_permissions_sentence(g.principal, o.project, missing), MISSING_PERMISSION)
         if perr is not None:
             raise UserError(*explain(perr, o.project))
-        enabled = {}
-        for s, (on, err) in zip(services, results[2:], strict=True):
-            if err is not None:
-                raise UserError(*explain(err, o.project))
-            if not on and s in CORE_SERVICES:
+        if serr is not None:
+            raise UserError(*explain(serr, o.project))
+        for s in CORE_SERVICES:
+            if not states[s]:
                 raise UserError(f"The API {s} is disabled in project {o.project}: enable it (gcloud services enable "
                                 f"{s} --project {o.project}) and run again.")
-            enabled[s] = bool(on)
-        return enabled
+        return states
 
     def org_policies(self, g: Google, cur: InPlace, journal: Journal) -> None:
         """What the organization will block, told before the first write; a blocked run stops here."""
@@ -327,7 +326,8 @@ class Wizard(Session):
         # What this setup is, so that `verify` checks it rather than the defaults.
         try:
             run.journal.record_settings(
-                region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, account=o.account_email,
+                region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, bigquery=o.bigquery,
+                account=o.account_email,
                 instance_service_account=run.instance_email, key_file=run.key_path, local_key=not o.no_local_key,
                 upload=o.upload, workspace=o.workspace if o.upload else None,
                 firewall_cidr=o.firewall_cidr if o.upload else None,
