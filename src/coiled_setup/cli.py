@@ -166,6 +166,10 @@ def gcp(
     no_bigquery: bool = typer.Option(False, "--no-bigquery",
                                      help="Leave the BigQuery API off (Coiled's cluster logs go to Cloud Logging "
                                           "only)."),
+    allow_log_sink_exception: bool = typer.Option(
+        False, "--allow-log-sink-exception",
+        help="When domain restricted sharing would refuse Coiled's log sink its grant, lift it for the project "
+             "while Coiled sets up, then restore the project's policy."),
     instance_service_account: Optional[str] = typer.Option(
         None, metavar="EMAIL", help="Existing account for cluster instances [default: none]."),
     create_instance_service_account: bool = typer.Option(
@@ -255,7 +259,7 @@ def gcp(
             project=project or "", workspace=workspace, region=use_region, zone=use_zone,
             service_account=service_account or DEFAULT_ACCOUNT_ID, key_file=key_file, no_local_key=no_local_key,
             role_id=role_id, gar=not no_gar, bigquery=not no_bigquery,
-            instance_service_account=instance_service_account,
+            allow_log_sink_exception=allow_log_sink_exception, instance_service_account=instance_service_account,
             create_instance_service_account=create_instance_service_account,
             no_instance_service_account=no_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),

@@ -14,6 +14,7 @@ that re-reads first retries it (the engine starts the step over; steps.policy re
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import warnings
@@ -707,6 +708,35 @@ class Google:
                 rules.append({"allowed_values": list(r.values.allowed_values),
                               "denied_values": list(r.values.denied_values)})
         return rules
+
+    def project_org_policy(self, project: str, constraint: str) -> dict | None:
+        """The project's own policy for a constraint, as Org Policy v2 JSON (etag included); None when it has none."""
+        from google.cloud import orgpolicy_v2
+
+        client = self._make("orgpolicy")
+        try:
+            pb = self._read(lambda: client.get_policy(name=f"projects/{project}/policies/{constraint}", **_CALL))
+        except NotFound:
+            return None
+        return json.loads(orgpolicy_v2.Policy.to_json(pb))
+
+    def put_project_org_policy(self, project: str, policy: dict, *, exists: bool) -> dict:
+        """Creates the project's policy, or updates it (with the etag `policy` carries); answers what Google holds."""
+        from google.cloud import orgpolicy_v2
+
+        client = self._make("orgpolicy")
+        pb = orgpolicy_v2.Policy.from_json(json.dumps(policy), ignore_unknown_fields=True)
+        with self._calling():
+            if exists:
+                answer = client.update_policy(policy=pb, **_WRITE)
+            else:
+                answer = client.create_policy(parent=f"projects/{project}", policy=pb, **_WRITE)
+        return json.loads(orgpolicy_v2.Policy.to_json(answer))
+
+    def delete_project_org_policy(self, project: str, constraint: str, etag: str) -> None:
+        client = self._make("orgpolicy")
+        with self._calling():
+            client.delete_policy(request={"name": f"projects/{project}/policies/{constraint}", "etag": etag}, **_WRITE)
 
     # -- cloud quotas ---------------------------------------------------------------------------------
     def quota_limit(self, project: str, service: str, quota_id: str, region: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from coiled_setup import context, keyfile, paths
+from coiled_setup import context, keyfile, log_sink, paths
 from coiled_setup import steps as registry
 from coiled_setup.cloud import CloudError, Google, Transient, Unauthenticated, Unreachable
 from coiled_setup.commands.common import Session
@@ -65,6 +65,7 @@ class Wizard(Session):
         self.run: Run | None = None
         self.engine: Engine | None = None
         self.lock: ProjectLock | None = None
+        self.lift_log_sink = False  # domain restricted sharing found, and --allow-log-sink-exception given
 
     def drive(self) -> int:
         return super().drive(self.execute)
@@ -180,7 +181,9 @@ class Wizard(Session):
         from coiled_setup.steps.account import key_path
 
         o, ui = self.opts, self.ui
-        effective, skipped = org_policies.read(g, o.project)
+        # Domain restricted sharing matters when Coiled makes its log sink (to BigQuery) in this run.
+        sink_matters = o.upload and o.bigquery
+        effective, skipped = org_policies.read(g, o.project, (org_policies.DOMAINS,) if sink_matters else ())
         if skipped:
             ui.warn(f"Skipped the check of organization policies: {skipped}; a policy that blocks a step is told "
                     "when the step meets it.")
@@ -189,7 +192,17 @@ class Wizard(Session):
                       else not key_path(o, journal).exists())
         # With Artifact Registry the region holds the repository too: a region refused blocks the run, without
         # another call to learn whether the repository exists.
-        found = org_policies.findings(effective, o.project, o.region, key_needed=key_needed, repository_needed=o.gar)
+        from coiled_setup.log_sink import FLAG
+
+        sink = ""
+        if sink_matters:
+            sink = (f"this run lifts it for project {o.project} while Coiled sets up ({FLAG}), then restores the "
+                    "project's policy" if o.allow_log_sink_exception else
+                    f"the run goes on without that grant ({FLAG} lifts it for the project while Coiled sets up, "
+                    "then restores the project's policy)")
+        found = org_policies.findings(effective, o.project, o.region, key_needed=key_needed, repository_needed=o.gar,
+                                      log_sink=sink)
+        self.lift_log_sink = o.allow_log_sink_exception and any(f.constraint == org_policies.DOMAINS for f in found)
         blocking = [f for f in found if f.blocks]
         for f in found:
             if f.blocks:
@@ -293,9 +306,12 @@ class Wizard(Session):
         check_instance_differs(o)
         validate(o)  # the interactive answers and the kept settings too
         self.refuse_privileged_account(g)
+        if journal.get(log_sink.PENDING) and not o.dry_run and not self.export:
+            # A run that died while the policy was lifted: put the project's policy back first (before it is read).
+            log_sink.restore(g, o.project, journal, ui)
         self.org_policies(g, cur, journal)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
-                       coiled_credentials=cur.coiled_credentials)
+                       coiled_credentials=cur.coiled_credentials, lift_log_sink_policy=self.lift_log_sink)
         steps = registry.build(o)
         if self.export:
             return self.write_export(steps)

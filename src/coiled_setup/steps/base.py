@@ -55,6 +55,8 @@ class Run:
     key_path: str | None = None
     fresh_account: bool = False
     instance_email: str | None = None
+    # Domain restricted sharing would refuse Coiled's log sink its grant, and the operator allowed lifting it then.
+    lift_log_sink_policy: bool = False
 
 
 @dataclass
