@@ -90,7 +90,7 @@ class UploadStep(Step):
     title = "Coiled backend"
     # Without the instance account the user chose, Coiled would get another security setting than planned.
     after = ("account", "confirm", "instance")
-    reads = ("key_id", "keyfile", "instance_email")
+    reads = ("key_id", "keyfile", "instance_email", "lift_log_sink_policy")
     permissions = ("iam.serviceAccountKeys.list", "iam.serviceAccountKeys.delete")  # retiring older keys
 
     def __init__(self):
