@@ -55,7 +55,8 @@ TEMPLATE = list(needs.control_role().permissions)
 TOKEN = "sandbox-unit-steps-token"
 REGION = "us-east1"
 # The fields the command sets up before any step (a step may read them without an earlier step publishing them).
-COMMAND_FIELDS = {"opts", "google", "journal", "ui", "coiled", "services", "coiled_credentials"}
+# Set by the command itself when it makes the run record (lift_log_sink_policy: from its org-policy preflight).
+COMMAND_FIELDS = {"opts", "google", "journal", "ui", "coiled", "services", "coiled_credentials", "lift_log_sink_policy"}
 
 
 def sa(project: str, account_id: str = "coiled") -> str:
