@@ -20,6 +20,7 @@ from coiled_setup.checks import (
     WARNING,
     Target,
     check_account,
+    check_apis,
     check_binding,
     check_coiled_backend,
     check_coiled_credentials,
@@ -47,7 +48,8 @@ TEMPLATE = list(needs.control_role().permissions)
 TOKEN = "sandbox-unit-checks-token"
 REGION = "us-east1"
 ALL_SERVICES = ["iam.googleapis.com", "cloudresourcemanager.googleapis.com", "serviceusage.googleapis.com",
-                "compute.googleapis.com", "logging.googleapis.com", needs.ARTIFACT_REGISTRY]
+                "compute.googleapis.com", "logging.googleapis.com", "monitoring.googleapis.com",
+                "bigquery.googleapis.com", needs.ARTIFACT_REGISTRY]
 COND = {"title": "until-2030", "expression": 'request.time < timestamp("2030-01-01T00:00:00Z")'}
 
 
@@ -212,7 +214,7 @@ def test_every_check_passes_where_everything_is_in_place(world):
     t = target("good", world.key["good"], coiled=True, workspace="good")
     f = gathered(world, t, world.coiled_view)
     results = {fn.__name__: run(fn, t, f) for fn in (
-        check_key_file, check_account, check_role, check_binding, check_effective, check_registry_api,
+        check_key_file, check_account, check_role, check_binding, check_effective, check_apis, check_registry_api,
         check_repository, check_repo_grant, check_instance, check_coiled_credentials, check_coiled_backend,
         check_firewall)}
     assert {n: r.status for n, r in results.items() if r.status != OK} == {}
@@ -399,6 +401,13 @@ def test_effective_permissions_missing_while_role_and_binding_are_right(world):
 
 
 # -- Artifact Registry --------------------------------------------------------------------------------------
+
+def test_google_apis_are_those_the_wizard_enables(world):
+    r = check(world, check_apis, target("bare"))
+    assert r.status == OK and r.detail.startswith("compute.googleapis.com, logging.googleapis.com")
+    assert "bigquery.googleapis.com" in r.detail
+    assert "bigquery" not in check(world, check_apis, target("bare", bigquery=False)).detail
+
 
 def test_registry_api(world):
     r = check(world, check_registry_api, target("bare"))

@@ -22,6 +22,7 @@ INSTANCE_ROLE = yaml.safe_load(
 
 # The plan of a default run (Artifact Registry, no instance account), as Terraform addresses.
 DEFAULT = {"google_project_service.compute", "google_project_service.artifactregistry",
+           "google_project_service.logging", "google_project_service.monitoring", "google_project_service.bigquery",
            "google_service_account.coiled", "google_project_iam_custom_role.coiled",
            "google_project_iam_member.coiled", "google_artifact_registry_repository.coiled",
            "google_artifact_registry_repository_iam_member.coiled"}
@@ -86,8 +87,10 @@ def test_terraform_and_gcloud_of_a_fresh_project_create_the_plan_and_import_what
         "serviceAccount:${google_service_account.coiled.email}"
     assert got["resources"]["google_artifact_registry_repository.coiled"]["location"] == "${var.region}"
     assert {k: _s(v["default"]) for k, v in got["variables"].items()} == {"project": sb.project, "region": "us-east1"}
-    # The sandbox's project starts with Compute Engine on: it is imported, everything else created.
-    assert got["imports"] == {"google_project_service.compute": "${var.project}/compute.googleapis.com"}
+    # The sandbox's project starts with Compute Engine, Logging, Monitoring and BigQuery on: they are imported,
+    # everything else created.
+    assert got["imports"] == {f"google_project_service.{s}": f"${{var.project}}/{s}.googleapis.com"
+                              for s in ("compute", "logging", "monitoring", "bigquery")}
     assert "google_service_account_key" not in tf.joinpath("main.tf").read_text()
 
     text = sh.read_text()
@@ -95,6 +98,8 @@ def test_terraform_and_gcloud_of_a_fresh_project_create_the_plan_and_import_what
     assert os.access(sh, os.X_OK)
     assert script_resources(text) == {
         "google_project_service compute.googleapis.com", "google_project_service artifactregistry.googleapis.com",
+        "google_project_service logging.googleapis.com", "google_project_service monitoring.googleapis.com",
+        "google_project_service bigquery.googleapis.com",
         f"google_service_account coiled@{sb.project}.iam.gserviceaccount.com",
         f"google_service_account coiled-instance@{sb.project}.iam.gserviceaccount.com",
         f"google_project_iam_custom_role projects/{sb.project}/roles/coiled",
@@ -120,7 +125,8 @@ def test_terraform_and_gcloud_of_a_fresh_project_create_the_plan_and_import_what
     ran = (tmp_path / "gcloud.log").read_text().splitlines()
     made = [line for line in ran if " create " in f" {line} " or line.startswith("services enable")]
     assert [m.split(" --", 1)[0] for m in made] == [
-        "services enable compute.googleapis.com artifactregistry.googleapis.com",
+        "services enable compute.googleapis.com logging.googleapis.com monitoring.googleapis.com "
+        "bigquery.googleapis.com artifactregistry.googleapis.com",
         "iam service-accounts create coiled", "iam roles create coiled",
         "artifacts repositories create coiled", "iam service-accounts create coiled-instance",
         "iam roles create coiled_instance",

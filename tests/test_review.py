@@ -77,8 +77,9 @@ def test_with_a_project_it_says_what_exists_and_writes_nothing(cli, make_sandbox
     assert fresh["source"] == "project" and fresh["note"] is None
     states = {(r["kind"], r["name"]): r["state"] for r in fresh["resources"] if not r["attrs"]["optional"]}
     assert set(states.values()) == {"create"}
-    assert {a["name"]: a["state"] for a in fresh["apis"]} == {"compute.googleapis.com": "exists",
-                                                             "artifactregistry.googleapis.com": "create"}
+    assert {a["name"]: a["state"] for a in fresh["apis"]} == {
+        "compute.googleapis.com": "exists", "logging.googleapis.com": "exists", "monitoring.googleapis.com": "exists",
+        "bigquery.googleapis.com": "exists", "artifactregistry.googleapis.com": "create"}
     mark = len(calls(sb))
     cli(sb, "gcp", "--non-interactive", "--yes", check=0)
     done_at = len(calls(sb))

@@ -270,7 +270,10 @@ def test_infra_created_with_the_full_role(make_sandbox):
     assert [(r["region"], r["default"], r["managed"]) for r in regions] == [("us-east1", True, True)]
 
     ws = state(sb)["coiled"]["workspaces"][WS]
-    assert ws["global_infra"] == {"state": "created", "reason": None}
+    # With it, Coiled's backend made its log sink and granted the sink's (Google-managed) writer identity.
+    assert ws["global_infra"] == {"state": "created", "reason": None, "log_sink": {
+        "writer_identity": "serviceAccount:service-123456789012@gcp-sa-logging.iam.gserviceaccount.com",
+        "granted": True, "refused_by": None}}
     assert ws["regions"][0]["component"] == {"state": "created", "reason": None}
 
 

@@ -50,12 +50,13 @@ from tests.helpers import calls, clients
 HOME = "unit-steps"  # the operator's own project
 OPERATOR = f"serviceAccount:operator@{HOME}.iam.gserviceaccount.com"
 CORE = [*needs.CORE_SERVICES, "serviceusage.googleapis.com", "logging.googleapis.com"]
-ALL_SERVICES = [*CORE, needs.COMPUTE, needs.ARTIFACT_REGISTRY]
+ALL_SERVICES = [*CORE, *needs.services(True)]
 TEMPLATE = list(needs.control_role().permissions)
 TOKEN = "sandbox-unit-steps-token"
 REGION = "us-east1"
 # The fields the command sets up before any step (a step may read them without an earlier step publishing them).
-COMMAND_FIELDS = {"opts", "google", "journal", "ui", "coiled", "services", "coiled_credentials"}
+# Set by the command itself when it makes the run record (lift_log_sink_policy: from its org-policy preflight).
+COMMAND_FIELDS = {"opts", "google", "journal", "ui", "coiled", "services", "coiled_credentials", "lift_log_sink_policy"}
 
 
 def sa(project: str, account_id: str = "coiled") -> str:
@@ -378,7 +379,7 @@ def test_apis_enables_what_is_off_then_has_nothing_to_do(google, real, name, gar
     run = new_run(google, name, gar=gar)
     step = one(run, "apis")
     change = observe_plan(step, run)
-    wanted = [needs.COMPUTE] + ([needs.ARTIFACT_REGISTRY] if gar else [])
+    wanted = [s for s in needs.services(gar) if s not in CORE]
     assert (change.action, change.detail) == (CREATE, "enable " + ", ".join(wanted))
     assert step.apply(run) == "enabled " + ", ".join(wanted)
     assert all(run.services[s] for s in wanted)

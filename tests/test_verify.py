@@ -17,9 +17,9 @@ from coiled_setup import role_templates
 from tests.helpers import calls, clients, http
 
 WS = "demo"
-ALL = ("key_file", "service_account", "custom_role", "binding", "effective_permissions", "registry_api",
-       "registry_repository", "registry_access", "instance_account", "coiled_credentials", "coiled_backend",
-       "firewall", "quotas", "org_policies")
+ALL = ("key_file", "service_account", "custom_role", "binding", "effective_permissions", "google_apis",
+       "registry_api", "registry_repository", "registry_access", "instance_account", "coiled_credentials",
+       "coiled_backend", "firewall", "quotas", "org_policies")
 NARROW = "203.0.113.0/24"
 FAST = dict(propagation_delay_s=0, operation_s=0.05, infra_s=0.05)
 
@@ -114,7 +114,7 @@ def test_all_checks_pass_after_the_wizard(ready, cli):
     proc = cli(sb, "verify", check=0)
     made = calls(sb, since=before)
     assert made and not [c for c in made if c["write"] or c["mutating"]]
-    assert "All 13 checks passed (1 skipped)." in proc.stdout
+    assert "All 14 checks passed (1 skipped)." in proc.stdout
     for title in ("Key file", "Service account", "Custom role", "Project IAM binding", "Permissions in effect",
                   "Artifact Registry API", "Registry repository", "Registry access", "Instance service account",
                   "Coiled credentials", "Coiled backend options", "Scheduler firewall"):
@@ -450,7 +450,7 @@ def test_no_local_key_verifies_everything_but_what_needs_the_key(make_sandbox, c
         assert callers == {f"operator@{sb.project}.iam.gserviceaccount.com"}
     proc = cli(sb, "verify", check=0)
     assert "no key file" in proc.stdout
-    assert "All 10 checks passed (4 skipped, 2 of them needing the key file: pass --key-file)." in proc.stdout
+    assert "All 11 checks passed (4 skipped, 2 of them needing the key file: pass --key-file)." in proc.stdout
 
     # The key Coiled holds is deleted on Google: that is found without the key file too.
     held = http("GET", f"{sb.coiled_url}/_sandbox/state")[1]["coiled"]["workspaces"][WS]["credentials"]

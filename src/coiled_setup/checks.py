@@ -75,6 +75,7 @@ class Target:
     region: str = DEFAULT_REGION
     role_id: str = DEFAULT_ROLE_ID
     gar: bool = True
+    bigquery: bool = True
     account: str = ""  # the control-plane account's email
     key_path: Path | None = None
     key_given: bool = False  # --key-file was passed
@@ -126,6 +127,8 @@ class Target:
             parts.append(f"--region {self.region}")
         if not self.gar:
             parts.append("--no-gar")
+        if not self.bigquery:
+            parts.append("--no-bigquery")
         if key and self.key_given and self.key_path is not None:
             parts.append(f"--key-file {self.key_path}")
         elif not self.local_key and not self.key_given:
@@ -191,6 +194,7 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
         jobs["account"] = lambda: operator.get_account(t.account)
     jobs["role"] = lambda: operator.get_role(t.role_name)
     jobs["policy"] = lambda: operator.get_policy(t.project)
+    jobs["apis"] = lambda: operator.services_enabled(t.project, apis_checked(t))
     if as_key is not None:
         jobs["held"] = lambda: as_key.test_permissions(t.project, template_permissions())
     if t.gar:
@@ -458,6 +462,24 @@ def check_effective(t: Target, f: Facts, before: dict[str, Result]) -> Result:
                       f"Tested as {t.account} with the key: {len(missing)} of {count(len(want), 'permission')} "
                       f"not held: {', '.join(missing)}.", remedy, {"not_held": missing})
     return Result(name, title, OK, f"Tested as {t.account} with the key: all {count(len(want), 'permission')} held.")
+
+
+def apis_checked(t: Target) -> list[str]:
+    """What the wizard enables (needs.py), but Artifact Registry's API: its own check below."""
+    return [s for s in needs.services(t.gar, t.bigquery) if s != ARTIFACT_REGISTRY]
+
+
+def check_apis(t: Target, f: Facts, before: dict[str, Result]) -> Result:
+    name, title = "google_apis", "Google APIs"
+    e = f.error("apis")
+    if e is not None:
+        return cannot_read(name, title, e, t, f)
+    off = [s for s, on in f.get("apis").items() if not on]
+    if off:
+        return Result(name, title, FAILED, f"{', '.join(off)} {'is' if len(off) == 1 else 'are'} disabled in "
+                      f"project {t.project}.", f"gcloud services enable {' '.join(off)} --project {t.project}, or "
+                      f"{t.gcp()}", {"disabled": off})
+    return Result(name, title, OK, f"{', '.join(f.get('apis'))} enabled.")
 
 
 def check_registry_api(t: Target, f: Facts, before: dict[str, Result]) -> Result:
@@ -765,7 +787,7 @@ def check_org_policies(t: Target, f: Facts, before: dict[str, Result]) -> Result
 
 
 # In order: a check sees the results before it, to skip what cannot be judged without them.
-CHECKS = (check_key_file, check_account, check_role, check_binding, check_effective, check_registry_api,
+CHECKS = (check_key_file, check_account, check_role, check_binding, check_effective, check_apis, check_registry_api,
           check_repository, check_repo_grant, check_instance, check_coiled_credentials, check_coiled_backend,
           check_firewall, check_quotas, check_org_policies)
 

@@ -166,6 +166,13 @@ def gcp(
     no_gar: bool = typer.Option(False, "--no-gar", help="Skip Artifact Registry (use another registry)."),
     registry_regions: Optional[str] = typer.Option(
         None, metavar="R1,R2", help="Regions that each get Coiled's registry repository [default: --region]."),
+    no_bigquery: bool = typer.Option(False, "--no-bigquery",
+                                     help="Leave the BigQuery API off (Coiled's cluster logs go to Cloud Logging "
+                                          "only)."),
+    allow_log_sink_exception: bool = typer.Option(
+        False, "--allow-log-sink-exception",
+        help="When domain restricted sharing would refuse Coiled's log sink its grant, lift it for the project "
+             "while Coiled sets up, then restore the project's policy."),
     instance_service_account: Optional[str] = typer.Option(
         None, metavar="EMAIL", help="Existing account for cluster instances [default: none]."),
     create_instance_service_account: bool = typer.Option(
@@ -255,7 +262,8 @@ def gcp(
         opts = Options(
             project=project or "", workspace=workspace, region=use_region, zone=use_zone,
             service_account=service_account or DEFAULT_ACCOUNT_ID, key_file=key_file, no_local_key=no_local_key,
-            role_id=role_id, gar=not no_gar, instance_service_account=instance_service_account,
+            role_id=role_id, gar=not no_gar, bigquery=not no_bigquery,
+            allow_log_sink_exception=allow_log_sink_exception, instance_service_account=instance_service_account,
             create_instance_service_account=create_instance_service_account,
             no_instance_service_account=no_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),
@@ -434,6 +442,9 @@ def verify(
                                                                       "us-east1]."),
     gar: Optional[bool] = typer.Option(None, "--gar/--no-gar", help="Check Artifact Registry [default: as gcp "
                                                                     "recorded, else on]."),
+    bigquery: Optional[bool] = typer.Option(None, "--bigquery/--no-bigquery", help="Check that the BigQuery API is "
+                                                                               "on [default: as gcp recorded, else "
+                                                                               "on]."),
     instance_service_account: Optional[str] = typer.Option(
         None, metavar="EMAIL", help="Account for cluster instances [default: as gcp recorded, else Coiled's]."),
     workspace: Optional[str] = typer.Option(None, metavar="SLUG",
@@ -462,7 +473,7 @@ def verify(
                       "--role-id": role_id,
                       "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
         return _rehearsing(sandbox, lambda: command.run(command.VerifyOptions(
-            project=project, key_file=key_file, role_id=role_id, region=region, gar=gar,
+            project=project, key_file=key_file, role_id=role_id, region=region, gar=gar, bigquery=bigquery,
             instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
             coiled_server=coiled_server, strict=strict, output=output,
         )))

@@ -14,6 +14,7 @@ that re-reads first retries it (the engine starts the step over; steps.policy re
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import warnings
@@ -112,6 +113,10 @@ class CloudError(Exception):
         self.reason = reason
         self.metadata = metadata or {}
         self.violations = violations or []
+        # For a SERVICE_DISABLED remedy: the quota project the call named, and the project numbers known (id ->
+        # number), since Google names the consumer project by number.
+        self.quota_project = ""
+        self.project_numbers: dict[str, str] = {}
 
     @property
     def transient(self) -> bool:
@@ -398,6 +403,7 @@ class Google:
         # Hears one line now and then while Google does not answer (None: silent).
         self.notify = None
         self._reach = Reachability()
+        self._numbers: dict[str, str] = {}  # project id -> number, as get_project learnt them
 
     @property
     def where(self) -> str:
@@ -415,6 +421,9 @@ class Google:
             with _google_errors():
                 yield
         except CloudError as e:
+            if e.service_disabled or e.reason == "USER_PROJECT_DENIED":
+                e.quota_project = getattr(self.credentials, "quota_project_id", None) or ""
+                e.project_numbers = self._numbers  # filled in by then when read together with the project
             if e.no_answer:
                 so_far = self._reach.silent(started, self.where, self.notify)
                 if so_far >= GIVE_UP_S:
@@ -529,6 +538,7 @@ class Google:
     # -- projects and permissions --------------------------------------------------------------
     def get_project(self, project: str) -> Project:
         p = self._read(lambda: self.projects.get_project(name=f"projects/{project}", **_CALL))
+        self._numbers[p.project_id] = p.name.split("/", 1)[1]
         return Project(p.project_id, p.name.split("/", 1)[1], type(p).State(p.state).name)
 
     def test_permissions(self, resource: str, permissions: list[str], *, repository: bool = False) -> set[str]:
@@ -566,6 +576,17 @@ class Google:
         from google.cloud.service_usage_v1.types import State
 
         return s.state == State.ENABLED
+
+    def services_enabled(self, project: str, services: list[str]) -> dict[str, bool]:
+        """Which of `services` are on, in one BatchGetServices call (Google takes up to 30 names)."""
+        from google.cloud.service_usage_v1 import State
+
+        answer = self._read(lambda: self.usage.batch_get_services(request={
+            "parent": f"projects/{project}", "names": [f"projects/{project}/services/{s}" for s in services]},
+            **_CALL))
+        # Google names them by project number: match on the service's own name.
+        on = {s.config.name or s.name.rsplit("/", 1)[-1]: s.state == State.ENABLED for s in answer.services}
+        return {s: on.get(s, False) for s in services}
 
     def start_enable(self, project: str, services: list[str]) -> str:
         """Starts enabling; answers the operation name (done already when nothing was to do)."""
@@ -724,6 +745,35 @@ class Google:
                 rules.append({"allowed_values": list(r.values.allowed_values),
                               "denied_values": list(r.values.denied_values)})
         return rules
+
+    def project_org_policy(self, project: str, constraint: str) -> dict | None:
+        """The project's own policy for a constraint, as Org Policy v2 JSON (etag included); None when it has none."""
+        from google.cloud import orgpolicy_v2
+
+        client = self._make("orgpolicy")
+        try:
+            pb = self._read(lambda: client.get_policy(name=f"projects/{project}/policies/{constraint}", **_CALL))
+        except NotFound:
+            return None
+        return json.loads(orgpolicy_v2.Policy.to_json(pb))
+
+    def put_project_org_policy(self, project: str, policy: dict, *, exists: bool) -> dict:
+        """Creates the project's policy, or updates it (with the etag `policy` carries); answers what Google holds."""
+        from google.cloud import orgpolicy_v2
+
+        client = self._make("orgpolicy")
+        pb = orgpolicy_v2.Policy.from_json(json.dumps(policy), ignore_unknown_fields=True)
+        with self._calling():
+            if exists:
+                answer = client.update_policy(policy=pb, **_WRITE)
+            else:
+                answer = client.create_policy(parent=f"projects/{project}", policy=pb, **_WRITE)
+        return json.loads(orgpolicy_v2.Policy.to_json(answer))
+
+    def delete_project_org_policy(self, project: str, constraint: str, etag: str) -> None:
+        client = self._make("orgpolicy")
+        with self._calling():
+            client.delete_policy(request={"name": f"projects/{project}/policies/{constraint}", "etag": etag}, **_WRITE)
 
     # -- cloud quotas ---------------------------------------------------------------------------------
     def quota_limit(self, project: str, service: str, quota_id: str, region: str) -> int:

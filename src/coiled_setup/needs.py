@@ -8,6 +8,10 @@ IAM = "iam.googleapis.com"
 RESOURCE_MANAGER = "cloudresourcemanager.googleapis.com"
 COMPUTE = "compute.googleapis.com"
 ARTIFACT_REGISTRY = "artifactregistry.googleapis.com"
+# Coiled's cluster logs and metrics: the services Coiled's own `coiled setup gcp` enables beside compute.
+LOGGING = "logging.googleapis.com"
+MONITORING = "monitoring.googleapis.com"
+BIGQUERY = "bigquery.googleapis.com"
 # Every call the tool makes goes through these two: they must be on before anything else.
 CORE_SERVICES = (IAM, RESOURCE_MANAGER)
 
@@ -22,9 +26,10 @@ LOG_PERMISSION = "logging.logEntries.create"
 LOG_WRITING_ROLES = frozenset({"roles/owner", "roles/editor", "roles/logging.logWriter", "roles/logging.admin"})
 
 
-def services(gar: bool) -> list[str]:
-    """The APIs the setup enables (beyond the core ones)."""
-    return [COMPUTE] + ([ARTIFACT_REGISTRY] if gar else [])
+def services(gar: bool, bigquery: bool = True) -> list[str]:
+    """The APIs the setup enables (beyond the core ones), as Coiled's own setup does; compute first, so that a
+    project without billing is refused before anything else changes."""
+    return [COMPUTE, LOGGING, MONITORING] + ([BIGQUERY] if bigquery else []) + ([ARTIFACT_REGISTRY] if gar else [])
 
 
 def control_role() -> role_templates.RoleTemplate:

@@ -63,6 +63,8 @@ class Options:
     no_local_key: bool = False
     role_id: str = DEFAULT_ROLE_ID
     gar: bool = True
+    bigquery: bool = True  # enable BigQuery, where Coiled's log sink writes (as Coiled's own setup does)
+    allow_log_sink_exception: bool = False  # lift domain restricted sharing while Coiled makes its log sink
     instance_service_account: str | None = None
     create_instance_service_account: bool = False
     no_instance_service_account: bool = False

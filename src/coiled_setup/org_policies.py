@@ -40,8 +40,9 @@ class Finding:
         return f"The organization policy constraints/{self.constraint} {self.what}: {lift}."
 
 
-def read(g, project: str) -> tuple[dict[str, list[dict]], str]:
-    """The effective rules of each constraint, and why the check was skipped ("" when it was not)."""
+def read(g, project: str, also: tuple[str, ...] = ()) -> tuple[dict[str, list[dict]], str]:
+    """The effective rules of each constraint (and of `also`), and why the check was skipped ("" when it was
+    not)."""
     from coiled_setup.concurrency import run_all
 
     def one(c):
@@ -50,11 +51,12 @@ def read(g, project: str) -> tuple[dict[str, list[dict]], str]:
         except CloudError as e:
             return None, e
 
-    results = run_all([lambda c=c: one(c) for c in CONSTRAINTS])
+    constraints = (*CONSTRAINTS, *also)
+    results = run_all([lambda c=c: one(c) for c in constraints])
     errors = [e for _, e in results if e is not None]
     if errors:
         return {}, skipped_reason(errors[0], g.principal, project)
-    return {c: rules for c, (rules, _) in zip(CONSTRAINTS, results, strict=True)}, ""
+    return {c: rules for c, (rules, _) in zip(constraints, results, strict=True)}, ""
 
 
 def skipped_reason(e: CloudError, principal: str, project: str) -> str:
@@ -103,11 +105,12 @@ def _policy(project: str, constraint: str, spec: dict) -> dict:
 
 
 def findings(effective: dict[str, list[dict]], project: str, region: str, *, key_needed: bool,
-             repository_needed: bool, registry_regions: tuple[str, ...] = ()) -> list[Finding]:
+             repository_needed: bool, registry_regions: tuple[str, ...] = (), log_sink: str = "") -> list[Finding]:
     """What the policies in force block: this run (key, repositories) or Coiled's clusters later.
 
     `region` is the cluster region (its repository too when `repository_needed`); `registry_regions` the other
-    regions that get a repository."""
+    regions that get a repository. `log_sink`: how this run treats the grant Coiled's log sink needs ("" when
+    Coiled sets up no sink for it)."""
     out = []
     for c in (KEY_LEGACY, KEY_MANAGED):
         if enforced(effective.get(c, [])):
@@ -128,6 +131,12 @@ def findings(effective: dict[str, list[dict]], project: str, region: str, *, key
         out.append(Finding(EXTERNAL_IP, "refuses external IP addresses, which Coiled gives its VMs by default, so "
                                         "clusters would fail to start", False,
                            _policy(project, EXTERNAL_IP, {"rules": [{"allowAll": True}]})))
+    if log_sink and not allows(effective.get(DOMAINS, []), lambda v: False):
+        # The sink's writer identity is Google's own account: no customer id of the organization covers it.
+        out.append(Finding(DOMAINS, "refuses roles to accounts outside the organization, such as the Google-managed "
+                                    "writer identity of the log sink Coiled makes for cluster logs, so they would "
+                                    f"not reach BigQuery; {log_sink}", False,
+                           _policy(project, DOMAINS, {"rules": [{"allowAll": True}]})))
     return out
 
 

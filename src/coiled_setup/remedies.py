@@ -59,6 +59,27 @@ def vpc_refusal(e: CloudError) -> bool:
     return e.reason == "SECURITY_POLICY_VIOLATED" or "VPC_SERVICE_CONTROLS" in e.violations
 
 
+def _service_disabled(e: CloudError, project: str) -> str:
+    """Names the project Google named (its `consumer`), which with a quota project is not the target project."""
+    svc = e.metadata.get("service", "an API")
+    number = e.metadata.get("consumer", "").rsplit("/", 1)[-1]
+    known = e.project_numbers.get(project)
+    quota = e.quota_project if e.quota_project != project else ""
+    differs = bool(number) and number != project and (number != known if known else bool(quota))
+    if not differs:
+        return (f"The API {svc} is disabled in project {project}: enable it (gcloud services enable {svc} "
+                f"--project {project}) and run again.")
+    if quota:
+        named = quota if number == quota else f"{quota} (number {number})"
+        return (f"The API {svc} is disabled in project {named}, the quota project your credentials bill their calls "
+                f"to, not {project}: enable it there (gcloud services enable {svc} --project {quota}), or choose "
+                f"another quota project (GOOGLE_CLOUD_QUOTA_PROJECT, or quota_project_id in the application default "
+                f"credentials file: gcloud auth application-default set-quota-project {project}), and run again.")
+    return (f"The API {svc} is disabled in project {number}, which Google charged this call to (the project of your "
+            f"credentials, not {project}): enable it there (gcloud services enable {svc} --project {number}), or "
+            f"set GOOGLE_CLOUD_QUOTA_PROJECT={project}, and run again.")
+
+
 def explain(e: CloudError, project: str) -> tuple[str, int]:
     """(sentence, exit code) for a Google error a step could not get past."""
     if isinstance(e, Unreachable):  # already one sentence: where, for how long, what to check
@@ -72,9 +93,13 @@ def explain(e: CloudError, project: str) -> tuple[str, int]:
                 f"project {project} (an access level or ingress rule), or run from inside it, then run again.",
                 STEP_FAILED)
     if e.service_disabled:
-        svc = e.metadata.get("service", "an API")
-        return (f"The API {svc} is disabled in project {project}: enable it (gcloud services enable {svc} "
-                f"--project {project}) and run again.", STEP_FAILED)
+        return _service_disabled(e, project), STEP_FAILED
+    if e.reason == "USER_PROJECT_DENIED":
+        quota = e.quota_project or e.metadata.get("consumer", "").rsplit("/", 1)[-1] or "your quota project"
+        return (f"Google refused the quota project your credentials name, {quota}: it does not exist or your account "
+                "lacks serviceusage.services.use there (granted by roles/serviceusage.serviceUsageConsumer), so ask "
+                "for that role on it, or choose another quota project (GOOGLE_CLOUD_QUOTA_PROJECT, or "
+                f"quota_project_id in the application default credentials file), then run again.", MISSING_PERMISSION)
     if e.reason == "UREQ_PROJECT_BILLING_NOT_FOUND":
         svc = e.metadata.get("services", "the APIs Coiled needs")
         return (f"Project {project} has no billing account, which Google requires before enabling {svc}: link "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from coiled_setup import context, keyfile, paths
+from coiled_setup import context, keyfile, log_sink, paths
 from coiled_setup import steps as registry
 from coiled_setup.cloud import CloudError, Google, Transient, Unauthenticated, Unreachable
 from coiled_setup.commands.common import Session
@@ -65,6 +65,7 @@ class Wizard(Session):
         self.run: Run | None = None
         self.engine: Engine | None = None
         self.lock: ProjectLock | None = None
+        self.lift_log_sink = False  # domain restricted sharing found, and --allow-log-sink-exception given
 
     def drive(self) -> int:
         return super().drive(self.execute)
@@ -139,15 +140,16 @@ class Wizard(Session):
                     return None, e
             return call
 
-        services = [*CORE_SERVICES, *services_needed(o.gar)]
-        results = run_all([attempt(lambda: g.get_project(o.project)),
-                           attempt(lambda: g.test_permissions(o.project, perms))]
-                          + [attempt(lambda s=s: g.service_enabled(o.project, s)) for s in services])
-        (project, perr), (held, terr) = results[0], results[1]
+        services = [*CORE_SERVICES, *services_needed(o.gar, o.bigquery)]
+        (project, perr), (held, terr), (states, serr) = run_all([
+            attempt(lambda: g.get_project(o.project)), attempt(lambda: g.test_permissions(o.project, perms)),
+            attempt(lambda: g.services_enabled(o.project, services))])
         if terr is not None and perr is not None:
             for e in (terr, perr):
                 if vpc_refusal(e):  # not "the project does not exist": the perimeter hid it
                     raise UserError(explain(e, o.project)[0])
+                if e.reason == "USER_PROJECT_DENIED":  # nor when the quota project is what Google refused
+                    raise UserError(*explain(e, o.project))
             if isinstance(terr, (Transient, Unreachable)):
                 raise UserError(explain(terr, o.project)[0])
             if isinstance(terr, Unauthenticated):
@@ -165,15 +167,13 @@ class Wizard(Session):
             raise UserError(missing_permissions_sentence(g.principal, o.project, missing), MISSING_PERMISSION)
         if perr is not None:
             raise UserError(*explain(perr, o.project))
-        enabled = {}
-        for s, (on, err) in zip(services, results[2:], strict=True):
-            if err is not None:
-                raise UserError(*explain(err, o.project))
-            if not on and s in CORE_SERVICES:
+        if serr is not None:
+            raise UserError(*explain(serr, o.project))
+        for s in CORE_SERVICES:
+            if not states[s]:
                 raise UserError(f"The API {s} is disabled in project {o.project}: enable it (gcloud services enable "
                                 f"{s} --project {o.project}) and run again.")
-            enabled[s] = bool(on)
-        return enabled
+        return states
 
     def org_policies(self, g: Google, cur: InPlace, journal: Journal) -> None:
         """What the organization will block, told before the first write; a blocked run stops here."""
@@ -181,7 +181,9 @@ class Wizard(Session):
         from coiled_setup.steps.account import key_path
 
         o, ui = self.opts, self.ui
-        effective, skipped = org_policies.read(g, o.project)
+        # Domain restricted sharing matters when Coiled makes its log sink (to BigQuery) in this run.
+        sink_matters = o.upload and o.bigquery
+        effective, skipped = org_policies.read(g, o.project, (org_policies.DOMAINS,) if sink_matters else ())
         if skipped:
             ui.warn(f"Skipped the check of organization policies: {skipped}; a policy that blocks a step is told "
                     "when the step meets it.")
@@ -190,8 +192,17 @@ class Wizard(Session):
                       else not key_path(o, journal).exists())
         # With Artifact Registry the region holds the repository too: a region refused blocks the run, without
         # another call to learn whether the repository exists.
+        from coiled_setup.log_sink import FLAG
+
+        sink = ""
+        if sink_matters:
+            sink = (f"this run lifts it for project {o.project} while Coiled sets up ({FLAG}), then restores the "
+                    "project's policy" if o.allow_log_sink_exception else
+                    f"the run goes on without that grant ({FLAG} lifts it for the project while Coiled sets up, "
+                    "then restores the project's policy)")
         found = org_policies.findings(effective, o.project, o.region, key_needed=key_needed, repository_needed=o.gar,
-                                      registry_regions=o.repo_regions)
+                                      registry_regions=o.repo_regions, log_sink=sink)
+        self.lift_log_sink = o.allow_log_sink_exception and any(f.constraint == org_policies.DOMAINS for f in found)
         blocking = [f for f in found if f.blocks]
         for f in found:
             if f.blocks:
@@ -295,9 +306,12 @@ class Wizard(Session):
         check_instance_differs(o)
         validate(o)  # the interactive answers and the kept settings too
         self.refuse_privileged_account(g)
+        if journal.get(log_sink.PENDING) and not o.dry_run and not self.export:
+            # A run that died while the policy was lifted: put the project's policy back first (before it is read).
+            log_sink.restore(g, o.project, journal, ui)
         self.org_policies(g, cur, journal)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
-                       coiled_credentials=cur.coiled_credentials)
+                       coiled_credentials=cur.coiled_credentials, lift_log_sink_policy=self.lift_log_sink)
         steps = registry.build(o)
         if self.export:
             return self.write_export(steps)
@@ -328,7 +342,8 @@ class Wizard(Session):
         # What this setup is, so that `verify` checks it rather than the defaults.
         try:
             run.journal.record_settings(
-                region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, account=o.account_email,
+                region=o.region, zone=o.zone, role_id=o.role_id, gar=o.gar, bigquery=o.bigquery,
+                account=o.account_email,
                 registry_regions=list(o.repo_regions[1:]),  # the registry regions besides the cluster region
                 instance_service_account=run.instance_email, key_file=run.key_path, local_key=not o.no_local_key,
                 upload=o.upload, workspace=o.workspace if o.upload else None,

@@ -148,7 +148,8 @@ def _org_policies(o: Options, policies: tuple[dict, str] | None) -> list[dict]:
     domains = {"constraint": DOMAIN_ORG_POLICY, "in_force": None,
                "finding": "Not needed by coiled-setup, which grants roles only to accounts of the project itself; "
                           "Coiled's own setup of a log sink to BigQuery may need an exception when it restricts the "
-                          "members a policy may name."}
+                          "members a policy may name (gcp warns, and lifts it for that moment only with "
+                          "--allow-log-sink-exception)."}
     effective, skipped = policies or ({}, "")
     if policies is None or skipped:
         why = f" (the project's were not read: {skipped})" if skipped else ""

@@ -45,6 +45,7 @@ class VerifyOptions:
     role_id: str | None = None
     region: str | None = None
     gar: bool | None = None
+    bigquery: bool | None = None
     instance_service_account: str | None = None
     coiled: bool = True
     workspace: str | None = None
@@ -72,8 +73,9 @@ def _recorded(settings: dict) -> dict:
         out["region"] = settings["region"]
     if isinstance(settings.get("role_id"), str) and ROLE_ID_RE.match(settings["role_id"]):
         out["role_id"] = settings["role_id"]
-    if isinstance(settings.get("gar"), bool):
-        out["gar"] = settings["gar"]
+    for k in ("gar", "bigquery"):
+        if isinstance(settings.get(k), bool):
+            out[k] = settings[k]
     regions = settings.get("registry_regions")
     if isinstance(regions, list):
         out["registry_regions"] = tuple(r for r in regions if isinstance(r, str) and not region_error(r, True))
@@ -152,7 +154,7 @@ def resolve(o: VerifyOptions) -> Target:
     return t
 
 
-SETTINGS = (("region", DEFAULT_REGION), ("role_id", DEFAULT_ROLE_ID), ("gar", True))
+SETTINGS = (("region", DEFAULT_REGION), ("role_id", DEFAULT_ROLE_ID), ("gar", True), ("bigquery", True))
 
 
 def needs_coiled(t: Target, o: VerifyOptions) -> bool:

@@ -91,6 +91,20 @@ def service_disabled(service: str, project_number: str) -> ApiError:
     )
 
 
+def user_project_denied(project: str, number: str, service: str) -> ApiError:
+    """The quota project (x-goog-user-project) is unknown, or the caller may not use it."""
+    return ApiError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"Caller does not have required permission to use project {project}. Grant the caller the "
+        f"roles/serviceusage.serviceUsageConsumer role, or a custom role with the serviceusage.services.use "
+        f"permission, by visiting https://console.developers.google.com/iam-admin/iam/admin?project={project} and "
+        f"then retry. Propagation of the new permission may take a few minutes.",
+        reason="USER_PROJECT_DENIED",
+        domain="googleapis.com",
+        metadata={"consumer": f"projects/{number}", "service": service},
+    )
+
+
 def aborted(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.ABORTED, message)
 

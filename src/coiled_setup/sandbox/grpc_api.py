@@ -82,7 +82,7 @@ def _wrap(world: World, service: str, method: str, fn: Callable, writes: bool):
                 raise vpc_refusal(API_HOSTS[service])
             md = {k: v for k, v in context.invocation_metadata()}
             caller = caller_of(world, md.get("authorization"))
-            ctx = Ctx(world, caller)
+            ctx = Ctx(world, caller, md.get("x-goog-user-project") or None)
             with world.lock:
                 if cfg.fail_method == method and cfg.fail_times > 0:
                     cfg.fail_times -= 1

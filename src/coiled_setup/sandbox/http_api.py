@@ -184,8 +184,23 @@ class CoiledApi:
         w = self.workspace(user, ws)
         if not w.credentials:
             raise HttpError(400, f"No GCP credentials are stored for workspace {ws}.")
-        w.global_infra = {"state": "in progress", "ready_at": time.monotonic() + self.world.config.infra_s}
+        w.global_infra = {"state": "in progress", "ready_at": time.monotonic() + self.world.config.infra_s,
+                          "log_sink": self._log_sink(w.credentials["project_id"])}
         return 201, {"component": self._component(w.global_infra, w, None)}
+
+    def _log_sink(self, project_id: str) -> dict | None:
+        """Coiled's backend makes a log sink for cluster logs with its global infrastructure (as Coiled's own
+        `coiled setup gcp` expects), and grants the sink's writer identity, a Google-managed account outside every
+        customer's organization, a role: domain restricted sharing refuses that grant, as Google would."""
+        from coiled_setup.sandbox.services import org_policy
+
+        p = self.world.project(project_id)
+        if p is None:
+            return None
+        writer = f"serviceAccount:service-{p.number}@gcp-sa-logging.iam.gserviceaccount.com"
+        granted = org_policy.allows(self.world, p, org_policy.DOMAINS, lambda v: False)
+        return {"writer_identity": writer, "granted": granted,
+                "refused_by": None if granted else f"constraints/{org_policy.DOMAINS}"}
 
     def get_global(self, user, body, ws, **_):
         w = self.workspace(user, ws)

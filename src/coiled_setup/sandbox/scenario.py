@@ -8,7 +8,7 @@ A scenario is YAML or JSON:
         billing: true               # false: enabling billed APIs fails
         state: ACTIVE               # or DELETE_REQUESTED
         disable_key_creation: false # org policy iam.disableServiceAccountKeyCreation
-        services: [iam.googleapis.com, ...]      # enabled APIs (default: the usual five)
+        services: [iam.googleapis.com, ...]      # enabled APIs (default: the usual seven)
         service_accounts:
           - {id: coiled, display_name: Coiled, disabled: false, keys: 2}
         roles:

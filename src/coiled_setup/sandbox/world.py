@@ -40,6 +40,9 @@ DEFAULT_SERVICES = [
     "serviceusage.googleapis.com",
     "compute.googleapis.com",
     "logging.googleapis.com",
+    # On in every new project, as Google has it (so are a few more the product never asks about).
+    "monitoring.googleapis.com",
+    "bigquery.googleapis.com",
 ]
 SERVICE_TITLES = {
     "artifactregistry.googleapis.com": "Artifact Registry API",
@@ -48,6 +51,9 @@ SERVICE_TITLES = {
     "serviceusage.googleapis.com": "Service Usage API",
     "compute.googleapis.com": "Compute Engine API",
     "logging.googleapis.com": "Cloud Logging API",
+    "monitoring.googleapis.com": "Cloud Monitoring API",
+    "bigquery.googleapis.com": "BigQuery API",
+    "orgpolicy.googleapis.com": "Organization Policy API",
     "cloudquotas.googleapis.com": "Cloud Quotas API",
 }
 # What a new project gets in every region (Compute Engine's regional quotas), and what Google grants at once.

@@ -7,7 +7,7 @@ from coiled_setup.steps.base import CREATE, NOTHING, Change, Run, Step
 
 
 def wanted_services(opts) -> list[str]:
-    return needs.services(opts.gar)
+    return needs.services(opts.gar, opts.bigquery)
 
 
 class ApisStep(Step):
@@ -18,11 +18,16 @@ class ApisStep(Step):
 
     def __init__(self):
         self.enabled: dict[str, bool] = {}
+        self.observed = False
 
     def observe(self, run: Run) -> None:
-        # Only what the preflight did not already see on (a retry observes again).
-        self.enabled = {s: bool(run.services.get(s)) or run.google.service_enabled(run.opts.project, s)
-                        for s in wanted_services(run.opts)}
+        # The preflight read them all moments ago; a retry reads again, in one call, what was not on.
+        wanted = wanted_services(run.opts)
+        self.enabled = {s: bool(run.services.get(s)) for s in wanted}
+        off = [s for s in wanted if not self.enabled[s]]
+        if off and (self.observed or any(s not in run.services for s in off)):
+            self.enabled.update(run.google.services_enabled(run.opts.project, off))
+        self.observed = True
 
     def _missing(self, run: Run) -> list[str]:
         return [s for s in wanted_services(run.opts) if not self.enabled.get(s)]

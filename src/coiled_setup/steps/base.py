@@ -60,6 +60,8 @@ class Run:
     account_created: float | None = None
     propagation_s: float | None = None
     bound_at: float | None = None
+    # Domain restricted sharing would refuse Coiled's log sink its grant, and the operator allowed lifting it then.
+    lift_log_sink_policy: bool = False
 
 
 @dataclass

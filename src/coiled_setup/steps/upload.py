@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from rich.markup import escape
 
-from coiled_setup import context, paths, waiting
+from coiled_setup import context, log_sink, paths, waiting
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
 from coiled_setup.remedies import command
@@ -88,7 +90,7 @@ class UploadStep(Step):
     title = "Coiled backend"
     # Without the instance account the user chose, Coiled would get another security setting than planned.
     after = ("account", "confirm", "instance")
-    reads = ("key_id", "keyfile", "instance_email")
+    reads = ("key_id", "keyfile", "instance_email", "lift_log_sink_policy")
     permissions = ("iam.serviceAccountKeys.list", "iam.serviceAccountKeys.delete")  # retiring older keys
 
     def __init__(self):
@@ -194,8 +196,10 @@ class UploadStep(Step):
         if "registry" in todo:
             c.set_registry({"type": "gar"})
         if "global infrastructure" in todo:
-            c.start_global()
-            self._await(run, lambda: (c.get_global().get("component") or {}), "Coiled's global infrastructure")
+            # Coiled makes its log sink now, and grants the sink's writer identity a role.
+            with log_sink.lifted(run) if run.lift_log_sink_policy else contextlib.nullcontext():
+                c.start_global()
+                self._await(run, lambda: (c.get_global().get("component") or {}), "Coiled's global infrastructure")
         if f"region {o.region}" in todo:
             c.start_region(o.region)
             self._await(run, lambda: next((r.get("component") or {} for r in c.get_regions()

@@ -18,10 +18,12 @@ AR_SVC = "artifactregistry.googleapis.com"
 class Ctx:
     """One call: who made it, and whether it changed anything."""
 
-    def __init__(self, world: World, caller: str):
+    def __init__(self, world: World, caller: str, user_project: str | None = None):
         self.world = world
         self.caller = caller
         self.changed = False
+        # The quota project the credentials name (x-goog-user-project): Google's consumer for the call.
+        self.user_project = user_project
 
     def project(self, ref: str, permission: str, resource: str, service: str) -> Project:
         """The project, after the checks Google makes: exists, live, API enabled, permission held."""
@@ -31,10 +33,21 @@ class Ctx:
             raise errors.permission_denied(permission, resource)
         if permission != "resourcemanager.projects.get":
             live(p, service)
-        if service != CRM_SVC and not w.service_enabled(p, service, settled=True):
-            raise errors.service_disabled(service, p.number)
+        consumer = self.consumer(p, service)
+        if service != CRM_SVC and not w.service_enabled(consumer, service, settled=True):
+            raise errors.service_disabled(service, consumer.number)
         self.require(permission, p, resource)
         return p
+
+    def consumer(self, p: Project, service: str) -> Project:
+        """The project Google bills and checks the API in: the quota project when the call names one, which the
+        caller must be allowed to use (serviceusage.services.use), else the project itself."""
+        if not self.user_project:
+            return p
+        q = self.world.project(self.user_project)
+        if q is None or not self.world.holds(self.caller, "serviceusage.services.use", q):
+            raise errors.user_project_denied(self.user_project, q.number if q else self.user_project, service)
+        return q
 
     def require(self, permission: str, p: Project, resource: str, policy: Policy | None = None) -> None:
         if not self.world.holds(self.caller, permission, p, policy):

@@ -29,6 +29,21 @@ def get_service(ctx: Ctx, req: su.GetServiceRequest):
     return _service_proto(p, name, ctx.world.service_enabled(p, name))
 
 
+def batch_get_services(ctx: Ctx, req: su.BatchGetServicesRequest):
+    (ref,) = parts(req.parent, "projects")
+    p = ctx.project(ref, "serviceusage.services.get", req.parent, SU_SVC)
+    names = list(req.names)
+    if not names or len(names) > 30:
+        raise errors.invalid_argument("Between 1 and 30 service names are allowed in one batch.", field="names")
+    services = []
+    for full in names:
+        pref, name = parts(full, "projects", "services")
+        if ctx.world.project(pref) is not p:
+            raise errors.invalid_argument(f"Service {full!r} is not in parent {req.parent!r}.", field="names")
+        services.append(_service_proto(p, name, ctx.world.service_enabled(p, name)))
+    return su.BatchGetServicesResponse(services=services)
+
+
 def _enable(ctx: Ctx, p: Project, names: list[str]):
     w = ctx.world
     if not p.billing:
@@ -132,6 +147,7 @@ operations.register(("enable", "batch_enable", "disable"), _op_metadata, _op_res
 
 METHODS = [
     ("GetService", get_service, su.GetServiceRequest, False),
+    ("BatchGetServices", batch_get_services, su.BatchGetServicesRequest, False),
     ("EnableService", enable_service, su.EnableServiceRequest, True),
     ("BatchEnableServices", batch_enable, su.BatchEnableServicesRequest, True),
     ("DisableService", disable_service, su.DisableServiceRequest, True),
