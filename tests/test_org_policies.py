@@ -43,6 +43,8 @@ def scenario(policies=None, perimeter=None, **project) -> dict:
     s["projects"][0].update(project)
     s["organization"] = {"id": "123456789", "customer_id": CUSTOMER, "domain": "example.com",
                          "policies": policies or {}}
+    # The tests set project-level policies as the operator: an owner may not, an organization policy admin may.
+    s["operator"]["roles"] = ["roles/owner", "roles/orgpolicy.policyAdmin"]
     if perimeter:
         s["perimeter"] = perimeter
     return s

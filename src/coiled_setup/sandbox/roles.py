@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-# Only what the wizard, verify and their tests touch; permissions may end in ".*".
+# Only what the wizard, verify and their tests touch; permissions may end in ".*"; one starting with "!" is
+# left out of what the others grant.
 PREDEFINED_ROLES: dict[str, list[str]] = {
-    "roles/owner": ["*"],
+    # Everything but setting organization policies, as on Google: that takes roles/orgpolicy.policyAdmin.
+    "roles/owner": ["*", "!orgpolicy.policies.*"],
     "roles/editor": [
         "iam.serviceAccounts.*",
         "iam.serviceAccountKeys.*",
@@ -133,7 +135,13 @@ PREDEFINED_ROLES: dict[str, list[str]] = {
 }
 
 
+def _matches(p: str, permission: str) -> bool:
+    return p == "*" or p == permission or (p.endswith(".*") and permission.startswith(p[:-1]))
+
+
 def grants(patterns, permission: str) -> bool:
+    if any(p.startswith("!") and _matches(p[1:], permission) for p in patterns):
+        return False
     for p in patterns:
         if p == "*" or p == permission:
             return True
