@@ -450,12 +450,13 @@ class Google:
         import google.auth
         from google.auth import exceptions as aexc
 
+        # google-auth's warning about user credentials without a quota project (with a file path):
+        # use_quota_project() sets one and says so in one sentence instead. For the whole process, not in
+        # warnings.catch_warnings(): that swaps the filters of every thread, and a filter another thread adds
+        # meanwhile (requests silencing urllib3's DependencyWarning as it is imported) would be lost.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"google\.auth")
         try:
-            with warnings.catch_warnings():
-                # google-auth's warning about user credentials without a quota project (with a file path):
-                # use_quota_project() sets one and says so in one sentence instead.
-                warnings.filterwarnings("ignore", category=UserWarning, module=r"google\.auth")
-                creds, _ = google.auth.default(scopes=SCOPES)
+            creds, _ = google.auth.default(scopes=SCOPES)
         except aexc.DefaultCredentialsError as e:
             raise NoCredentials(_first_line(e)) from None
         principal = getattr(creds, "service_account_email", "") or ""
