@@ -13,6 +13,11 @@ import threading
 import time
 import urllib.parse
 
+# At import, in the thread that imports this module, before any call runs in a worker thread: requests silences
+# urllib3's DependencyWarning as it is imported, and a filter added while another thread is inside
+# warnings.catch_warnings() (google-auth loading credentials does that) would be lost, printing the warning.
+import requests
+
 from coiled_setup import calllog, retry
 from coiled_setup.cloud import GIVE_UP_S, Reachability
 from coiled_setup.errors import BadInput, UserError
@@ -115,8 +120,6 @@ class Coiled:
         (calls that run together take a connection each; the pool is thread-safe)."""
         with self._session_lock:
             if self._requests is None:
-                import requests
-
                 self._requests = requests.Session()
             return self._requests
 
@@ -151,8 +154,6 @@ class Coiled:
             return answer
 
         def attempt(started):
-            import requests
-
             headers = {"Accept": "application/json"}
             if data is not None:
                 headers["Content-Type"] = "application/json"
