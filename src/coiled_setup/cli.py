@@ -93,6 +93,19 @@ def _rehearsing(sandbox: bool, fn, fresh: bool = False) -> int:
 VERBOSE_HELP = "Print each Google and Coiled call on stderr (service, method, resource, outcome, time)."
 LOG_FILE_HELP = "Append each Google and Coiled call to this file (0600); failures name it."
 
+# Options several commands share, declared once (typer reads them; nothing changes them).
+PROJECT = typer.Option(None, metavar="PROJECT", help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's].")
+WORKSPACE = typer.Option(None, metavar="SLUG", help="Coiled workspace [default: your only or personal one].")
+COILED_SERVER = typer.Option(None, metavar="URL", help="Coiled server [default: from your Coiled login].")
+DRY_RUN = typer.Option(False, "--dry-run", help="Show the plan and change nothing.")
+YES = typer.Option(False, "--yes", "-y", help="Apply the plan without asking.")
+NON_INTERACTIVE = typer.Option(False, "--non-interactive", help="Never prompt (for CI).")
+VERBOSE = typer.Option(False, "--verbose", help=VERBOSE_HELP)
+LOG_FILE = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP)
+OUTPUT = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout, and never a question.")
+IMPERSONATE = typer.Option(
+    None, metavar="EMAIL", help="Act as this service account [default: gcloud's auth/impersonate_service_account].")
+
 
 def _start_log(verbose: bool, log_file: Path | None, command: str) -> None:
     if not verbose and log_file is None:
@@ -150,10 +163,8 @@ def _impersonate(email: str | None) -> None:
 @app.command(epilog=EXIT_CODES, short_help="Set up a project for Coiled, then configure Coiled.")
 def gcp(
     ctx: typer.Context,
-    project: Optional[str] = typer.Option(None, metavar="PROJECT",
-                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
-    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
-                                            help="Coiled workspace [default: your only or personal one]."),
+    project: Optional[str] = PROJECT,
+    workspace: Optional[str] = WORKSPACE,
     region: str = typer.Option("us-east1", metavar="REGION", help="Region for clusters and the registry."),
     zone: Optional[str] = typer.Option(None, metavar="ZONE", help="Zone inside the region [default: REGION-c]."),
     service_account: Optional[str] = typer.Option(None, metavar="ID|EMAIL",
@@ -189,20 +200,18 @@ def gcp(
         False, "--write-dask-config",
         help="Also write coiled.backend-options (region_name, zone_name, spot, ingress) into your dask config "
              "coiled.yaml: only older coiled clients apply it; the workspace's settings are what take effect."),
-    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
-                                                help="Coiled server [default: from your Coiled login]."),
+    coiled_server: Optional[str] = COILED_SERVER,
     wait_timeout: float = typer.Option(600.0, metavar="SECONDS",
                                        help="Longest wait for Google to propagate changes."),
     allow_privileged_key: bool = typer.Option(
         False, "--allow-privileged-key",
         help="Let Coiled's account be yours or one with owner, editor or IAM-admin roles (refused otherwise)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
-    non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
-    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
-    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
-    output: str = typer.Option("text", metavar="text|json",
-                               help="json: one JSON document on stdout, and never a question."),
+    dry_run: bool = DRY_RUN,
+    yes: bool = YES,
+    non_interactive: bool = NON_INTERACTIVE,
+    verbose: bool = VERBOSE,
+    log_file: Optional[Path] = LOG_FILE,
+    output: str = OUTPUT,
     sandbox: bool = typer.Option(False, "--sandbox", help="Rehearse against a local sandbox, not Google."),
     sandbox_reset: bool = typer.Option(False, "--sandbox-reset", help="With --sandbox: start from a fresh project."),
     print_operator_roles: bool = typer.Option(
@@ -213,9 +222,7 @@ def gcp(
         help="Write this run's plan as Terraform or as a gcloud script, and change nothing."),
     terraform_key: bool = typer.Option(False, "--terraform-key",
                                        help="With --export terraform: the key too (its private half in the state)."),
-    impersonate_service_account: Optional[str] = typer.Option(
-        None, metavar="EMAIL",
-        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
+    impersonate_service_account: Optional[str] = IMPERSONATE,
 ) -> None:
     """Create the service account, key, role, binding and registry Coiled needs, then configure Coiled."""
     _impersonate(impersonate_service_account)
@@ -283,31 +290,25 @@ def gcp(
 
 @app.command("rotate-key", epilog=EXIT_CODES, short_help="Give Coiled a new key, then delete the old one.")
 def rotate_key(
-    project: Optional[str] = typer.Option(None, metavar="PROJECT",
-                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
-    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
-                                            help="Coiled workspace [default: your only or personal one]."),
+    project: Optional[str] = PROJECT,
+    workspace: Optional[str] = WORKSPACE,
     service_account: Optional[str] = typer.Option(None, metavar="EMAIL",
                                                   help="Account whose key rotates [default: the one Coiled holds]."),
     key_file: Optional[Path] = typer.Option(
         None, metavar="PATH", help="Where the new key is written [default: the key file gcp wrote, if any]."),
     max_age: Optional[float] = typer.Option(
         None, metavar="DAYS", help="Rotate only when Coiled's key is older than this (for a scheduler)."),
-    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
-                                                help="Coiled server [default: from your Coiled login]."),
+    coiled_server: Optional[str] = COILED_SERVER,
     wait_timeout: float = typer.Option(600.0, metavar="SECONDS",
                                        help="Longest wait for Google to accept the new key."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
-    non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
-    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
-    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
-    output: str = typer.Option("text", metavar="text|json",
-                               help="json: one JSON document on stdout, and never a question."),
+    dry_run: bool = DRY_RUN,
+    yes: bool = YES,
+    non_interactive: bool = NON_INTERACTIVE,
+    verbose: bool = VERBOSE,
+    log_file: Optional[Path] = LOG_FILE,
+    output: str = OUTPUT,
     sandbox: bool = typer.Option(False, "--sandbox", help="Rotate in the sandbox that `gcp --sandbox` set up."),
-    impersonate_service_account: Optional[str] = typer.Option(
-        None, metavar="EMAIL",
-        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
+    impersonate_service_account: Optional[str] = IMPERSONATE,
 ) -> None:
     """Create a new key for Coiled's account, check that Google accepts it, hand it to Coiled, and only then delete
     the old key (and older ones coiled-setup made; never a key someone else created)."""
@@ -341,10 +342,8 @@ def rotate_key(
 @app.command(epilog=EXIT_CODES, short_help="Remove what coiled-setup created for Coiled in a project.")
 def teardown(
     ctx: typer.Context,
-    project: Optional[str] = typer.Option(None, metavar="PROJECT",
-                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
-    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
-                                            help="Coiled workspace [default: your only or personal one]."),
+    project: Optional[str] = PROJECT,
+    workspace: Optional[str] = WORKSPACE,
     service_account: Optional[str] = typer.Option(None, metavar="ID|EMAIL",
                                                   help="Coiled's account [default: the one Coiled holds, else the "
                                                        "one gcp set up]."),
@@ -353,20 +352,16 @@ def teardown(
     delete_repository: bool = typer.Option(False, "--delete-repository",
                                            help="Delete the registry repository too, with every image in it."),
     no_coiled: bool = typer.Option(False, "--no-coiled", help="Leave Coiled's workspace as it is."),
-    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
-                                                help="Coiled server [default: from your Coiled login]."),
+    coiled_server: Optional[str] = COILED_SERVER,
     wait_timeout: float = typer.Option(600.0, metavar="SECONDS", help="Longest wait for Google's operations."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and change nothing."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Apply the plan without asking."),
-    non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt (for CI)."),
-    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
-    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
-    output: str = typer.Option("text", metavar="text|json",
-                               help="json: one JSON document on stdout, and never a question."),
+    dry_run: bool = DRY_RUN,
+    yes: bool = YES,
+    non_interactive: bool = NON_INTERACTIVE,
+    verbose: bool = VERBOSE,
+    log_file: Optional[Path] = LOG_FILE,
+    output: str = OUTPUT,
     sandbox: bool = typer.Option(False, "--sandbox", help="Tear down in the sandbox that `gcp --sandbox` set up."),
-    impersonate_service_account: Optional[str] = typer.Option(
-        None, metavar="EMAIL",
-        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
+    impersonate_service_account: Optional[str] = IMPERSONATE,
 ) -> None:
     """Remove what coiled-setup created for Coiled: the workspace's credentials, the bindings, the custom roles,
     the accounts and their keys (and the repository only with --delete-repository). APIs stay enabled, and
@@ -431,8 +426,7 @@ VERIFY_EXIT_CODES = ("Exit codes: 0 every check passed (warnings allowed unless 
 
 @app.command(epilog=VERIFY_EXIT_CODES, short_help="Check, read-only, that Coiled can work in a project.")
 def verify(
-    project: Optional[str] = typer.Option(None, metavar="PROJECT",
-                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    project: Optional[str] = PROJECT,
     key_file: Optional[Path] = typer.Option(None, metavar="PATH", help="The Coiled account's key file [default: the "
                                                                        "one coiled-setup gcp wrote for the project]."),
     role_id: Optional[str] = typer.Option(None, metavar="ROLE_ID",
@@ -447,19 +441,15 @@ def verify(
                                                                                "on]."),
     instance_service_account: Optional[str] = typer.Option(
         None, metavar="EMAIL", help="Account for cluster instances [default: as gcp recorded, else Coiled's]."),
-    workspace: Optional[str] = typer.Option(None, metavar="SLUG",
-                                            help="Coiled workspace [default: your only or personal one]."),
+    workspace: Optional[str] = WORKSPACE,
     no_coiled: bool = typer.Option(False, "--no-coiled", help="Skip the checks of what Coiled holds."),
-    coiled_server: Optional[str] = typer.Option(None, metavar="URL",
-                                                help="Coiled server [default: from your Coiled login]."),
+    coiled_server: Optional[str] = COILED_SERVER,
     strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
-    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
-    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH", help=LOG_FILE_HELP),
+    verbose: bool = VERBOSE,
+    log_file: Optional[Path] = LOG_FILE,
     output: str = typer.Option("text", metavar="text|json", help="json: one JSON document on stdout."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Check the sandbox that `gcp --sandbox` set up."),
-    impersonate_service_account: Optional[str] = typer.Option(
-        None, metavar="EMAIL",
-        help="Act as this service account [default: gcloud's auth/impersonate_service_account]."),
+    impersonate_service_account: Optional[str] = IMPERSONATE,
 ) -> None:
     """Prove, read-only and as the service account itself, that Coiled can work in the project."""
     _impersonate(impersonate_service_account)
@@ -483,8 +473,7 @@ def verify(
 
 @app.command(epilog=EXIT_CODES, short_help="Show the quotas that bound a cluster, and ask Google for more.")
 def quotas(
-    project: Optional[str] = typer.Option(None, metavar="PROJECT",
-                                          help="Project id [default: GOOGLE_CLOUD_PROJECT, then gcloud's]."),
+    project: Optional[str] = PROJECT,
     region: Optional[str] = typer.Option(None, metavar="REGION",
                                          help="Region of the clusters [default: as gcp recorded, else us-east1]."),
     request: list[str] = typer.Option([], "--request", metavar="QUOTA=N",
