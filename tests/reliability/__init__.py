@@ -15,7 +15,11 @@ policy, coiled_setup.retry): the sandbox answers at once, so the waits only cost
 order and the retry budgets are unchanged.
 """
 
-from tests.helpers import calls, state
+import os
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # as under pytest (conftest.py): gRPC's own info lines are noise
+
+from tests.helpers import calls, state  # noqa: E402
 from tests.reliability.bad_input import (
     NOTICE,
     Case,
