@@ -111,3 +111,49 @@ def test_an_owner_who_may_not_set_policies_is_told_and_the_run_goes_on_without_t
     assert sink(sb)["granted"] is False and sink(sb)["refused_by"] == f"constraints/{DOMAINS}"
     assert f"Could not lift constraints/{DOMAINS} for project {sb.project}" in told
     assert "orgpolicy.policies.create" in told and "gets no grant" in told
+
+
+class _LostAnswerGoogle:
+    """Org Policy as Google keeps it, whose lift lands but answers an error (a deadline: the answer was lost)."""
+
+    def __init__(self, original):
+        self.policy = original
+        self.writes = []
+
+    def project_org_policy(self, project, constraint):
+        return self.policy
+
+    def put_project_org_policy(self, project, policy, *, exists):
+        from coiled_setup.cloud import Transient
+
+        self.writes.append(policy)
+        self.policy = {**policy, "etag": f"e{len(self.writes)}"}
+        if len(self.writes) == 1:
+            raise Transient("DEADLINE_EXCEEDED", "Deadline expired before operation could complete.")
+        return self.policy
+
+    def delete_project_org_policy(self, project, constraint, etag):
+        self.writes.append(None)
+        self.policy = None
+
+
+class _Journal(dict):
+    def set(self, **values):
+        self.update(values)
+
+
+def test_a_lift_whose_answer_was_lost_is_restored_at_once(tmp_path):
+    from types import SimpleNamespace
+
+    from coiled_setup import log_sink
+
+    for original in (None, {"name": f"projects/p/policies/{DOMAINS}", "etag": "e0",
+                            "spec": {"rules": [{"values": {"allowedValues": [CUSTOMER]}}]}}):
+        g, journal, told = _LostAnswerGoogle(original), _Journal(), []
+        ui = SimpleNamespace(warn=told.append, info=told.append)
+        run = SimpleNamespace(google=g, opts=SimpleNamespace(project="p"), journal=journal, ui=ui)
+        with log_sink.lifted(run):
+            pass
+        assert g.policy == original or (original and g.policy["spec"] == original["spec"]), (g.policy, told)
+        assert not journal.get(log_sink.PENDING)
+        assert any("Could not lift" in t for t in told)

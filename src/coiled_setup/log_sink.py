@@ -47,7 +47,10 @@ def lifted(run):
             put["etag"] = original.get("etag", "")
         g.put_project_org_policy(project, put, exists=original is not None)
     except CloudError as e:
-        journal.set(**{PENDING: None})  # nothing was changed, or the change was refused
+        # Refused, nothing changed; but a lift whose answer was lost may have landed: restore() puts back what is
+        # ours and clears the record (left for the next run when Google cannot be read now).
+        with contextlib.suppress(CloudError):
+            restore(g, project, journal, ui)
         ui.warn(f"Could not lift constraints/{DOMAINS} for project {project} ({e.code}: {e.message.rstrip('.')}), "
                 "so Coiled's log sink gets no grant and cluster logs will not reach BigQuery.")
         yield
