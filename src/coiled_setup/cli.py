@@ -152,6 +152,17 @@ def _guard(fn, command: str, output: str, log: tuple[bool, Path | None] = (False
     return code
 
 
+def _can_ask(non_interactive: bool, output: str) -> bool:
+    """Whether the run may ask questions: a JSON consumer is a program (stdout is its document), and without a
+    terminal nobody answers."""
+    return not non_interactive and output != "json" and sys.stdin.isatty()
+
+
+def _given_path(path: Path | None) -> str | None:
+    """A path flag for refuse_empty: typer reads an empty value as the current directory."""
+    return None if path is None or str(path) not in ("", ".") else ""
+
+
 def _impersonate(email: str | None) -> None:
     """--impersonate-service-account, passed on as gcloud's own variable for the same property."""
     if email:
@@ -247,8 +258,7 @@ def gcp(
                       "--service-account": service_account, "--instance-service-account": instance_service_account,
                       "--firewall-cidr": firewall_cidr, "--coiled-server": coiled_server, "--role-id": role_id,
                       "--firewall-ports": firewall_ports, "--registry-regions": registry_regions,
-                      # typer reads --key-file "" as the current directory
-                      "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
+                      "--key-file": _given_path(key_file)})
         # A flag not given keeps what is in place; one given changes it.
         given = {name for name in ("service_account", "firewall_cidr", "firewall_ports", "region", "zone",
                                    "preemptible", "instance_service_account", "create_instance_service_account",
@@ -275,8 +285,7 @@ def gcp(
             no_instance_service_account=no_instance_service_account, preemptible=preemptible,
             firewall_cidr=firewall_cidr or OPEN_CIDR, firewall_ports=parse_ports(firewall_ports),
             upload=not no_upload, write_dask_config=write_dask_config, dry_run=dry_run, yes=yes,
-            # A JSON consumer is a program: it cannot answer questions, and stdout is its document.
-            interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
+            interactive=_can_ask(non_interactive, output), output=output,
             wait_timeout=wait_timeout, coiled_server=coiled_server, explicit=given,
             allow_privileged_key=allow_privileged_key, registry_regions=parse_regions(registry_regions or ""),
         )
@@ -320,7 +329,7 @@ def rotate_key(
 
         refuse_empty({"--project": project, "--workspace": workspace, "--service-account": service_account,
                       "--coiled-server": coiled_server,
-                      "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
+                      "--key-file": _given_path(key_file)})
         wrong = output_error(output)
         if wrong:
             from coiled_setup.errors import BadInput
@@ -328,7 +337,7 @@ def rotate_key(
             raise BadInput(wrong)
         opts = Options(project=project or "", workspace=workspace, key_file=key_file, max_age=max_age,
                        coiled_server=coiled_server, wait_timeout=wait_timeout, dry_run=dry_run, yes=yes,
-                       interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
+                       interactive=_can_ask(non_interactive, output), output=output,
                        explicit={"service_account"} if service_account else set())
         if service_account:
             if project:
@@ -392,7 +401,7 @@ def teardown(
                        service_account=service_account or DEFAULT_ACCOUNT_ID, role_id=role_id,
                        delete_repository=delete_repository, upload=not no_coiled,
                        coiled_server=coiled_server, wait_timeout=wait_timeout, dry_run=dry_run, yes=yes,
-                       interactive=not non_interactive and output != "json" and sys.stdin.isatty(), output=output,
+                       interactive=_can_ask(non_interactive, output), output=output,
                        explicit=given)
         if service_account and project:
             check_account(service_account, project)
@@ -461,7 +470,7 @@ def verify(
         refuse_empty({"--project": project, "--instance-service-account": instance_service_account,
                       "--workspace": workspace, "--coiled-server": coiled_server, "--region": region,
                       "--role-id": role_id,
-                      "--key-file": None if key_file is None or str(key_file) not in ("", ".") else ""})
+                      "--key-file": _given_path(key_file)})
         return _rehearsing(sandbox, lambda: command.run(command.VerifyOptions(
             project=project, key_file=key_file, role_id=role_id, region=region, gar=gar, bigquery=bigquery,
             instance_service_account=instance_service_account, coiled=not no_coiled, workspace=workspace,
@@ -496,7 +505,7 @@ def quotas(
         refuse_empty({"--project": project, "--region": region, "--email": email, "--justification": justification})
         return _rehearsing(sandbox, lambda: command.run(command.QuotasOptions(
             project=project, region=region, requests=list(request), email=email, justification=justification,
-            enable_api=enable_api, interactive=not non_interactive and output != "json" and sys.stdin.isatty(),
+            enable_api=enable_api, interactive=_can_ask(non_interactive, output),
             output=output)))
 
     _finish(_guard(go, "quotas", output))
