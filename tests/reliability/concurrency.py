@@ -8,7 +8,7 @@ import random
 import threading
 import time
 
-from tests.helpers import calls
+from tests.helpers import calls, clients
 from tests.reliability.common import (
     ALL_SERVICES,
     FAST,
@@ -147,11 +147,35 @@ def _writer_key(sb) -> dict:
     return json.loads(key.private_key_data)
 
 
+V3 = {"requested_policy_version": 3}
+
+
+def beside_writers(lab, sb, writer_class, seed: int, args: tuple, what: str, tag: str):
+    """Runs the CLI while one foreign writer per policy (the project's, the repository's) keeps changing it.
+
+    Answers the outcome, the operator's clients, the policy readers by resource, each policy's bindings before
+    (as tuples) and the writers, stopped and joined (their counts and errors for the caller to read)."""
+    key = _writer_key(sb)
+    lab.ledger.learn_key(key, "the foreign writer's private key")
+    c = clients(sb)
+    read = {f"projects/{P}": c.projects, REPO: c.registry}
+    before = {t: _tuples(read[t].get_iam_policy(request={"resource": t, "options": V3})) for t in read}
+    writers = [writer_class(sb, key, seed + n, [t], tag=f"{tag}{n}") for n, t in enumerate(read)]
+    for w in writers:
+        w.start()
+        w.started_writing.wait(10)
+    out = lab.run(sb, *args, what=what)
+    for w in writers:
+        w.stopping.set()
+    for w in writers:
+        w.join(30)
+    return out, c, read, before, writers
+
+
 def run_concurrent(lab: Lab, runs: int = 8, seed: int = 2000) -> Figures:
     """The wizard against a custom role that exists and a repository that exists, while one foreign writer per
     policy (project, repository) keeps changing it; latency gives each read-modify-write a window to lose."""
     from coiled_setup import role_templates
-    from tests.helpers import clients
 
     fig = Figures("concurrent")
     ok = conflicts = aborted = made = lost = writer_conflicts = conditions_dropped = 0
@@ -168,22 +192,10 @@ def run_concurrent(lab: Lab, runs: int = 8, seed: int = 2000) -> Figures:
         # Each policy read's answer waits 8 ms (the wizard's and the writers' alike): the other threads run
         # inside every read-modify-write window, so conflicts happen even when the machine is busy.
         sb = lab.sandbox(scen, latency_ms=4, hold_method="GetIamPolicy", hold_s=0.008, **FAST)
-        key = _writer_key(sb)
-        lab.ledger.learn_key(key, "the foreign writer's private key")
-        c = clients(sb)
-        read = {f"projects/{P}": c.projects, REPO: c.registry}
-        v3 = {"requested_policy_version": 3}
-        before = {t: _tuples(read[t].get_iam_policy(request={"resource": t, "options": v3})) for t in targets}
-        writers = [PolicyWriter(sb, key, seed + 10 * i + n, [t], tag=f"w{n}") for n, t in enumerate(targets)]
         mark = len(calls(sb))
+        out, c, read, before, writers = beside_writers(lab, sb, PolicyWriter, seed + 10 * i, JSON_ARGS,
+                                                       f"concurrent run {i}", "w")
         for w in writers:
-            w.start()
-            w.started_writing.wait(10)
-        out = lab.run(sb, *JSON_ARGS, what=f"concurrent run {i}")
-        for w in writers:
-            w.stopping.set()
-        for w in writers:
-            w.join(30)
             made += w.made
             writer_conflicts += w.conflicts
             if w.errors:
@@ -197,7 +209,7 @@ def run_concurrent(lab: Lab, runs: int = 8, seed: int = 2000) -> Figures:
         else:
             ok += 1
         for (t, ours), w in zip(targets.items(), writers, strict=True):
-            final = _tuples(read[t].get_iam_policy(request={"resource": t, "options": v3}))
+            final = _tuples(read[t].get_iam_policy(request={"resource": t, "options": V3}))
             expected = (before[t] - w.removed[t]) | w.present[t]
             missing = expected - final
             resurrected = final & w.removed[t]

@@ -14,7 +14,6 @@ from tests.reliability.common import (
     FAST,
     JSON_ARGS,
     MEMBER,
-    REPO,
     REPO_ROLE,
     WS,
     Figures,
@@ -27,7 +26,7 @@ from tests.reliability.common import (
     normalise,
     user_keys,
 )
-from tests.reliability.concurrency import PolicyWriter, _tuples, _writer_key
+from tests.reliability.concurrency import V3, PolicyWriter, _tuples, beside_writers
 from tests.reliability.crashes import _release, kill_points
 from tests.reliability.lab import Lab
 
@@ -198,21 +197,9 @@ def run_teardown_concurrent(lab: Lab, runs: int = 3, seed: int = 4000) -> Figure
     for i in range(runs):
         sb = _set_up(lab, latency_ms=4)
         sb.world.config.hold_method, sb.world.config.hold_s = "GetIamPolicy", 0.008
-        key = _writer_key(sb)
-        lab.ledger.learn_key(key, "the foreign writer's private key")
-        c = clients(sb)
-        read = {f"projects/{P}": c.projects, REPO: c.registry}
-        v3 = {"requested_policy_version": 3}
-        before = {t: _tuples(read[t].get_iam_policy(request={"resource": t, "options": v3})) for t in read}
-        writers = [_TeardownWriter(sb, key, seed + 10 * i + n, [t], tag=f"t{n}") for n, t in enumerate(read)]
+        out, c, read, before, writers = beside_writers(lab, sb, _TeardownWriter, seed + 10 * i, TEARDOWN,
+                                                       f"teardown beside a writer {i}", "t")
         for w in writers:
-            w.start()
-            w.started_writing.wait(10)
-        out = lab.run(sb, *TEARDOWN, what=f"teardown beside a writer {i}")
-        for w in writers:
-            w.stopping.set()
-        for w in writers:
-            w.join(30)
             made += w.made
             if w.errors:
                 fig.problems.append(f"run {i}: a writer failed: {w.errors[0]}")
@@ -221,7 +208,7 @@ def run_teardown_concurrent(lab: Lab, runs: int = 3, seed: int = 4000) -> Figure
         else:
             ok += 1
         for (t, pol_client), w in zip(read.items(), writers, strict=True):
-            final = _tuples(pol_client.get_iam_policy(request={"resource": t, "options": v3}))
+            final = _tuples(pol_client.get_iam_policy(request={"resource": t, "options": V3}))
             expected = ({x for x in before[t] if x[2] != MEMBER} - w.removed[t]) | w.present[t]
             missing = expected - final
             lost += len(missing)
