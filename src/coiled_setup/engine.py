@@ -69,9 +69,14 @@ class Engine:
                 message = f"{message.rstrip('.')} (Google answered {e.code})."
             raise UserError(f"Could not read what exists for '{step.title}': {message}", code) from None
 
-    def plan(self) -> dict[str, Change]:
-        """Observes every step together (observations only read), then plans each in order."""
+    def observe_all(self) -> None:
+        """Observes every step together (observations only read)."""
         run_all([lambda s=s: self.observe(s) for s in self.steps])
+
+    def plan(self, observed: bool = False) -> dict[str, Change]:
+        """Plans each step in order, observing them all first unless the caller already did."""
+        if not observed:
+            self.observe_all()
         self.plans = {s.key: self.plan_one(s) for s in self.steps}
         self.results = [{"step": s.key, "title": s.title, "action": self.plans[s.key].action,
                          "detail": self.plans[s.key].detail, "result": "not run", "outcome": ""} for s in self.steps]

@@ -196,16 +196,20 @@ class Session:
         if missing:
             raise UserError(missing_permissions_sentence(g.principal, project, missing), MISSING_PERMISSION)
 
-    def plan_and_apply(self, steps) -> bool:
-        """Plans the steps, checks the files they write, shows the plan and, with consent, applies it; answers
-        whether it applied."""
+    def make_engine(self, steps):
         from coiled_setup.engine import Consent, Engine
 
         o = self.opts
         consent = Consent(interactive=o.interactive, yes=o.yes, dry_run=o.dry_run, wait_timeout=o.wait_timeout,
                           **({"idle": self.idle} if self.idle else {}))
-        self.engine = engine = Engine(self.run, steps, consent, o.project)
-        engine.plan()
+        self.engine = Engine(self.run, steps, consent, o.project)
+        return self.engine
+
+    def plan_and_apply(self, steps, observed: bool = False) -> bool:
+        """Plans the steps (observing them first unless `observed`), checks the files they write, shows the plan
+        and, with consent, applies it; answers whether it applied."""
+        engine = self.engine if observed else self.make_engine(steps)
+        engine.plan(observed)
         self.check_local_files(steps)
         engine.show()
         if not engine.agreed():

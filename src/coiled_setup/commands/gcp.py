@@ -175,15 +175,24 @@ class Wizard(Session):
                                 f"{s} --project {o.project}) and run again.")
         return states
 
-    def org_policies(self, g: Google, cur: InPlace, journal: Journal) -> None:
-        """What the organization will block, told before the first write; a blocked run stops here."""
+    def read_org_policies(self, g: Google):
+        """The organization's effective policies that bear on this run, and why they could not be read."""
+        from coiled_setup import org_policies
+
+        o = self.opts
+        # Domain restricted sharing matters when Coiled makes its log sink (to BigQuery) in this run.
+        sink_matters = o.upload and o.bigquery
+        return org_policies.read(g, o.project, (org_policies.DOMAINS,) if sink_matters else ())
+
+    def org_policies(self, cur: InPlace, journal: Journal, read) -> None:
+        """What the organization will block (`read` by read_org_policies), told before the first write; a blocked
+        run stops here."""
         from coiled_setup import org_policies
         from coiled_setup.steps.account import key_path
 
         o, ui = self.opts, self.ui
-        # Domain restricted sharing matters when Coiled makes its log sink (to BigQuery) in this run.
         sink_matters = o.upload and o.bigquery
-        effective, skipped = org_policies.read(g, o.project, (org_policies.DOMAINS,) if sink_matters else ())
+        effective, skipped = read
         if skipped:
             ui.warn(f"Skipped the check of organization policies: {skipped}; a policy that blocks a step is told "
                     "when the step meets it.")
@@ -305,17 +314,31 @@ class Wizard(Session):
         self.network_only()
         check_instance_differs(o)
         validate(o)  # the interactive answers and the kept settings too
-        self.refuse_privileged_account(g)
         if journal.get(log_sink.PENDING) and not o.dry_run and not self.export:
             # A run that died while the policy was lifted: put the project's policy back first (before it is read).
             log_sink.restore(g, o.project, journal, ui)
-        self.org_policies(g, cur, journal)
         self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
-                       coiled_credentials=cur.coiled_credentials, lift_log_sink_policy=self.lift_log_sink)
+                       coiled_credentials=cur.coiled_credentials)
         steps = registry.build(o)
+        engine = self.make_engine(steps)
+
+        # What the refusals before any write read, and the steps' observations, only read: they go out together,
+        # and a refusal is told first.
+        def observe():
+            try:
+                engine.observe_all()
+            except UserError as e:
+                return e
+
+        _, policies, failed = run_all([lambda: self.refuse_privileged_account(g), lambda: self.read_org_policies(g),
+                                       observe])
+        self.org_policies(cur, journal, policies)
+        if failed is not None:
+            raise failed
+        self.run.lift_log_sink_policy = self.lift_log_sink
         if self.export:
             return self.write_export(steps)
-        if self.plan_and_apply(steps):
+        if self.plan_and_apply(steps, observed=True):
             self.finish()
         return OK
 
@@ -328,7 +351,7 @@ class Wizard(Session):
 
         kind, target = self.export
         self.engine = engine = Engine(self.run, steps, Consent(interactive=False, dry_run=True), self.opts.project)
-        engine.plan()
+        engine.plan(observed=True)
         engine.show()
         items = inventory.collect(self.run, steps, observed=True)
         written = export.write(kind, target, items, self.opts, self.terraform_key, __version__)

@@ -9,6 +9,7 @@ from pathlib import Path
 from coiled_setup import keyfile as keyfiles
 from coiled_setup import paths, retry, waiting
 from coiled_setup.cloud import AlreadyExists, CloudError, FailedPrecondition, NotFound, Transient, Unreachable
+from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
 from coiled_setup.journal import JournalError
 from coiled_setup.steps.base import CREATE, NOTHING, UPDATE, Change, LocalFile, Run, Step
@@ -65,6 +66,26 @@ def record_account(journal, email: str) -> None:
         journal.set(account=email, key_file=None, key_id=None)
 
 
+def _account_and_keys(run: Run, email: str):
+    """The account (None when it does not exist) and its user-managed keys."""
+    g = run.google
+    if run.journal.get("account") != email:
+        account = g.get_account(email)
+        return account, g.list_user_keys(email) if account else []
+
+    # Set up here before: the account most likely exists, so its keys are read beside it.
+    def keys():
+        try:
+            return g.list_user_keys(email)
+        except NotFound:
+            return None
+
+    account, listed = run_all([lambda: g.get_account(email), keys])
+    if account is None:
+        return None, []
+    return account, listed if listed is not None else g.list_user_keys(email)
+
+
 def delete_key(run: Run, kid: str) -> bool:
     """Deletes one of the account's keys and forgets it; answers whether it was still there."""
     try:
@@ -101,8 +122,7 @@ class AccountStep(Step):
 
     def observe(self, run: Run) -> None:
         o = run.opts
-        self.account = run.google.get_account(o.account_email)
-        self.keys = run.google.list_user_keys(o.account_email) if self.account else []
+        self.account, self.keys = _account_and_keys(run, o.account_email)
         # Google lists a new key only after a while: the one this tool just made, not yet accepted, is live.
         self.fresh = run.journal.fresh_key(o.account_email) if self.account else None
         self.proven = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coiled_setup import waiting
-from coiled_setup.cloud import AlreadyExists, CloudError
+from coiled_setup.cloud import AlreadyExists, CloudError, NotFound
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import UserError
 from coiled_setup.needs import ARTIFACT_REGISTRY, REPO_ROLE, holds
@@ -65,13 +65,27 @@ class RegistryStep(Step):
         if on is None:
             on = run.google.service_enabled(o.project, ARTIFACT_REGISTRY)
         if on:
-            run_all([lambda r=r: self._observe(run, r) for r in self.repos])
+            # Set up here before: the repositories most likely exist, so their policies are read beside them.
+            known = run.journal.get("account") is not None
+            run_all([lambda r=r: self._observe(run, r, known) for r in self.repos])
 
-    def _observe(self, run: Run, r: Repo) -> None:
+    def _observe(self, run: Run, r: Repo, known: bool) -> None:
+        g = run.google
+
+        def policy():
+            try:
+                return g.get_repo_policy(r.name)
+            except NotFound:
+                return None
+
         try:
-            r.format = run.google.get_repository(r.name)
+            if known:
+                r.format, found = run_all([lambda: g.get_repository(r.name), policy])
+            else:
+                r.format, found = g.get_repository(r.name), None
             if r.format is not None:
-                r.granted = holds(run.google.get_repo_policy(r.name), REPO_ROLE, self.member(run))
+                r.granted = holds(found if found is not None else g.get_repo_policy(r.name), REPO_ROLE,
+                                  self.member(run))
         except CloudError as e:
             if not _settling(e):
                 raise
