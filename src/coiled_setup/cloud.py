@@ -83,15 +83,19 @@ def _defer_package(full: str) -> None:
         return
     module = importlib.util.module_from_spec(spec)
     running = threading.RLock()
+    state = {"started": False}
 
     def complete(attr: str):
         # A submodule (`from google.cloud.<package> import gapic_version`, as the clients do) is imported alone.
         if not attr.startswith("__") and importlib.util.find_spec(f"{full}.{attr}") is not None:
             return importlib.import_module(f"{full}.{attr}")
+        # Another thread asking meanwhile waits here for the whole package, never sees it half made.
         with running:
-            if module.__dict__.get("__getattr__") is complete:
-                del module.__dict__["__getattr__"]
+            if not state["started"]:
+                state["started"] = True
                 spec.loader.exec_module(module)
+                if module.__dict__.get("__getattr__") is complete:
+                    del module.__dict__["__getattr__"]
         try:
             return module.__dict__[attr]
         except KeyError:
@@ -580,7 +584,7 @@ class Google:
 
     def services_enabled(self, project: str, services: list[str]) -> dict[str, bool]:
         """Which of `services` are on, in one BatchGetServices call (Google takes up to 30 names)."""
-        from google.cloud.service_usage_v1 import State
+        from google.cloud.service_usage_v1.types import State  # not the package: see client_class
 
         answer = self._read(lambda: self.usage.batch_get_services(request={
             "parent": f"projects/{project}", "names": [f"projects/{project}/services/{s}" for s in services]},
@@ -710,6 +714,11 @@ class Google:
                 repository_id=repo_id,
                 repository={"format_": Repository.Format.DOCKER, "description": description}, **_WRITE
             )
+        # Done in its answer (a failure too): nothing to poll ("" as from start_enable).
+        if op.operation.done:
+            if op.operation.HasField("error"):
+                raise error(_code_name(op.operation.error.code), op.operation.error.message)
+            return ""
         return op.operation.name
 
     def start_delete_repository(self, name: str) -> str:

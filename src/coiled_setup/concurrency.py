@@ -31,3 +31,15 @@ def run_all(fns):
         if not ok:
             raise value
     return [got[i][1] for i in range(len(fns))]
+
+
+def prefetch(fn) -> None:
+    """Starts `fn` (a read that keeps its own answer) now, so that it is ready or under way when asked for; its
+    errors are left for that later call to raise."""
+    def work():
+        try:
+            fn()
+        except BaseException:  # noqa: BLE001 - told by the caller that asks for the answer
+            pass
+
+    threading.Thread(target=work, daemon=True, name="coiled-setup-prefetch").start()

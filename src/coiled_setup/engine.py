@@ -26,11 +26,14 @@ class Consent:
 
 
 class Engine:
-    def __init__(self, run: Run, steps: list[Step], consent: Consent, project: str):
+    def __init__(self, run: Run, steps: list[Step], consent: Consent, project: str, together: bool = False):
         self.run = run
         self.steps = steps
         self.consent = consent
         self.project = project
+        # Steps that do not depend on each other apply together; only when nobody is asked about a failure
+        # (a question is about one step at a time).
+        self.together = together and not consent.interactive
         self.ui = run.ui
         self.plans: dict[str, Change] = {}
         self.results: list[dict] = []
@@ -117,40 +120,116 @@ class Engine:
 
     # -- apply ---------------------------------------------------------------------------------------
     def apply(self) -> None:
-        ui, run = self.ui, self.run
+        if self.together:
+            self.apply_together()
+            return
         skipped: dict[str, str] = {}  # step key -> the title of the skipped step it was skipped with
         for s, res in zip(self.steps, self.results, strict=True):
             self.current = s
-            blocked = next((skipped[k] for k in s.after if k in skipped), None)
-            if blocked:
-                # A step that needs a skipped one could only fail (or wait for something that never comes).
-                skipped[s.key] = blocked
-                s.on_skip(run)
-                res.update(result="skipped", outcome=f"skipped: depends on {blocked}")
-                ui.begin(s.title)
-                ui.end("skipped", res["outcome"])
+            if self.settled(s, res, skipped):
                 continue
-            if self.plans[s.key].action == NOTHING:
-                s.adopt(run)
-                res.update(result="ok", outcome="nothing to do")
-                continue
-            ui.begin(s.title)
-            try:
-                outcome = self.apply_step(s)
-            except UserError as e:
-                res.update(result="failed", outcome=e.message)
-                if self.consent.interactive:  # an Abort: what was done, what was not
-                    self.summary()
-                raise
-            if outcome is None:
-                skipped[s.key] = s.title
-                s.on_skip(run)
-                res.update(result="skipped", outcome="skipped after a failure")
-                ui.end("skipped", "skipped")
-            else:
-                res.update(result="ok", outcome=outcome)
-                ui.end("ok", outcome)
+            self.ui.begin(s.title)
+            self.applied(s, res, skipped, self.attempted(s))
         self.current = None
+
+    def settled(self, s: Step, res: dict, skipped: dict[str, str]) -> bool:
+        """Whether `s` is settled without a call: skipped with a step it needs, or nothing to do."""
+        run, ui = self.run, self.ui
+        blocked = next((skipped[k] for k in s.after if k in skipped), None)
+        if blocked:
+            # A step that needs a skipped one could only fail (or wait for something that never comes).
+            skipped[s.key] = blocked
+            s.on_skip(run)
+            res.update(result="skipped", outcome=f"skipped: depends on {blocked}")
+            ui.begin(s.title)
+            ui.end("skipped", res["outcome"], s.title)
+            return True
+        if self.plans[s.key].action == NOTHING:
+            s.adopt(run)
+            res.update(result="ok", outcome="nothing to do")
+            return True
+        return False
+
+    def attempted(self, s: Step):
+        """The step's outcome, or the error that ended it."""
+        try:
+            return self.apply_step(s)
+        except UserError as e:
+            return e
+
+    def applied(self, s: Step, res: dict, skipped: dict[str, str], outcome) -> None:
+        """Records how `s` ended; a failure ends the run."""
+        ui = self.ui
+        if isinstance(outcome, UserError):
+            res.update(result="failed", outcome=outcome.message)
+            if self.consent.interactive:  # an Abort: what was done, what was not
+                self.summary()
+            raise outcome
+        if outcome is None:
+            skipped[s.key] = s.title
+            s.on_skip(self.run)
+            res.update(result="skipped", outcome="skipped after a failure")
+            ui.end("skipped", "skipped", s.title)
+        else:
+            res.update(result="ok", outcome=outcome)
+            ui.end("ok", outcome, s.title)
+
+    def depends(self, s: Step) -> set[str]:
+        """The earlier steps `s` waits for: those it is skipped with, those whose fields it reads, those it says
+        it follows, and every one before a step that stands alone (and every one before `s` if it does)."""
+        keys = [x.key for x in self.steps]
+        before = keys[:keys.index(s.key)]
+        if s.alone:
+            return set(before)
+        publishers = {f: x.key for x in self.steps[:len(before)] for f in x.publishes}
+        alone = [i for i, x in enumerate(self.steps[:len(before)]) if x.alone]
+        return ({k for k in (*s.after, *s.follows) if k in before} | {publishers[f] for f in s.reads if f in publishers}
+                | (set(before[:alone[-1] + 1]) if alone else set()))
+
+    def apply_together(self) -> None:
+        """Starts each step once the steps it depends on have ended; the first failure lets the steps under way
+        end, starts no other and ends the run (as a failure does when steps go one at a time)."""
+        import queue
+        import threading
+
+        ended: queue.Queue = queue.Queue()
+        waiting_on = {s.key: self.depends(s) for s in self.steps}
+        todo = list(zip(self.steps, self.results, strict=True))
+        done: set[str] = set()
+        skipped: dict[str, str] = {}
+        running = 0
+        failure: UserError | None = None
+
+        def work(s: Step):
+            self.ui.begin(s.title)
+            ended.put((s, self.attempted(s)))
+
+        while True:
+            progressed = failure is None
+            while progressed:
+                progressed = False
+                for s, res in [t for t in todo if waiting_on[t[0].key] <= done]:
+                    todo.remove((s, res))
+                    progressed = True
+                    self.current = s
+                    if self.settled(s, res, skipped):
+                        done.add(s.key)
+                    else:
+                        running += 1
+                        threading.Thread(target=work, args=(s,), daemon=True, name=f"coiled-setup-{s.key}").start()
+            if not running:
+                break
+            s, outcome = ended.get()
+            running -= 1
+            res = next(r for r in self.results if r["step"] == s.key)
+            try:
+                self.applied(s, res, skipped, outcome)
+                done.add(s.key)
+            except UserError as e:
+                failure = failure or e
+        self.current = None
+        if failure is not None:
+            raise failure
 
     def apply_step(self, step: Step) -> str | None:
         run = self.run

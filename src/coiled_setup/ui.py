@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 from rich.console import Console
@@ -33,7 +34,11 @@ class Ui:
         # With --output json, stdout carries the JSON document alone.
         self.console = console(stderr=self.json)
         self._status = None
-        self._title = ""
+        self._title = ""  # the step begun last
+        # Steps under way (several when independent steps apply together), and the one each thread works for.
+        self._running: list[str] = []
+        self._here = threading.local()
+        self._lock = threading.RLock()
         self._beat = time.monotonic()
         self.conflicts = 0
 
@@ -52,34 +57,56 @@ class Ui:
 
     # -- live status ----------------------------------------------------------------------------
     def begin(self, title: str) -> None:
-        if self.console.is_terminal and not self.plain:  # a spinner is drawn with escape sequences
-            self._status = self.console.status(f"{title}…")
-            self._status.start()
-        self._title = title
-        self._beat = time.monotonic()
+        """A step starts; called from the thread that works for it."""
+        with self._lock:
+            self._running.append(title)
+            self._title = self._here.title = title
+            if self.console.is_terminal and not self.plain:  # a spinner is drawn with escape sequences
+                if self._status is None:
+                    self._status = self.console.status(f"{title}…")
+                    self._status.start()
+                else:
+                    self._status.update(" · ".join(self._running) + "…")
+            self._beat = time.monotonic()
 
     def stop(self) -> None:
         """Clears the spinner, if one is turning."""
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        with self._lock:
+            self._running.clear()
+            if self._status is not None:
+                self._status.stop()
+                self._status = None
+
+    def _step(self) -> str:
+        # A step's own helper threads (say, one per region) work for the step begun last.
+        return getattr(self._here, "title", None) or self._title
 
     def tick(self, text: str) -> None:
-        if self._status is not None:
-            self._status.update(f"{self._title}: {text}")
-        elif time.monotonic() - self._beat >= HEARTBEAT_S:
-            # No spinner (a log, a pipe, a dumb terminal): a line now and then, so the output never falls silent.
-            self._beat = time.monotonic()
-            self.console.print(f"… {self._title}: {escape(text)}")
+        with self._lock:
+            if self._status is not None:
+                self._status.update(f"{self._step()}: {text}")
+            elif time.monotonic() - self._beat >= HEARTBEAT_S:
+                # No spinner (a log, a pipe, a dumb terminal): a line now and then, so the output never falls silent.
+                self._beat = time.monotonic()
+                self.console.print(f"… {self._step()}: {escape(text)}")
 
     def conflict(self) -> None:
-        self.conflicts += 1
+        with self._lock:
+            self.conflicts += 1
 
-    def end(self, result: str, outcome: str) -> None:
-        self.stop()
-        style = RESULT_STYLE.get(result, "")
-        mark = {"ok": "✓", "failed": "✗", "skipped": "-"}.get(result, "·")
-        self.console.print(f"[{style}]{mark}[/] {self._title}: {outcome}")
+    def end(self, result: str, outcome: str, title: str | None = None) -> None:
+        """A step ends (`title`: which one, when several are under way)."""
+        with self._lock:
+            title = title or self._step()
+            if title in self._running:
+                self._running.remove(title)
+            if not self._running:
+                self.stop()
+            elif self._status is not None:
+                self._status.update(" · ".join(self._running) + "…")
+            style = RESULT_STYLE.get(result, "")
+            mark = {"ok": "✓", "failed": "✗", "skipped": "-"}.get(result, "·")
+            self.console.print(f"[{style}]{mark}[/] {title}: {outcome}")
 
     # -- tables ---------------------------------------------------------------------------------
     def plan(self, rows: list[tuple[str, str, str]]) -> None:

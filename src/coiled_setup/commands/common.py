@@ -202,7 +202,8 @@ class Session:
         o = self.opts
         consent = Consent(interactive=o.interactive, yes=o.yes, dry_run=o.dry_run, wait_timeout=o.wait_timeout,
                           **({"idle": self.idle} if self.idle else {}))
-        self.engine = Engine(self.run, steps, consent, o.project)
+        # The wizard's steps declare what they wait for; rotate-key's and teardown's go one at a time.
+        self.engine = Engine(self.run, steps, consent, o.project, together=self.command == "gcp")
         return self.engine
 
     def plan_and_apply(self, steps, observed: bool = False) -> bool:

@@ -227,10 +227,12 @@ class AccountStep(Step):
     def apply(self, run: Run) -> str:
         o, g = run.opts, run.google
         done = []
+        made = False  # by this call: an account with no keys yet
         if self.account is None:
             try:
                 self.account = g.create_account(o.project, o.account_id, "Coiled",
                                                 f"Used by Coiled to run Dask clusters {MARKER}.")
+                made = True
                 run.fresh_account = True
                 run.account_created = retry.now()
                 run.journal.created("account", o.account_email)
@@ -246,7 +248,7 @@ class AccountStep(Step):
             done.append(f"deleted {count(len(self.orphans), 'orphaned key')}")
             self.orphans = []
         if self.needs_key(run):
-            self._create_key(run)  # settles what an earlier attempt may have left first
+            self._create_key(run, made)  # settles what an earlier attempt may have left first
             done.append(f"created key {run.key_id[:12]}…")
         else:
             run.journal.set(key_pending=None)
@@ -274,12 +276,19 @@ class AccountStep(Step):
                                tick=run.ui.tick)
         return keys
 
-    def _create_key(self, run: Run) -> None:
+    def _create_key(self, run: Run, made: bool = False) -> None:
         o = run.opts
+        path = None if o.no_local_key else (self.local_path or paths.default_key_path(o.project, o.account_id))
+        if made:
+            # Just created: it has no key to count, unless Google does not know it everywhere yet.
+            try:
+                create_key(run, path, [])
+                return
+            except NotFound:
+                pass
         keys = self._keys_now(run)
         if len(keys) >= MAX_USER_KEYS:
             keys = self._make_room(run, keys)
-        path = None if o.no_local_key else (self.local_path or paths.default_key_path(o.project, o.account_id))
         create_key(run, path, [k.key_id for k in keys])
 
     def _make_room(self, run: Run, keys):
@@ -319,6 +328,8 @@ def create_key(run: Run, path: Path | None, known: list[str]) -> dict:
     try:
         data = g.create_key(o.account_email)
     except CloudError as e:
+        if isinstance(e, NotFound):  # a certain answer: no key was made
+            run.journal.set(key_pending=None)
         if isinstance(e, (Transient, Unreachable)):
             # The key may have been made, its answer lost: the next attempt first looks for it.
             run.journal.set(key_pending={**run.journal.get("key_pending"), "uncertain": True})

@@ -12,6 +12,7 @@ def wanted_services(opts) -> list[str]:
 
 class ApisStep(Step):
     key = "apis"
+    alone = True  # a project without billing is told before any other write
     title = "Google APIs"
     permissions = ("serviceusage.services.get", "serviceusage.services.enable")
     publishes = ("services",)

@@ -84,6 +84,10 @@ class Step:
     permissions: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()  # run-record fields earlier steps publish
     publishes: tuple[str, ...] = ()
+    # When independent steps apply together: the earlier steps this one also waits for (besides those of `after`
+    # and those whose fields it reads), and whether it stands alone (after every earlier step, before every later).
+    follows: tuple[str, ...] = ()
+    alone = False
 
     def observe(self, run: Run) -> None:
         """Reads what exists; changes nothing."""

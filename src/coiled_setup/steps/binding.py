@@ -17,17 +17,22 @@ class BindingStep(Step):
 
     def __init__(self, member: Callable[[Run], str], role: Callable[[Run], str], key: str = "binding",
                  title: str = "Project IAM binding", after: tuple[str, ...] = ("account", "role"),
-                 paces: bool = False):
+                 paces: bool = False, first_writer: bool = False, follows: tuple[str, ...] = ()):
         self.member, self.role = member, role
-        self.key, self.title, self.after = key, title, after
+        self.key, self.title, self.after, self.follows = key, title, after, follows
         self.present = False
+        # The run's first write of the project's policy: the policy read at observation (and its etag) is still
+        # current unless someone else wrote since, which the etag tells.
+        self.first_writer = first_writer
+        self.policy = None
         # The binding of the account the account step made: how long Google took to know it paces later waits.
         self.paces = paces
         if paces:
             self.reads, self.publishes = ("account_created",), ("propagation_s", "bound_at")
 
     def observe(self, run: Run) -> None:
-        self.present = holds(run.google.get_policy(run.opts.project), self.role(run), self.member(run))
+        self.policy = run.google.get_policy(run.opts.project)
+        self.present = holds(self.policy, self.role(run), self.member(run))
 
     def plan(self, run: Run) -> Change:
         what = f"{self.member(run)} → {self.role(run)}"
@@ -36,8 +41,13 @@ class BindingStep(Step):
     def apply(self, run: Run) -> str:
         g, p = run.google, run.opts.project
         unknown = []
+        held = [self.policy] if self.first_writer and self.policy is not None else []
+
+        def get():
+            return held.pop() if held else g.get_policy(p)
+
         wrote = policies.ensure_member(
-            lambda: g.get_policy(p), lambda pol: g.set_policy(p, pol), self.role(run), self.member(run),
+            get, lambda pol: g.set_policy(p, pol), self.role(run), self.member(run),
             timeout=run.opts.wait_timeout, tick=run.ui.tick, on_conflict=run.ui.conflict,
             on_unknown=lambda: unknown.append(1),
         )
@@ -52,4 +62,4 @@ class BindingStep(Step):
 
 def steps_for(opts) -> list[Step]:
     return [BindingStep(lambda run: f"serviceAccount:{run.opts.account_email}", lambda run: run.opts.role_name,
-                        paces=True)]
+                        paces=True, first_writer=True)]

@@ -76,5 +76,6 @@ def steps_for(opts) -> list[Step]:
                  after=("instance",)),
         BindingStep(lambda run: f"serviceAccount:{instance_email(run.opts)}",
                     lambda run: role_name(run.opts.project, INSTANCE_ROLE_ID),
-                    key="instance_binding", title="Instance IAM binding", after=("instance", "instance_role")),
+                    key="instance_binding", title="Instance IAM binding", after=("instance", "instance_role"),
+                    follows=("binding",)),  # one writer of the project's policy at a time
     ]

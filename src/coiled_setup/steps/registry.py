@@ -30,6 +30,7 @@ class Repo:
     format: str | None = None
     granted: bool = False
     settling: bool = False  # enabled, but Google does not serve it yet
+    seen: bool = False  # Google answered the observation: `format` is what it said
 
 
 class RegistryStep(Step):
@@ -86,6 +87,7 @@ class RegistryStep(Step):
             if r.format is not None:
                 r.granted = holds(found if found is not None else g.get_repo_policy(r.name), REPO_ROLE,
                                   self.member(run))
+            r.seen = True
         except CloudError as e:
             if not _settling(e):
                 raise
@@ -139,21 +141,24 @@ class RegistryStep(Step):
         g, o = run.google, run.opts
         name = r.name
         done = []
-        fmt = self._until_ready(run, lambda: g.get_repository(name), "waiting for Artifact Registry to be enabled")
+        # What the observation saw stands (a retry observes again first); unseen, the API was off or settling.
+        fmt = r.format if r.seen else self._until_ready(run, lambda: g.get_repository(name),
+                                                         "waiting for Artifact Registry to be enabled")
         if fmt is not None and fmt != "DOCKER":  # seen only now when the API was still settling at observe
             r.format = fmt
             self.plan(run)
         if fmt is None:
             try:
                 op = g.start_create_repository(o.project, r.region, "coiled", "Software environments for Coiled")
-                waiting.poll(lambda: g.operation_done("registry", op), timeout=o.wait_timeout,
-                             what="creating the repository", tick=run.ui.tick)
-                done.append("created repository")
+                if op:
+                    waiting.poll(lambda: g.operation_done("registry", op), timeout=o.wait_timeout,
+                                 what="creating the repository", tick=run.ui.tick)
+                done.append("created repository")  # its operation done: the repository is there
             except AlreadyExists:
-                pass
+                # Someone else's creation (or our own whose answer was lost) may still be under way.
+                waiting.poll(lambda: g.get_repository(name), timeout=o.wait_timeout,
+                             what="waiting for the repository to appear", tick=run.ui.tick)
             run.journal.created_repository(name)
-            waiting.poll(lambda: g.get_repository(name), timeout=o.wait_timeout,
-                         what="waiting for the repository to appear", tick=run.ui.tick)
         wrote = policies.ensure_member(
             lambda: g.get_repo_policy(name), lambda pol: g.set_repo_policy(name, pol), REPO_ROLE, self.member(run),
             timeout=o.wait_timeout, tick=run.ui.tick, on_conflict=run.ui.conflict,

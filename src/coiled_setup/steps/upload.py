@@ -90,6 +90,7 @@ class UploadStep(Step):
     title = "Coiled backend"
     # Without the instance account the user chose, Coiled would get another security setting than planned.
     after = ("account", "confirm", "instance")
+    alone = True  # Coiled gets the key once everything it will use is in place
     reads = ("key_id", "keyfile", "instance_email", "lift_log_sink_policy")
     permissions = ("iam.serviceAccountKeys.list", "iam.serviceAccountKeys.delete")  # retiring older keys
 
@@ -191,10 +192,10 @@ class UploadStep(Step):
                     "--no-local-key, or with --key-file pointing to the key."
                 )
             c.store_credentials(run.keyfile, run.instance_email)
-        if "firewall" in todo:
-            c.settings({"scheduler_firewall": firewall_spec(o), **{k: True for k in self._public_ips(run)}})
-        if "registry" in todo:
-            c.set_registry({"type": "gar"})
+        # The workspace's settings and its registry are independent of each other: sent together.
+        settings = {"scheduler_firewall": firewall_spec(o), **{k: True for k in self._public_ips(run)}}
+        run_all([lambda: c.settings(settings) if "firewall" in todo else None,
+                 lambda: c.set_registry({"type": "gar"}) if "registry" in todo else None])
         if "global infrastructure" in todo:
             # Coiled makes its log sink now, and grants the sink's writer identity a role.
             with log_sink.lifted(run) if run.lift_log_sink_policy else contextlib.nullcontext():
