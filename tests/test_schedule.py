@@ -1,0 +1,122 @@
+"""Which calls a run makes together and which one after another, read from the sandbox's record.
+
+One call followed another when, at 200 ms a call, it was answered at least 200 ms after the other (the record
+stamps each answer when it is ready). That two calls overlapped is shown without timing guesses: the sandbox
+holds back one method's answer for HOLD seconds, and the other call is recorded before that answer went out.
+"""
+
+import json
+
+from tests.helpers import calls, http
+
+L = 0.2
+EPS = 0.02
+FAST = dict(propagation_delay_s=0, operation_s=0, infra_s=0.05, latency_ms=int(L * 1000))
+GCP = ("gcp", "--non-interactive", "--yes")
+HOLD = 3.0
+
+
+def one(made, method, **match):
+    found = [c for c in made if c["method"] == method and all(c.get(k) == v for k, v in match.items())]
+    assert len(found) == 1, f"{method}: {len(found)} calls\n" + "\n".join(f"{c['method']} {c['time']:.2f}"
+                                                                         for c in made)
+    return found[0]
+
+
+def during(held, other) -> bool:
+    """`other` went out before the answer to `held` (a call of the held method): they were under way together."""
+    return other["time"] < held["time"] + HOLD - 0.5
+
+
+def hold(sb, method: str) -> None:
+    status, _ = http("POST", f"{sb.coiled_url}/_sandbox/config", {"hold_method": method, "hold_s": HOLD,
+                                                                   "latency_ms": 0})
+    assert status == 200
+
+
+def after(later, earlier) -> bool:
+    """`later` started once `earlier` was answered."""
+    return later["time"] - L >= earlier["time"] - EPS
+
+
+def test_independent_steps_apply_together_after_the_apis_and_before_coiled(make_sandbox, cli):
+    sb = make_sandbox(**FAST)
+    cli(sb, *GCP, "--create-instance-service-account", check=0)
+    made = calls(sb)
+    enable = one(made, "BatchEnableServices")
+    google_writes = [c for c in made if c["write"] and c["service"] != "coiled"]
+    # A project without billing is told before any other write.
+    assert all(after(c, enable) for c in google_writes if c is not enable)
+    # One writer of the project's policy at a time: the instance binding follows the account's.
+    sets = [c for c in made if c["method"] == "SetIamPolicy" and c["service"] == "resourcemanager"]
+    assert len(sets) == 2 and after(sets[1], sets[0]), sets
+    # Coiled gets the key once everything it will use is in place.
+    coiled_writes = [c for c in made if c["write"] and c["service"] == "coiled"]
+    assert coiled_writes and all(after(c, g) for c in coiled_writes for g in google_writes)
+
+
+def test_the_role_is_made_while_the_account_is(make_sandbox, cli):
+    sb = make_sandbox(propagation_delay_s=0, operation_s=0, infra_s=0.05)
+    hold(sb, "CreateServiceAccount")
+    cli(sb, *GCP, "--create-instance-service-account", check=0)
+    made = calls(sb)
+    accounts = [c for c in made if c["method"] == "CreateServiceAccount"]
+    roles = [c for c in made if c["method"] == "CreateRole"]  # Coiled's, then the instance role (after its account)
+    assert len(accounts) == 2 and len(roles) == 2, (accounts, roles)
+    assert during(accounts[0], roles[0]) and during(accounts[0], accounts[1])
+
+
+def test_a_failed_step_lets_the_steps_under_way_end_and_starts_no_other(make_sandbox, cli, tmp_path):
+    sb = make_sandbox(**FAST, fail_method="CreateRole", fail_code="FAILED_PRECONDITION", fail_times=1)
+    proc = cli(sb, *GCP, "--output", "json")
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    steps = {s["step"]: s["result"] for s in doc["steps"]}
+    assert steps["role"] == "failed"
+    # The account was being made beside the role: it ends, its key kept in its file.
+    assert steps["account"] == "ok" and doc["key_file"]
+    assert steps["binding"] == "not run" and steps["upload"] == "not run"
+    made = calls(sb)
+    assert [c for c in made if c["method"] == "CreateServiceAccountKey" and c["code"] == "OK"]
+    assert not [c for c in made if c["method"] == "SetIamPolicy"]
+    assert not [c for c in made if c["service"] == "coiled" and c["write"]]
+    assert proc.stderr.count("Error:") == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_fresh_run_reads_nothing_twice_and_polls_no_finished_operation(make_sandbox, cli):
+    sb = make_sandbox(**FAST)
+    cli(sb, *GCP, check=0)
+    made = calls(sb)
+    # A just-created account has no key to count; a repository made by an operation done in its answer is there.
+    assert not [c for c in made if c["method"] == "ListServiceAccountKeys"]
+    assert not [c for c in made if c["method"] == "GetOperation"]
+    # The account's binding is written with the etag read when the plan was made.
+    enable = one(made, "BatchEnableServices")
+    reads = [c for c in made if c["method"] == "GetIamPolicy" and c["service"] == "resourcemanager"]
+    assert reads and all(c["time"] < enable["time"] for c in reads)
+
+
+def test_a_rerun_reads_what_depends_on_nothing_at_once(make_sandbox, cli):
+    sb = make_sandbox(propagation_delay_s=0, operation_s=0, infra_s=0.05)
+    cli(sb, *GCP, check=0)
+
+    def rerun_holding(method):
+        mark = len(calls(sb))
+        hold(sb, method)
+        cli(sb, *GCP, check=0)
+        made = calls(sb, mark)
+        assert not [c for c in made if c["write"]]
+        return made, [c for c in made if c["method"] == method][0]
+
+    # The refusals' reads (the project's policy, the organization's) go out with the steps' observations.
+    made, policy = rerun_holding("GetIamPolicy")
+    observed = [c for c in made if c["method"] in ("GetEffectivePolicy", "GetServiceAccount", "GetRole",
+                                                   "GetRepository")]
+    assert {c["method"] for c in observed} == {"GetEffectivePolicy", "GetServiceAccount", "GetRole", "GetRepository"}
+    assert all(during(policy, c) for c in observed), observed
+    # A project set up before: the account's keys are read beside the account, a repository's policy beside it.
+    made, account = rerun_holding("GetServiceAccount")
+    assert during(account, one(made, "ListServiceAccountKeys"))
+    made, repository = rerun_holding("GetRepository")
+    assert during(repository, one(made, "GetIamPolicy", service="artifactregistry"))
+
