@@ -89,3 +89,23 @@ def test_quotas_shows_the_recorded_regions_unless_one_is_named_and_requests_for_
     asked = _json(module_cli(sb, "quotas", "--request", "cpus=400", "--email", "ops@example.com", "--output", "json",
                              check=0))
     assert [(r["region"], r["requested"], r["state"]) for r in asked["requests"]] == [("us-east1", 400, "granted")]
+
+
+def test_an_interactive_quotas_offers_more_in_the_small_region_only(setup, sb, tmp_path):
+    import os
+    import sys
+
+    import pexpect
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sb.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR", COLUMNS="160", NO_COLOR="1")
+    writes = sum(1 for x in calls(sb) if x["write"])
+    child = pexpect.spawn(sys.executable, ["-m", "coiled_setup", "quotas"], env=env, encoding="utf-8", timeout=60,
+                          dimensions=(50, 160))
+    child.expect(r"Ask Google for 44 vCPUs, 11 addresses in (\S+) \(enough for 10 workers\)\? \[y/N\]")
+    assert child.match.group(1) == "us-central1"
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and "Ask Google" not in child.before  # no offer for us-east1
+    assert sum(1 for x in calls(sb) if x["write"]) == writes
