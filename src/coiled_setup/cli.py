@@ -487,8 +487,8 @@ def quotas(
                                          help="Read this region only [default: the cluster region and registry "
                                               "regions gcp recorded, else us-east1]."),
     request: list[str] = typer.Option([], "--request", metavar="QUOTA=N",
-                                      help="Ask Google for this limit in the cluster region (--region's, else as gcp "
-                                           "recorded): cpus, ssd_gb or addresses (repeatable)."),
+                                      help="Ask Google for this limit in one region (--region, else the cluster "
+                                           "region only): cpus, ssd_gb or addresses (repeatable)."),
     email: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Contact email for a request [default: your "
                                                                        "account]."),
     justification: Optional[str] = typer.Option(None, metavar="TEXT", help="Why, for Google's review."),
