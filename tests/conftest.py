@@ -36,15 +36,13 @@ def sandbox(make_sandbox):
     return make_sandbox()
 
 
-@pytest.fixture
-def cli(tmp_path):
-    """Runs the real `coiled-setup` in a subprocess against a sandbox, isolated from the user's files."""
+def cli_runner(home):
+    """Runs the real `coiled-setup` in a subprocess against a sandbox, with `home` as the user's home."""
     import subprocess
     import sys
 
     from tests import json_contract
 
-    home = tmp_path / "user-home"
     home.mkdir(exist_ok=True)
 
     def run(sb, *args, env=None, timeout=120, check=None):
@@ -64,3 +62,15 @@ def cli(tmp_path):
         return proc
 
     return run
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Runs the real `coiled-setup` in a subprocess against a sandbox, isolated from the user's files."""
+    return cli_runner(tmp_path / "user-home")
+
+
+@pytest.fixture(scope="module")
+def module_cli(tmp_path_factory):
+    """`cli` for module-scoped fixtures (one home for the module)."""
+    return cli_runner(tmp_path_factory.mktemp("user-home"))

@@ -104,6 +104,11 @@ class Target:
         """Every region with Coiled's repository, the cluster region first."""
         return tuple(dict.fromkeys((self.region, *self.registry_regions))) if self.gar else ()
 
+    @property
+    def quota_regions(self) -> tuple[str, ...]:
+        """The regions whose quotas bound the clusters: the cluster region, then each registry region."""
+        return quotas.regions_of(self.region, self.repo_regions)
+
     def fact(self, name: str, region: str) -> str:
         """The fact's name for a region's repository (the cluster region's keeps the plain name)."""
         return name if region == self.region else f"{name}@{region}"
@@ -210,7 +215,7 @@ def gather(t: Target, operator, as_key=None, coiled: Callable[[], dict] | None =
         jobs["instance"] = lambda: operator.get_account(t.instance_flag)
     if coiled is not None:
         jobs["coiled"] = coiled
-    jobs["quotas"] = lambda: quotas.read(operator, t.project, t.region)
+    jobs["quotas"] = lambda: quotas.read_all(operator, t.project, t.quota_regions)
     jobs["org_policies"] = lambda: org_policies.read(operator, t.project)
     f.fetch(jobs)
 
@@ -751,18 +756,19 @@ def check_firewall(t: Target, f: Facts, before: dict[str, Result]) -> Result:
 
 
 def check_quotas(t: Target, f: Facts, before: dict[str, Result]) -> Result:
-    """How big a cluster the region's quotas allow: a warning at most, never a failure."""
+    """How big a cluster each region's quotas allow: a warning at most, never a failure."""
     name, title = "quotas", "Quotas"
-    reading = f.get("quotas")
-    if reading is None:
+    readings = f.get("quotas")
+    if not readings:
         return Result(name, title, SKIPPED, "The quotas were not read.")
-    data = reading.as_dict()
-    if reading.problem:
-        return Result(name, title, SKIPPED, reading.problem, data=data)
-    if reading.warning:
-        return Result(name, title, WARNING, reading.sentence() + ".",
-                      f"{command('quotas')} --region {t.region} {reading.hint()}", data)
-    return Result(name, title, OK, reading.sentence() + ".", data=data)
+    # The cluster region's reading at the top, as with one region; every region's under "regions".
+    data = {**readings[0].as_dict(), "regions": [r.as_dict() for r in readings]}
+    if readings[0].problem:
+        return Result(name, title, SKIPPED, readings[0].problem, data=data)
+    detail = " ".join(r.sentence() + "." for r in readings)
+    if quotas.short_regions(readings):
+        return Result(name, title, WARNING, detail, "; ".join(quotas.ask_more(readings)), data)
+    return Result(name, title, OK, detail, data=data)
 
 
 def check_org_policies(t: Target, f: Facts, before: dict[str, Result]) -> Result:

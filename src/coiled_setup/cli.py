@@ -484,9 +484,11 @@ def verify(
 def quotas(
     project: Optional[str] = PROJECT,
     region: Optional[str] = typer.Option(None, metavar="REGION",
-                                         help="Region of the clusters [default: as gcp recorded, else us-east1]."),
+                                         help="Read this region only [default: the cluster region and registry "
+                                              "regions gcp recorded, else us-east1]."),
     request: list[str] = typer.Option([], "--request", metavar="QUOTA=N",
-                                      help="Ask Google for this limit: cpus, ssd_gb or addresses (repeatable)."),
+                                      help="Ask Google for this limit in one region (--region, else the cluster "
+                                           "region only): cpus, ssd_gb or addresses (repeatable)."),
     email: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Contact email for a request [default: your "
                                                                        "account]."),
     justification: Optional[str] = typer.Option(None, metavar="TEXT", help="Why, for Google's review."),

@@ -786,18 +786,19 @@ class Google:
             client.delete_policy(request={"name": f"projects/{project}/policies/{constraint}", "etag": etag}, **_WRITE)
 
     # -- cloud quotas ---------------------------------------------------------------------------------
-    def quota_limit(self, project: str, service: str, quota_id: str, region: str) -> int:
-        """The quota's limit in `region` (its own entry, else the one for every other region); -1: unlimited."""
+    def quota_limits(self, project: str, service: str, quota_id: str, regions) -> dict[str, int]:
+        """The quota's limit in each region (its own entry, else the one for every other region), from one QuotaInfo:
+        it holds every region's. -1: unlimited."""
         info = self._read(lambda: self.quotas.get_quota_info(
             name=f"projects/{project}/locations/global/services/{service}/quotaInfos/{quota_id}", **_CALL))
-        fallback = -1
+        fallback, own = -1, {}
         for d in info.dimensions_infos:
             dims = dict(d.dimensions)
-            if dims.get("region") == region:
-                return int(d.details.value)
-            if not dims:
+            if "region" in dims:
+                own.setdefault(dims["region"], int(d.details.value))
+            elif not dims:
                 fallback = int(d.details.value)
-        return fallback
+        return {r: own.get(r, fallback) for r in regions}
 
     def list_quota_preferences(self, project: str) -> list[QuotaPreference]:
         return self._read(lambda: [_preference(q) for q in self.quotas.list_quota_preferences(

@@ -135,13 +135,39 @@ def problem_sentence(e: CloudError, project: str) -> str:
     return f"The quotas of project {project} could not be read (Google answered {e.code})."
 
 
-def read(g, project: str, region: str) -> Reading:
-    """The limits that bound a cluster in `region`; a refusal becomes the reading's problem, never an error."""
+def regions_of(region: str, registry_regions=()) -> tuple[str, ...]:
+    """The regions whose quotas bound a setup's clusters: the cluster region first, then each registry region."""
+    return tuple(dict.fromkeys((region, *registry_regions)))
+
+
+def read_all(g, project: str, regions) -> list[Reading]:
+    """The limits that bound a cluster in each region, in one round: a QuotaInfo holds every region's limit, so
+    more regions cost no more calls. A refusal becomes each reading's problem, never an error."""
+    regions = list(dict.fromkeys(regions))
     try:
-        limits = run_all([lambda q=q: g.quota_limit(project, SERVICE, q.quota_id, region) for q in QUOTAS])
+        per_quota = run_all([lambda q=q: g.quota_limits(project, SERVICE, q.quota_id, regions) for q in QUOTAS])
     except CloudError as e:
-        return Reading(project, region, problem=problem_sentence(e, project), disabled=service_disabled(e))
-    return Reading(project, region, dict(zip([q.key for q in QUOTAS], limits, strict=True)))
+        problem, disabled = problem_sentence(e, project), service_disabled(e)
+        return [Reading(project, r, problem=problem, disabled=disabled) for r in regions]
+    return [Reading(project, r, {q.key: limits[r] for q, limits in zip(QUOTAS, per_quota, strict=True)})
+            for r in regions]
+
+
+def sentences(readings: list[Reading]) -> str:
+    """Each region's sentence; a refusal (the same in every region: the reads are the project's) once."""
+    if readings and readings[0].problem:
+        return readings[0].problem
+    return "; ".join(r.sentence() for r in readings)
+
+
+def short_regions(readings: list[Reading]) -> list[Reading]:
+    """The readings where fewer than 10 workers fit."""
+    return [r for r in readings if r.warning]
+
+
+def ask_more(readings: list[Reading]) -> list[str]:
+    """The commands that ask for room for 10 workers, one per region short of it."""
+    return [f"{command('quotas')} --region {r.region} {r.hint()}" for r in short_regions(readings)]
 
 
 def parse_requests(items: list[str]) -> dict[str, int]:

@@ -394,12 +394,16 @@ class Wizard(Session):
 
 
     def offer_quota(self) -> None:
-        """Interactive only: when fewer than 10 workers fit, offers to ask Google for more (never forced)."""
-        reading = next((getattr(s, "reading", None) for s in self.engine.steps if s.key == "quotas"), None)
-        if self.opts.interactive and reading is not None and reading.warning:
-            from coiled_setup.commands.quotas import offer
+        """Interactive only: in each region where fewer than 10 workers fit, offers to ask Google for more (never
+        forced)."""
+        if not self.opts.interactive:
+            return
+        from coiled_setup.commands.quotas import offer
 
-            offer(self.run.google, reading, self.ui)
+        readings = next((getattr(s, "readings", []) for s in self.engine.steps if s.key == "quotas"), [])
+        for reading in readings:
+            if reading.warning:
+                offer(self.run.google, reading, self.ui)
 
 
 def run(opts: Options, export: tuple[str, Path] | None = None, terraform_key: bool = False) -> int:

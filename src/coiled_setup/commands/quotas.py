@@ -114,38 +114,51 @@ def execute(o: QuotasOptions, ui: Ui, fields: dict) -> int:
     if not project:
         raise BadInput("No project given: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT.")
     check_project(project)
-    region = o.region or Journal(project).settings().get("region") or DEFAULT_REGION
+    settings = Journal(project).settings()
+    region = o.region or settings.get("region") or DEFAULT_REGION
     error = region_error(region, False)
     if error:
         raise BadInput(error)
-    fields.update(project=project, region=region, console_url=quotas.console_url(project))
+    # Without --region: every region gcp set up (clusters may start where Coiled's images are); with it, that one.
+    regions = (region,) if o.region else quotas.regions_of(region, recorded_registry_regions(settings))
+    fields.update(project=project, region=region, regions=list(regions), console_url=quotas.console_url(project))
     g = connect_google(project=project)
     try:
         if o.enable_api:
             _enable(g, project, ui)
-        reading = quotas.read(g, project, region)
-        if reading.disabled and not o.enable_api and o.interactive and ui.confirm(
+        readings = quotas.read_all(g, project, regions)
+        if readings[0].disabled and not o.enable_api and o.interactive and ui.confirm(
                 f"The Cloud Quotas API is disabled in project {project}. Enable it to read the quotas?", default=True):
             _enable(g, project, ui)
-            reading = quotas.read(g, project, region)
+            readings = quotas.read_all(g, project, regions)
+        reading = readings[0]  # the cluster region's: the one --request asks in
         fields["quotas"] = reading.as_dict()
+        fields["readings"] = [r.as_dict() for r in readings]
         if reading.problem:
             if wanted and not reading.disabled:
                 ui.warn(reading.problem)  # a request may still be allowed without the right to read
             else:
                 raise UserError(reading.problem, MISSING_PERMISSION if not reading.disabled else STEP_FAILED)
         else:
-            render(ui, reading)
-            if reading.warning:
-                ui.warn(reading.warning_sentence())
+            for r in readings:
+                render(ui, r)
+            for r in quotas.short_regions(readings):
+                ui.warn(r.warning_sentence())
         if wanted:
             fields["requests"] = [x.as_dict() for x in ask_for_more(g, project, region, wanted, o.email,
                                                                     o.justification, ui)]
-        elif reading.warning and o.interactive:
-            fields["requests"] = [x.as_dict() for x in offer(g, reading, ui)]
+        elif o.interactive:
+            fields["requests"] = [x.as_dict() for r in quotas.short_regions(readings) for x in offer(g, r, ui)]
     finally:
         g.close()
     return OK
+
+
+def recorded_registry_regions(settings: dict) -> tuple[str, ...]:
+    """The registry regions gcp recorded besides the cluster region (a hand-edited entry is left out)."""
+    regions = settings.get("registry_regions")
+    return tuple(r for r in regions if isinstance(r, str) and not region_error(r, True)) \
+        if isinstance(regions, list) else ()
 
 
 def run(o: QuotasOptions) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from coiled_setup import quotas
-from coiled_setup.remedies import command
 from coiled_setup.steps.base import CHECK, Change, Run, Step
 
 
@@ -14,23 +13,27 @@ class QuotasStep(Step):
     permissions = ()
 
     def __init__(self):
-        self.reading: quotas.Reading | None = None
+        self.readings: list[quotas.Reading] = []
 
     def observe(self, run: Run) -> None:
-        self.reading = quotas.read(run.google, run.opts.project, run.opts.region)
+        # Clusters may start where Coiled's images are too: the cluster region and each registry region.
+        o = run.opts
+        self.readings = quotas.read_all(run.google, o.project, quotas.regions_of(o.region, o.repo_regions))
 
     def plan(self, run: Run) -> Change:
-        detail = self.reading.sentence()
-        if self.reading.warning:
-            detail += (f"; fewer than {quotas.WARN_BELOW} workers: `{command('quotas')} {self.reading.hint()}` "
-                       "asks for more")
+        detail = quotas.sentences(self.readings)
+        short = quotas.short_regions(self.readings)
+        if short:
+            regions = ", ".join(r.region for r in short)
+            asks = ", ".join(f"`{c}`" for c in quotas.ask_more(self.readings))
+            detail += f"; fewer than {quotas.WARN_BELOW} workers in {regions}: {asks} asks for more"
         return Change(CHECK, detail)
 
     def apply(self, run: Run) -> str:
         # Read once with the other observations: the summary says what the plan said.
-        if self.reading.warning:
-            run.ui.warn(self.reading.warning_sentence())
-        return self.reading.sentence()
+        for r in quotas.short_regions(self.readings):
+            run.ui.warn(r.warning_sentence())
+        return quotas.sentences(self.readings)
 
 
 def steps_for(opts) -> list[Step]:
