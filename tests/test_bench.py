@@ -1,6 +1,6 @@
 """The benchmark runs to the end in its quick mode, prints every figure, and meets its call-count targets.
 
-Asserted strictly: every target is printed ("N of 33 targets met"), and the targets that count calls,
+Asserted strictly: every target is printed ("N of 34 targets met"), and the targets that count calls,
 writes or memory are met: each scenario stays within its call ceiling, a converged re-run writes nothing,
 verify writes nothing and tests the project permissions in one TestIamPermissions call, start-up peaks
 stay under 35 MiB. The timing
@@ -24,13 +24,13 @@ FIGURES = [
     "wait.coiled_global", "wait.coiled_region",
     "wait100.binding", "wait100.enable_operation", "wait100.repository_operation", "wait100.permissions",
     "wait100.coiled_global", "wait100.coiled_region",
-    "scale.fresh", "scale.rerun", "scale.verify",
+    "scale.fresh", "scale.rerun", "scale.verify", "scale.first_question",
     "retry.verify", "retry.gcp", "polling.calls", "polling.overshoot", "polling.wall",
 ]
 # The large project, and minutes of back-off and propagation: printed as not measured, a miss.
-QUICK_LEAVES_OUT = ["scale.fresh", "scale.rerun", "scale.verify", "retry.verify", "retry.gcp", "polling.calls",
-                    "polling.overshoot", "polling.wall"]
-TARGETS = 33  # figures with a target (the others are shown for comparison)
+QUICK_LEAVES_OUT = ["scale.fresh", "scale.rerun", "scale.verify", "scale.first_question", "retry.verify", "retry.gcp",
+                    "polling.calls", "polling.overshoot", "polling.wall"]
+TARGETS = 34  # figures with a target (the others are shown for comparison)
 NOT_TIMING = ["round_trips.fresh", "round_trips.rerun", "round_trips.verify", "startup.help.peak",
               "startup.gcp_help.peak"]
 

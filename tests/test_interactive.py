@@ -76,6 +76,26 @@ def test_select_an_existing_account(make_sandbox, terminal):
     assert ws["credentials"]["client_email"] == email
     assert ws["settings"]["scheduler_firewall"] == {"ingress": [{"ports": [22, 8786, 8787], "cidr": "198.51.100.0/24"}]}
     assert not any(x["method"] == "CreateServiceAccount" for x in calls(sb))
+    # Listed once (the project's accounts fit one page), though the listing starts before it is needed.
+    assert [x["method"] for x in calls(sb) if x["method"] == "ListServiceAccounts"] == ["ListServiceAccounts"]
+
+
+def test_the_account_list_is_read_alongside_the_preflight(make_sandbox, terminal):
+    """The first question waits for the listing of the project's accounts (a round trip per 100 of them): it
+    starts before the preflight answers, not after it."""
+    latency = 0.05
+    sb = make_sandbox(latency_ms=latency * 1000)
+    child = terminal(sb)
+    child.expect("Service account for Coiled")
+    record = calls(sb)
+    child.sendintr()
+    assert finish(child) == 130
+    # A call is recorded when its answer is ready, one latency after it was sent.
+    preflight = next(x for x in record if x["method"] == "TestIamPermissions")
+    listed = [x for x in record if x["method"] == "ListServiceAccounts"]
+    assert len(listed) == 1
+    sent = listed[0]["time"] - latency
+    assert sent < preflight["time"], f"listing sent {sent - preflight['time']:.3f} s after the preflight's answer"
 
 
 def test_a_failed_step_can_be_retried(make_sandbox, terminal):

@@ -33,13 +33,26 @@ def run_all(fns):
     return [got[i][1] for i in range(len(fns))]
 
 
-def prefetch(fn) -> None:
-    """Starts `fn` (a read that keeps its own answer) now, so that it is ready or under way when asked for; its
-    errors are left for that later call to raise."""
+def start(fn):
+    """Starts one call now, in a daemon thread as run_all's calls; answers a function that waits for its result
+    (raising its error), for an answer needed later that can be fetched meanwhile."""
+    box: queue.Queue = queue.Queue(maxsize=1)
+
     def work():
         try:
-            fn()
-        except BaseException:  # noqa: BLE001 - told by the caller that asks for the answer
-            pass
+            box.put((True, fn()))
+        except BaseException as e:  # handed to whoever asks for the result
+            box.put((False, e))
 
-    threading.Thread(target=work, daemon=True, name="coiled-setup-prefetch").start()
+    threading.Thread(target=work, daemon=True, name="coiled-setup-call-early").start()
+    got: list = []
+
+    def result():
+        if not got:
+            got.append(box.get())
+        ok, value = got[0]
+        if not ok:
+            raise value
+        return value
+
+    return result

@@ -9,7 +9,7 @@ from coiled_setup import context, keyfile, log_sink, paths
 from coiled_setup import steps as registry
 from coiled_setup.cloud import CloudError, Google, Transient, Unauthenticated, Unreachable
 from coiled_setup.commands.common import Session
-from coiled_setup.concurrency import run_all
+from coiled_setup.concurrency import run_all, start
 from coiled_setup.engine import Engine
 from coiled_setup.errors import MISSING_PERMISSION, OK, ORG_POLICY, BadInput, UserError
 from coiled_setup.in_place import InPlace, check_instance_differs, keep, read
@@ -66,6 +66,7 @@ class Wizard(Session):
         self.engine: Engine | None = None
         self.lock: ProjectLock | None = None
         self.lift_log_sink = False  # domain restricted sharing found, and --allow-log-sink-exception given
+        self.accounts = None  # the project's accounts for the account question, being listed meanwhile
 
     def drive(self) -> int:
         return super().drive(self.execute)
@@ -253,7 +254,7 @@ class Wizard(Session):
         # The instance account a flag names cannot also be Coiled's.
         taken = o.instance_service_account if "instance" in o.explicit else None
         # Nor is the least-privilege account cluster instances use now offered as Coiled's own.
-        accounts = [a.email for a in g.list_accounts(o.project)
+        accounts = [a.email for a in (self.accounts() if self.accounts else g.list_accounts(o.project))
                     if not a.disabled and a.email not in (g.principal, taken, cur.instance)]
         current = o.account_email
         first = (f"keep {current} ({cur.account_source})" if cur.account == current
@@ -302,6 +303,10 @@ class Wizard(Session):
             # second key.
             self.lock = ProjectLock(o.project)
             self.lock.acquire()
+        if o.interactive and "service_account" not in o.explicit:
+            # The first question lists the project's accounts, a round trip per 100: listed while the workspace
+            # is read and the preflight runs (its error, if any, is told when the list is used).
+            self.accounts = start(lambda: g.list_accounts(o.project))
         # What is in place decides what this run does (Artifact Registry or not), so it comes before preflight.
         cur = read(o, coiled, journal)
         keep(o, cur)

@@ -11,7 +11,7 @@ from coiled_setup.checks import FAILED, OK, SKIPPED, STATUSES, WARNING, Result, 
 from coiled_setup.cloud import Google
 from coiled_setup.coiled_api import CoiledError
 from coiled_setup.commands.common import choose_workspace, coiled_client, connect_google, workspace_reads
-from coiled_setup.concurrency import prefetch, run_all
+from coiled_setup.concurrency import run_all, start
 from coiled_setup.errors import INTERRUPTED, STEP_FAILED, BadInput, UserError
 from coiled_setup.errors import OK as OK_CODE
 from coiled_setup.journal import Journal
@@ -261,7 +261,7 @@ def verify(o: VerifyOptions, ui: Ui) -> tuple[Target, list[Result], str]:
     else:
         settle(t, o, {})
         if reader is not None:
-            prefetch(reader)  # Coiled's reads go out while Google's libraries load; the reader keeps its answer
+            start(reader)  # Coiled's reads go out while Google's libraries load; the reader keeps its answer
         operator = connect_google(project=t.project)
     as_key = Google.from_key(t.key) if t.key is not None and t.key["project_id"] == t.project else None
     if as_key is not None:
