@@ -32,9 +32,9 @@ from coiled_setup.options import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_REGION,
     DEFAULT_ROLE_ID,
+    Placement,
     is_open,
     repository_name,
-    role_name,
 )
 from coiled_setup.remedies import command, explain, granting_role
 from coiled_setup.wording import count
@@ -68,7 +68,7 @@ class Result:
 
 
 @dataclass
-class Target:
+class Target(Placement):
     """What to verify, resolved from the flags, the journal and the key file."""
 
     project: str
@@ -90,19 +90,6 @@ class Target:
     recorded: dict = field(default_factory=dict)  # the settings the wizard recorded
     sources: dict = field(default_factory=dict)  # where region, role_id and gar came from
     registry_regions: tuple[str, ...] = ()  # more regions with Coiled's repository, besides the cluster region
-
-    @property
-    def role_name(self) -> str:
-        return role_name(self.project, self.role_id)
-
-    @property
-    def repository(self) -> str:
-        return repository_name(self.project, self.region)
-
-    @property
-    def repo_regions(self) -> tuple[str, ...]:
-        """Every region with Coiled's repository, the cluster region first."""
-        return tuple(dict.fromkeys((self.region, *self.registry_regions))) if self.gar else ()
 
     @property
     def quota_regions(self) -> tuple[str, ...]:

@@ -52,8 +52,33 @@ def repository_name(project: str, region: str) -> str:
     return f"projects/{project}/locations/{region}/repositories/coiled"
 
 
+class Placement:
+    """Where a setup's resources are, from its project, region, role id, registry regions and --no-gar (the wizard's
+    options and verify's target alike)."""
+
+    project: str
+    region: str
+    role_id: str
+    registry_regions: tuple[str, ...]
+    gar: bool
+
+    @property
+    def role_name(self) -> str:
+        return role_name(self.project, self.role_id)
+
+    @property
+    def repository(self) -> str:
+        """The cluster region's repository: the one Coiled is told about."""
+        return repository_name(self.project, self.region)
+
+    @property
+    def repo_regions(self) -> tuple[str, ...]:
+        """Every region that holds Coiled's repository: the cluster region first, then the others."""
+        return tuple(dict.fromkeys((self.region, *self.registry_regions))) if self.gar else ()
+
+
 @dataclass
-class Options:
+class Options(Placement):
     project: str = ""
     workspace: str | None = None
     region: str = DEFAULT_REGION
@@ -104,20 +129,6 @@ class Options:
         if self.create_instance_service_account:
             return default_instance_email(self.project)
         return None
-
-    @property
-    def role_name(self) -> str:
-        return role_name(self.project, self.role_id)
-
-    @property
-    def repository(self) -> str:
-        """The cluster region's repository: the one Coiled is told about."""
-        return repository_name(self.project, self.region)
-
-    @property
-    def repo_regions(self) -> tuple[str, ...]:
-        """Every region that holds Coiled's repository: the cluster region first, then the others."""
-        return tuple(dict.fromkeys((self.region, *self.registry_regions))) if self.gar else ()
 
     @property
     def repositories(self) -> list[str]:
