@@ -57,3 +57,17 @@ def test_quick_benchmark_prints_every_figure_and_meets_its_count_targets(tmp_pat
     missed = [f"{n}: {figures[n]['value']}" for n in NOT_TIMING if figures[n]["ok"] is not True]
     assert not missed, "\n".join(missed)
     assert int(m.group(1)) >= len(NOT_TIMING), lines[-1]
+
+
+def test_a_measured_peak_is_the_childs_own_not_the_larger_parents():
+    """Linux hands a child spawned by vfork the peak of its parent at exec: a child started straight from the
+    benchmark (which holds the sandboxes) read the benchmark's own memory."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench.run import MiB, measure
+    finally:
+        sys.path.remove(str(ROOT))
+    ballast = b"x" * (96 * MiB)  # this process, larger than any small child
+    wall, peak = measure([sys.executable, "-c", "pass"], {"PATH": "/usr/bin:/bin"})
+    assert len(ballast) and wall > 0
+    assert 2 * MiB < peak < 40 * MiB, peak / MiB
