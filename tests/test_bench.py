@@ -3,7 +3,7 @@
 Asserted strictly: every target is printed ("N of 33 targets met"), and the targets that count calls,
 writes or memory are met: each scenario stays within its call ceiling, a converged re-run writes nothing,
 verify writes nothing and tests the project permissions in one TestIamPermissions call, start-up peaks
-stay under 35 MiB. The timing
+stay under 35 MiB, and the peaks of a real run and of verify stay within 1.15x the Google imports. The timing
 targets (start-up wall, critical path, verify wall, waits) are left to the benchmark itself: under the
 suite's parallel workers on a shared machine they measure the machine's load more than the product.
 """
@@ -32,7 +32,7 @@ QUICK_LEAVES_OUT = ["scale.fresh", "scale.rerun", "scale.verify", "retry.verify"
                     "polling.overshoot", "polling.wall"]
 TARGETS = 33  # figures with a target (the others are shown for comparison)
 NOT_TIMING = ["round_trips.fresh", "round_trips.rerun", "round_trips.verify", "startup.help.peak",
-              "startup.gcp_help.peak"]
+              "startup.gcp_help.peak", "memory.gcp", "memory.verify"]
 
 
 def test_quick_benchmark_prints_every_figure_and_meets_its_count_targets(tmp_path):
