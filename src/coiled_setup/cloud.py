@@ -584,13 +584,10 @@ class Google:
         """User credentials need a quota project for APIs such as Service Usage: the ADC file's quota_project_id or
         GOOGLE_CLOUD_QUOTA_PROJECT (google-auth reads both), else the target project. Answers the project this
         method chose ("" when the credentials had one, or are not a user's)."""
-        import sys
+        from google.oauth2 import credentials as user
 
-        # User credentials exist only once their module is loaded (google.auth.default loads it for them): not
-        # importing it for a service account saves its reauth and webauthn modules.
-        user = sys.modules.get("google.oauth2.credentials")
         creds = self.credentials
-        if user is None or not isinstance(creds, user.Credentials) or creds.quota_project_id or not project:
+        if not isinstance(creds, user.Credentials) or creds.quota_project_id or not project:
             return ""
         self.credentials = creds.with_quota_project(os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") or project)
         self.close()  # clients and channel are rebuilt with the new credentials
