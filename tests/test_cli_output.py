@@ -309,6 +309,18 @@ def test_the_spinner_stops_before_an_error_is_printed():
     assert drawn.endswith("\x1b[2K") or "\r\x1b[2K" in drawn[-20:], repr(drawn[-40:])  # its line was cleared
 
 
+def test_text_with_colons_is_printed_as_written_not_as_emoji(capsys):
+    """Names and Google's messages hold colons (`user:a`, `:smile:` in a description): rich's emoji codes would
+    replace them, and loading rich's emoji table costs about 1 MiB of a run's memory."""
+    from coiled_setup.ui import Ui
+
+    ui = Ui(interactive=False)
+    ui.info("role description :smile: and :thumbs_up:")
+    ui.summary([("Custom role", "ok", "title :rocket:")])
+    out = capsys.readouterr().out
+    assert ":smile:" in out and ":thumbs_up:" in out and ":rocket:" in out, out
+
+
 def test_each_run_in_one_process_prints_its_document(sandbox):
     """The CLI may run several times in one process (as the reliability suite runs it): one document each."""
     from typer.testing import CliRunner

@@ -279,6 +279,10 @@ UNUSED_CLIENTS = ["google.cloud.resourcemanager_v3.services.folders",
                   "google.cloud.cloudquotas_v1.services.quota_adjuster_settings_manager"]
 
 
+# The asyncio clients and the REST and asyncio transports of the clients used: about 3 MiB over the six.
+UNUSED_PARTS = (".async_client", ".transports.rest", ".transports.rest_base", ".transports.grpc_asyncio")
+
+
 def test_real_runs_import_neither_pydantic_nor_unused_google_clients(sandbox, tmp_path):
     """A fresh setup and verify import typer's pydantic converter only for values that need it (none here) and
     only the Google clients they call: about 11 MiB of peak memory."""
@@ -291,7 +295,10 @@ def test_real_runs_import_neither_pydantic_nor_unused_google_clients(sandbox, tm
                 f"sys.argv = ['coiled-setup', *{args!r}]\n"
                 "try:\n    runpy.run_module('coiled_setup', run_name='__main__')\n"
                 "except SystemExit as e:\n    print('exit', e.code, file=sys.stderr)\n"
-                "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)\n")
+                # A stand-in module (cloud._defer_transports) is listed only once the real one has run.
+                "print('\\n'.join(sorted(n for n, m in sys.modules.items()\n"
+                "                         if type(getattr(m, '__getattr__', None)).__name__ != '_StandIns')),\n"
+                "      file=sys.stderr)\n")
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         mods = set(proc.stderr.split())
         exit_code = (re.findall(r"^exit (\S+)$", proc.stderr, re.M) or [None])[0]
@@ -300,6 +307,8 @@ def test_real_runs_import_neither_pydantic_nor_unused_google_clients(sandbox, tm
         assert "google.cloud.cloudquotas_v1.services.cloud_quotas" in mods, proc.stderr[-3000:]
         assert sorted(m for m in mods if m.startswith("pydantic")) == [], args
         assert [m for m in UNUSED_CLIENTS if m in mods] == [], args
+        unused = [m for m in mods if m.startswith("google.cloud.") and m.endswith(UNUSED_PARTS)]
+        assert unused == [], args
 
 
 def test_a_package_loaded_client_by_client_is_the_whole_package_when_asked_for(tmp_path):
@@ -312,5 +321,29 @@ def test_a_package_loaded_client_by_client_is_the_whole_package_when_asked_for(t
             "from google.cloud.resourcemanager_v3 import FoldersClient, gapic_version\n"
             "assert 'google.cloud.resourcemanager_v3.services.folders' in sys.modules\n"
             "try:\n    resourcemanager_v3.NoSuchName\nexcept AttributeError:\n    print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_a_transport_left_out_is_the_real_one_when_used(tmp_path):
+    code = ("import sys\n"
+            "from google.auth.credentials import AnonymousCredentials\n"
+            "from coiled_setup.cloud import client_class\n"
+            "cls = client_class('resourcemanager_v3', 'projects', 'ProjectsClient')\n"
+            "rest = 'google.cloud.resourcemanager_v3.services.projects.transports.rest'\n"
+            "assert rest + '_base' not in sys.modules\n"
+            "client = cls(transport='rest', credentials=AnonymousCredentials())\n"
+            "from google.cloud.resourcemanager_v3.services.projects.transports.rest import ProjectsRestTransport\n"
+            "assert type(client.transport) is ProjectsRestTransport, type(client.transport)\n"
+            "assert isinstance(client.transport, cls.get_transport_class('rest'))\n"
+            "assert issubclass(ProjectsRestTransport, cls.get_transport_class('rest'))\n"
+            "assert rest + '_base' in sys.modules\n"
+            "from google.cloud.resourcemanager_v3.services.projects import ProjectsAsyncClient\n"
+            "from google.cloud.resourcemanager_v3.services.projects.transports.grpc_asyncio import (\n"
+            "    ProjectsGrpcAsyncIOTransport)\n"
+            "t = ProjectsAsyncClient.get_transport_class('grpc_asyncio')\n"
+            "assert t.__name__ == 'ProjectsGrpcAsyncIOTransport'\n"
+            "assert ProjectsGrpcAsyncIOTransport.__module__.endswith('grpc_asyncio')\n"
+            "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "ok", proc.stderr[-3000:]

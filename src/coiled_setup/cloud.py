@@ -59,7 +59,25 @@ def client_class(package: str, service: str, name: str):
     all six packages), and Python runs it before any submodule. So the package is put in place without running
     it; the first time anything asks the package itself for a name (`resourcemanager_v3.ProjectsClient`, `from
     google.cloud.resourcemanager_v3 import ...`), its __init__ runs after all, and it is the usual package again.
+    The service's own package is put in place the same way (its __init__ imports the asyncio client too), and
+    the client module is imported alone, with stand-ins for the transports it names but this product never uses
+    (_UNUSED_TRANSPORTS, about 3 MiB over the six clients): see _defer_transports.
     """
+    import importlib
+    import sys
+
+    full = f"google.cloud.{package}"
+    services = f"{full}.services.{service}"
+    with _PACKAGES_LOCK:
+        if full not in sys.modules:
+            _defer_package(full)
+        if services not in sys.modules and _defer_package(services):
+            _defer_transports(services)
+    return getattr(importlib.import_module(f"{services}.client"), name)
+
+
+def types_module(package: str):
+    """google.cloud.<package>.types, without the rest of the package (see client_class)."""
     import importlib
     import sys
 
@@ -67,20 +85,19 @@ def client_class(package: str, service: str, name: str):
     with _PACKAGES_LOCK:
         if full not in sys.modules:
             _defer_package(full)
-    return getattr(importlib.import_module(f"{full}.services.{service}"), name)
+    return importlib.import_module(f"{full}.types")
 
 
-def _defer_package(full: str) -> None:
+def _defer_package(full: str) -> bool:
+    """Puts the package `full` in place without running its __init__ (see client_class); answers whether it did."""
     import importlib
     import importlib.util
     import sys
 
-    import google.cloud
-
     spec = importlib.util.find_spec(full)
     if spec is None or spec.loader is None or not spec.submodule_search_locations:
         importlib.import_module(full)  # not a plain package: imported as usual
-        return
+        return False
     module = importlib.util.module_from_spec(spec)
     running = threading.RLock()
     state = {"started": False}
@@ -103,7 +120,97 @@ def _defer_package(full: str) -> None:
 
     module.__getattr__ = complete  # type: ignore[attr-defined]  # a module's own __getattr__ (PEP 562)
     sys.modules[full] = module
-    setattr(google.cloud, full.rsplit(".", 1)[1], module)
+    parent, _, leaf = full.rpartition(".")
+    setattr(importlib.import_module(parent), leaf, module)
+    return True
+
+
+# Transports a generated client module imports by name although this product only speaks gRPC (the REST one also
+# brings its rest_base, the asyncio one serves the asyncio client).
+_UNUSED_TRANSPORTS = ("rest", "grpc_asyncio")
+
+
+def _defer_transports(services: str) -> None:
+    """Stand-ins for the _UNUSED_TRANSPORTS modules of the service package `services`, before its client imports them.
+
+    A name taken from a stand-in module (`from .transports.rest import ProjectsRestTransport`, only ever classes)
+    is a class whose first use (a call, an attribute, isinstance) imports the real module in its place and hands
+    over to the real class: `get_transport_class("rest")` still builds a REST transport.
+    """
+    import importlib.machinery
+    import os
+    import sys
+    import types
+
+    where = os.path.join(sys.modules[services].__spec__.submodule_search_locations[0], "transports")
+    if f"{services}.transports" in sys.modules:
+        return  # already imported for real
+    for leaf in _UNUSED_TRANSPORTS:
+        name = f"{services}.transports.{leaf}"
+        spec = importlib.machinery.PathFinder.find_spec(name, [where])
+        if spec is None or spec.loader is None:
+            continue
+        module = types.ModuleType(name)
+        module.__spec__, module.__file__, module.__loader__ = spec, spec.origin, spec.loader
+        module.__getattr__ = _StandIns(module)  # type: ignore[attr-defined]
+        sys.modules[name] = module
+
+
+class _StandIns:
+    """The module __getattr__ of a deferred transport module: one stand-in class per name, and the real module
+    imported once, in the stand-in module's place, the first time a stand-in is used."""
+
+    def __init__(self, module):
+        self.module = module
+        self.names: dict[str, type] = {}
+        self.real = None
+        self.lock = threading.Lock()
+
+    def __call__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(f"module {self.module.__name__!r} has no attribute {attr!r}")
+        with self.lock:
+            if attr not in self.names:
+                self.names[attr] = _StandIn(attr, (), {"_stand_ins": self, "__module__": self.module.__name__})
+            return self.names[attr]
+
+    def load(self):
+        import importlib.util
+        import sys
+
+        with self.lock:
+            if self.real is None:
+                spec = self.module.__spec__
+                real = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = real
+                try:
+                    spec.loader.exec_module(real)
+                except BaseException:
+                    sys.modules[spec.name] = self.module
+                    raise
+                self.real = real
+            return self.real
+
+
+class _StandIn(type):
+    """The metaclass of a stand-in: every use goes to the real class of that name."""
+
+    def _real(cls):
+        return getattr(cls._stand_ins.load(), cls.__name__)
+
+    def __call__(cls, *args, **kwargs):
+        return cls._real()(*args, **kwargs)
+
+    def __getattr__(cls, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(cls._real(), attr)
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, cls._real())
+
+    def __subclasscheck__(cls, sub):
+        return issubclass(sub, cls._real())
 
 
 class CloudError(Exception):
@@ -578,14 +685,11 @@ class Google:
     def service_enabled(self, project: str, service: str) -> bool:
         s = self._read(lambda: self.usage.get_service(
             request={"name": f"projects/{project}/services/{service}"}, **_CALL))
-        from google.cloud.service_usage_v1.types import State
-
-        return s.state == State.ENABLED
+        return s.state == types_module("service_usage_v1").State.ENABLED
 
     def services_enabled(self, project: str, services: list[str]) -> dict[str, bool]:
         """Which of `services` are on, in one BatchGetServices call (Google takes up to 30 names)."""
-        from google.cloud.service_usage_v1.types import State  # not the package: see client_class
-
+        State = types_module("service_usage_v1").State
         answer = self._read(lambda: self.usage.batch_get_services(request={
             "parent": f"projects/{project}", "names": [f"projects/{project}/services/{s}" for s in services]},
             **_CALL))
@@ -706,7 +810,7 @@ class Google:
         return type(r).Format(r.format_).name
 
     def start_create_repository(self, project: str, location: str, repo_id: str, description: str) -> str:
-        from google.cloud.artifactregistry_v1.types import Repository
+        Repository = types_module("artifactregistry_v1").Repository
 
         with self._calling():
             op = self.registry.create_repository(
@@ -758,27 +862,27 @@ class Google:
 
     def project_org_policy(self, project: str, constraint: str) -> dict | None:
         """The project's own policy for a constraint, as Org Policy v2 JSON (etag included); None when it has none."""
-        from google.cloud import orgpolicy_v2
+        OrgPolicy = types_module("orgpolicy_v2").Policy
 
         client = self._make("orgpolicy")
         try:
             pb = self._read(lambda: client.get_policy(name=f"projects/{project}/policies/{constraint}", **_CALL))
         except NotFound:
             return None
-        return json.loads(orgpolicy_v2.Policy.to_json(pb))
+        return json.loads(OrgPolicy.to_json(pb))
 
     def put_project_org_policy(self, project: str, policy: dict, *, exists: bool) -> dict:
         """Creates the project's policy, or updates it (with the etag `policy` carries); answers what Google holds."""
-        from google.cloud import orgpolicy_v2
+        OrgPolicy = types_module("orgpolicy_v2").Policy
 
         client = self._make("orgpolicy")
-        pb = orgpolicy_v2.Policy.from_json(json.dumps(policy), ignore_unknown_fields=True)
+        pb = OrgPolicy.from_json(json.dumps(policy), ignore_unknown_fields=True)
         with self._calling():
             if exists:
                 answer = client.update_policy(policy=pb, **_WRITE)
             else:
                 answer = client.create_policy(parent=f"projects/{project}", policy=pb, **_WRITE)
-        return json.loads(orgpolicy_v2.Policy.to_json(answer))
+        return json.loads(OrgPolicy.to_json(answer))
 
     def delete_project_org_policy(self, project: str, constraint: str, etag: str) -> None:
         client = self._make("orgpolicy")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import re
@@ -30,9 +29,14 @@ def gcloud_property(section: str, name: str) -> str | None:
             config = (base / "active_config").read_text().strip() or "default"
         except OSError:
             config = "default"
+    path = base / "configurations" / f"config_{config}"
+    if not path.is_file():
+        return None  # no gcloud here: configparser is not even imported
+    import configparser
+
     parser = configparser.ConfigParser()
     try:
-        parser.read(base / "configurations" / f"config_{config}")
+        parser.read(path)
     except configparser.Error:
         return None
     return parser.get(section, name, fallback=None) or None

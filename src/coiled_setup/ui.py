@@ -22,7 +22,9 @@ def plain_terminal() -> bool:
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True,
+    # emoji=False: names and Google's messages print as written (":smile:" stays text), and rich's emoji table
+    # (about 1 MiB) is never loaded.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False,
                    color_system=None if plain_terminal() else "auto")
 
 
