@@ -37,6 +37,9 @@ class RegistryStep(Step):
     key = "registry"
     title = "Artifact Registry"
     after = ("apis", "account")
+    # While Google does not know a new account yet, granting it is refused and tried again: the project's binding
+    # waits that out, and the grant here follows it instead of polling beside it.
+    follows = ("binding",)
     permissions = ("artifactregistry.repositories.get", "artifactregistry.repositories.create",
                    "artifactregistry.repositories.getIamPolicy", "artifactregistry.repositories.setIamPolicy")
     reads = ("services",)
