@@ -125,9 +125,10 @@ def test_sdist_carries_what_its_tests_need(tmp_path):
 
 
 def _imports_after(args: list[str]) -> set[str]:
-    code = ("import sys, runpy\n"
+    code = ("import sys\n"
             f"sys.argv = ['coiled-setup', *{args!r}]\n"
-            "try:\n    runpy.run_module('coiled_setup', run_name='__main__')\n"
+            "from coiled_setup.cli import main  # the program's main, without the entry's immediate exit\n"
+            "try:\n    main()\n"
             "except SystemExit:\n    pass\n"
             "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -291,9 +292,10 @@ def test_real_runs_import_neither_pydantic_nor_unused_google_clients(sandbox, tm
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "DASK_", "COILED_"))}
     env.update({"HOME": str(home), "CLOUDSDK_CONFIG": str(home / "gcloud"), **sandbox.env})
     for args in (["gcp", "--non-interactive", "--yes", "--region", "us-east1"], ["verify"]):
-        code = ("import sys, runpy\n"
+        code = ("import sys\n"
                 f"sys.argv = ['coiled-setup', *{args!r}]\n"
-                "try:\n    runpy.run_module('coiled_setup', run_name='__main__')\n"
+                "from coiled_setup.cli import main  # the program's main, without the entry's immediate exit\n"
+                "try:\n    main()\n"
                 "except SystemExit as e:\n    print('exit', e.code, file=sys.stderr)\n"
                 # A stand-in module (cloud._defer_transports) is listed only once the real one has run.
                 "print('\\n'.join(sorted(n for n, m in sys.modules.items()\n"

@@ -1,3 +1,3 @@
-from coiled_setup.cli import main
+from coiled_setup.cli import entry
 
-main()
+entry()

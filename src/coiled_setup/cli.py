@@ -539,6 +539,29 @@ def sandbox_cmd(
     _finish(_guard(go, "sandbox", "text"))
 
 
+def entry() -> None:
+    """The program itself (the console script, `python -m coiled_setup`): main(), then it leaves at once.
+
+    Tearing the interpreter down after the answer is out takes about a tenth of a second (the Google
+    libraries' modules, gRPC's threads) and decides nothing: the journal, the key file and the lock are
+    written and released before, every thread of ours is a daemon, and output is flushed here."""
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)
+
+
 def main() -> None:
     from coiled_setup import report
 
