@@ -120,3 +120,46 @@ def test_a_rerun_reads_what_depends_on_nothing_at_once(make_sandbox, cli):
     made, repository = rerun_holding("GetRepository")
     assert during(repository, one(made, "GetIamPolicy", service="artifactregistry"))
 
+
+
+def test_a_bug_in_a_step_applied_beside_others_is_raised_not_waited_for():
+    """An unexpected error in a step's thread reaches the run (its traceback, exit 1), never a run that hangs."""
+    import threading
+
+    from coiled_setup.engine import Consent, Engine
+    from coiled_setup.steps.base import CREATE, Change, Run, Step
+    from coiled_setup.ui import Ui
+
+    class Slow(Step):
+        key, title = "slow", "Slow"
+
+        def plan(self, run):
+            return Change(CREATE, "slow")
+
+        def apply(self, run):
+            threading.Event().wait(0.2)
+            return "done"
+
+    class Broken(Slow):
+        key, title = "broken", "Broken"
+
+        def apply(self, run):
+            raise RuntimeError("planted")
+
+    run = Run(opts=None, google=None, journal=None, ui=Ui(interactive=False))
+    engine = Engine(run, [Slow(), Broken()], Consent(interactive=False, yes=True), "p", together=True)
+    engine.plan()
+    raised = []
+
+    def apply():
+        try:
+            engine.apply()
+        except BaseException as e:  # noqa: BLE001 - what the run would raise
+            raised.append(e)
+
+    t = threading.Thread(target=apply, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the run waited for a step whose thread had died"
+    assert len(raised) == 1 and isinstance(raised[0], RuntimeError) and "planted" in str(raised[0])
+    assert {r["step"]: r["result"] for r in engine.results}["slow"] == "ok"

@@ -198,11 +198,15 @@ class Engine:
         done: set[str] = set()
         skipped: dict[str, str] = {}
         running = 0
-        failure: UserError | None = None
+        failure: BaseException | None = None
 
         def work(s: Step):
-            self.ui.begin(s.title)
-            ended.put((s, self.attempted(s)))
+            try:
+                self.ui.begin(s.title)
+                outcome = self.attempted(s)
+            except BaseException as e:  # a bug: raised by the run itself, never waited for
+                outcome = e
+            ended.put((s, outcome))
 
         while True:
             progressed = failure is None
@@ -222,6 +226,10 @@ class Engine:
             s, outcome = ended.get()
             running -= 1
             res = next(r for r in self.results if r["step"] == s.key)
+            if isinstance(outcome, BaseException) and not isinstance(outcome, UserError):
+                res.update(result="failed", outcome=f"{type(outcome).__name__}: {outcome}")
+                failure = failure or outcome  # raised once the steps under way have ended, like a failure
+                continue
             try:
                 self.applied(s, res, skipped, outcome)
                 done.add(s.key)
