@@ -119,3 +119,32 @@ def test_an_account_coiled_setup_did_not_create_is_kept(make_sandbox, cli):
     cli(sb, *TEARDOWN, check=0)
     assert account_exists(c, SA) and user_keys(c) == []  # its keys were coiled-setup's; the account is not
     assert not [m for b in policy(c).bindings for m in b.members if SA in m]
+
+
+def test_a_role_whose_creation_lost_its_answer_is_known_as_made_here_and_torn_down(make_sandbox, cli, tmp_path):
+    """The run is killed while Google holds CreateRole's answer (the role made); the next run adopts the role, and
+    teardown must still know coiled-setup made it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    sb = make_sandbox(**FAST)
+    sb.world.config.hold_method, sb.world.config.hold_s = "CreateRole", 30
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sb.env, HOME=str(tmp_path / "user-home"), GRPC_VERBOSITY="ERROR")
+    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", "gcp", "--non-interactive", "--yes"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [x for x in calls(sb) if x["method"] == "CreateRole"]:
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.wait(timeout=30)
+    sb.world.config.hold_method, sb.world.config.hold_s = "", 0
+    assert [x for x in calls(sb) if x["method"] == "CreateRole" and x["code"] == "OK"]
+    cli(sb, "gcp", "--non-interactive", "--yes", check=0)
+    assert journal(sb)["created"].get("role") == ROLE
+    cli(sb, *TEARDOWN, check=0)
+    assert clients(sb).iam.get_role(request={"name": ROLE}).deleted

@@ -42,16 +42,37 @@ class Journal:
         return self.data.get(key, default)
 
     def set(self, **values) -> None:
-        self.data.update(values)
-        self.data["updated"] = time.time()
-        try:
-            paths.write_json_private(self.path, self.data)
-        except OSError as e:
-            raise JournalError(self.path, e) from None
+        with self._lock:  # steps applied together write it from their own threads
+            self.data.update(values)
+            self.data["updated"] = time.time()
+            try:
+                paths.write_json_private(self.path, self.data)
+            except OSError as e:
+                raise JournalError(self.path, e) from None
 
     def created(self, kind: str, name) -> None:
-        self.data.setdefault("created", {})[kind] = name
-        self.set()
+        with self._lock:
+            self.data.setdefault("created", {})[kind] = name
+            (self.data.get("creating") or {}).pop(kind, None)
+            self.set()
+
+    # A creation asked of Google is recorded first: when its answer is lost (a retry, or a run killed meanwhile)
+    # and the thing is found there later, it is still known as made here.
+    def creating(self, kind: str, name: str) -> None:
+        with self._lock:
+            self.data.setdefault("creating", {})[kind] = name
+            self.set()
+
+    def settle_creation(self, kind: str, name: str, exists: bool) -> None:
+        """What became of a creation recorded by `creating`: made here when `name` exists, else never made."""
+        with self._lock:
+            if (self.data.get("creating") or {}).get(kind) != name:
+                return
+            if exists:
+                self.created(kind, name)
+            else:
+                del self.data["creating"][kind]
+                self.set()
 
     def forget(self, kind: str) -> None:
         """What was created is gone again (teardown)."""

@@ -60,15 +60,21 @@ class RoleStep(Step):
                          f"than 7 days ago, which Google keeps reserved for up to 37 days after its deletion: "
                          f"{remedy} and run again.")
 
+    def adopt(self, run: Run) -> None:
+        run.journal.settle_creation(self.key, self.name(run), self.role is not None)
+
     def apply(self, run: Run) -> str:
         g, t = run.google, self.template
         args = (t.title, t.description, list(t.permissions), t.stage)
+        run.journal.settle_creation(self.key, self.name(run), self.role is not None)
         if self.role is None:
             try:
+                run.journal.creating(self.key, self.name(run))
                 g.create_role(run.opts.project, self.role_id, *args)
                 run.journal.created(self.key, self.name(run))
                 return "created"
             except (AlreadyExists, FailedPrecondition) as e:
+                run.journal.settle_creation(self.key, self.name(run), False)  # not made by this call
                 self.observe(run)  # someone else made it, or it is soft-deleted: converge below
                 if self.role is None:
                     if "marked for deletion" in e.message:
