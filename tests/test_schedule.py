@@ -163,3 +163,33 @@ def test_a_bug_in_a_step_applied_beside_others_is_raised_not_waited_for():
     assert not t.is_alive(), "the run waited for a step whose thread had died"
     assert len(raised) == 1 and isinstance(raised[0], RuntimeError) and "planted" in str(raised[0])
     assert {r["step"]: r["result"] for r in engine.results}["slow"] == "ok"
+
+
+def test_ctrl_c_names_the_steps_under_way(make_sandbox, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sb = make_sandbox(propagation_delay_s=0, operation_s=0, infra_s=0.05)
+    sb.world.config.hold_method, sb.world.config.hold_s = "CreateServiceAccountKey", 30
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sb.env, HOME=str(tmp_path / "user-home"), GRPC_VERBOSITY="ERROR", NO_COLOR="1", COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *GCP], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [c for c in calls(sb) if c["method"] == "CreateServiceAccountKey"]:
+            time.sleep(0.02)
+        made = calls(sb)
+        assert [c for c in made if c["method"] == "CreateRole"], "the role was not made before the key"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        sb.world.config.hold_method, sb.world.config.hold_s = "", 0
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Interrupted during 'Service account and key';" in err, err
+

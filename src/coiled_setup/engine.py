@@ -38,6 +38,7 @@ class Engine:
         self.plans: dict[str, Change] = {}
         self.results: list[dict] = []
         self.current: Step | None = None
+        self.running: list[Step] = []  # the steps under way when they apply together
 
     # -- observe and plan ------------------------------------------------------------------------------
     def _retrying(self, step: Step, fn):
@@ -220,11 +221,13 @@ class Engine:
                         done.add(s.key)
                     else:
                         running += 1
+                        self.running.append(s)
                         threading.Thread(target=work, args=(s,), daemon=True, name=f"coiled-setup-{s.key}").start()
             if not running:
                 break
             s, outcome = ended.get()
             running -= 1
+            self.running.remove(s)
             res = next(r for r in self.results if r["step"] == s.key)
             if isinstance(outcome, BaseException) and not isinstance(outcome, UserError):
                 res.update(result="failed", outcome=f"{type(outcome).__name__}: {outcome}")
@@ -280,6 +283,12 @@ class Engine:
     # -- report --------------------------------------------------------------------------------------
     def summary(self) -> None:
         self.ui.summary([(r["title"], r["result"], r["outcome"]) for r in self.results])
+
+    def under_way(self) -> list[str]:
+        """The titles of the steps being applied now."""
+        if self.together:
+            return [s.title for s in list(self.running)]
+        return [self.current.title] if self.current else []
 
     def done(self) -> list[str]:
         """The titles of the steps that changed something."""

@@ -248,8 +248,8 @@ class Session:
         except KeyboardInterrupt:
             code = INTERRUPTED
             done = self.engine.done() if self.engine else []
-            current = self.engine.current if self.engine else None
-            where = f" during '{current.title}'" if current else ""
+            current = self.engine.under_way() if self.engine else []
+            where = (" during " + " and ".join(f"'{t}'" for t in current)) if current else ""
             error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
                      "to resume where it stopped.")
             ui.error(error)
