@@ -358,3 +358,22 @@ def test_the_questions_accept_what_the_flags_accept_and_offer_no_instance_accoun
     screen = (tmp_path / "screen.log").read_text()
     assert i == 1 and child.exitstatus == 0, screen[-2000:]
     assert "10.1.2.0/24" in screen.split("Service account for Coiled")[-1]
+
+
+def test_a_closed_stderr_keeps_the_exit_code(sandbox):
+    """Started with stderr closed (`2>&-`), the program still exits with its own code."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sandbox.env)
+    for args, code in ((["--help"], 0), (["gcp", "--non-interactive", "--yes", "--region", "mars-1"], 2)):
+        proc = subprocess.run([sys.executable, "-m", "coiled_setup", *args], env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2), timeout=60)
+        assert proc.returncode == code, args
+
+
+def test_verbose_lines_of_calls_made_together_stay_whole(sandbox, cli):
+    cli(sandbox, "gcp", "--non-interactive", "--yes", check=0)
+    err = cli(sandbox, "verify", "--verbose", check=0).stderr
+    lines = [line for line in err.splitlines() if "· " in line]
+    assert len(lines) >= 10 and all(line.count("· ") == 1 and line.startswith("· ") for line in lines), err

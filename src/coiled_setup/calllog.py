@@ -60,8 +60,10 @@ def record(service: str, method: str, resource: str, outcome: str, seconds: floa
         return
     text = f"{service} {method} {resource} {outcome} {seconds * 1000:.0f} ms".replace("  ", " ")
     _write(f"{_stamp()} {text}")
-    if _verbose:
-        print(f"· {text}", file=sys.stderr, flush=True)
+    if _verbose and sys.stderr is not None:
+        with _lock:  # calls made together: one whole line each
+            sys.stderr.write(f"· {text}\n")
+            sys.stderr.flush()
 
 
 def logged(service: str, method: str, fn):

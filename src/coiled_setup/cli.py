@@ -551,12 +551,13 @@ def entry() -> None:
     except SystemExit as e:
         code = e.code
     if not isinstance(code, int):
-        if code is not None:
+        if code is not None and sys.stderr is not None:
             print(code, file=sys.stderr)
         code = 0 if code is None else 1
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: the program was started with that stream closed
+                stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be said
             pass
     os._exit(code)
