@@ -377,3 +377,21 @@ def test_verbose_lines_of_calls_made_together_stay_whole(sandbox, cli):
     err = cli(sandbox, "verify", "--verbose", check=0).stderr
     lines = [line for line in err.splitlines() if "· " in line]
     assert len(lines) >= 10 and all(line.count("· ") == 1 and line.startswith("· ") for line in lines), err
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(sandbox, tmp_path):
+    """`coiled-setup gcp ... | head -1`: once the pipe is closed the output goes quiet, and the setup still ends
+    (the journal records its settings), exit 0."""
+    import json as json_
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sandbox.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR")
+    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", "gcp", "--non-interactive", "--yes", "--verbose"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone, as `| head -1` leaves
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 0
+    journal = json_.loads((sandbox.state_dir / "home" / "state" / f"journal-{P}.json").read_text())
+    assert journal.get("settings"), "the run stopped before recording its settings"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -539,12 +540,47 @@ def sandbox_cmd(
     _finish(_guard(go, "sandbox", "text"))
 
 
+class _Quiet:
+    """A stream that goes quiet once its reader has gone (`| head`): a setup under way is not stopped half done by
+    the next line it prints."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._gone = False
+
+    def _guard(self, fn, *args):
+        if not self._gone:
+            try:
+                return fn(*args)
+            except BrokenPipeError:
+                self._gone = True
+            except OSError as e:
+                if e.errno != errno.EPIPE:
+                    raise
+                self._gone = True
+        return None
+
+    def write(self, text):
+        self._guard(self._stream.write, text)
+        return len(text)
+
+    def flush(self):
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def entry() -> None:
     """The program itself (the console script, `python -m coiled_setup`): main(), then it leaves at once.
 
     Tearing the interpreter down after the answer is out takes about a tenth of a second (the Google
     libraries' modules, gRPC's threads) and decides nothing: the journal, the key file and the lock are
     written and released before, every thread of ours is a daemon, and output is flushed here."""
+    if sys.stdout is not None:
+        sys.stdout = _Quiet(sys.stdout)
+    if sys.stderr is not None:
+        sys.stderr = _Quiet(sys.stderr)
     try:
         main()
         code = 0
