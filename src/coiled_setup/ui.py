@@ -68,7 +68,7 @@ class Ui:
                     self._status = self.console.status(f"{title}…")
                     self._status.start()
                 else:
-                    self._status.update(" · ".join(self._running) + "…")
+                    self._status.update(self._under_way())
             self._beat = time.monotonic()
 
     def stop(self) -> None:
@@ -78,6 +78,9 @@ class Ui:
             if self._status is not None:
                 self._status.stop()
                 self._status = None
+
+    def _under_way(self) -> str:
+        return " · ".join(self._running) + "…"
 
     def _step(self) -> str:
         # A step's own helper threads (say, one per region) work for the step begun last.
@@ -105,7 +108,7 @@ class Ui:
             if not self._running:
                 self.stop()
             elif self._status is not None:
-                self._status.update(" · ".join(self._running) + "…")
+                self._status.update(self._under_way())
             style = RESULT_STYLE.get(result, "")
             mark = {"ok": "✓", "failed": "✗", "skipped": "-"}.get(result, "·")
             self.console.print(f"[{style}]{mark}[/] {title}: {outcome}")
