@@ -283,7 +283,7 @@ def spawn(cmd: list[str], env: dict[str, str], stdout, stderr, timeout: float | 
     r, w = os.pipe()
     try:
         p = subprocess.Popen([sys.executable, "-c", SPAWNER, str(w), *cmd], env=env, stdin=subprocess.DEVNULL,
-                             stdout=stdout, stderr=stderr, pass_fds=(w,), process_group=0)
+                             stdout=stdout, stderr=stderr, pass_fds=(w,), start_new_session=True)
     finally:
         os.close(w)
     def kill():
