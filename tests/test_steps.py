@@ -325,7 +325,9 @@ class TrackedRun(Run):
         object.__setattr__(self, name, value)
 
 
-SHARED = {f.name for f in fields(Run)} - {"opts", "google", "journal", "ui", "coiled"}
+# Not handed between steps: the handles, and what the engine sets (whether earlier plans write, its two hooks).
+SHARED = {f.name for f in fields(Run)} - {"opts", "google", "journal", "ui", "coiled", "earlier_writes", "reach",
+                                          "wait_for"}
 CURRENT = threading.local()  # the step whose method is running (observations run in threads of their own)
 
 

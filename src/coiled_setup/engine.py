@@ -14,6 +14,10 @@ from coiled_setup.remedies import explain
 from coiled_setup.steps.base import NOTHING, Change, Run, Step
 
 
+class Abandoned(Exception):
+    """A step waited for an earlier one (Run.wait_for) that failed: it ends without a result of its own."""
+
+
 @dataclass
 class Consent:
     """How a run may go ahead: what the user said on the command line and whether someone can be asked."""
@@ -73,21 +77,25 @@ class Engine:
                 message = f"{message.rstrip('.')} (Google answered {e.code})."
             raise UserError(f"Could not read what exists for '{step.title}': {message}", code) from None
 
-    def observe_all(self) -> None:
-        """Observes every step together (observations only read)."""
-        run_all([lambda s=s: self.observe(s) for s in self.steps])
+    def observe_all(self, steps: list[Step] | None = None) -> None:
+        """Observes every step (or these) together (observations only read)."""
+        run_all([lambda s=s: self.observe(s) for s in (self.steps if steps is None else steps)])
 
     def plan(self, observed: bool = False) -> dict[str, Change]:
         """Plans each step in order, observing them all first unless the caller already did."""
         if not observed:
             self.observe_all()
-        self.plans = {s.key: self.plan_one(s) for s in self.steps}
+        self.plans = {}
+        for s in self.steps:
+            self.plans[s.key] = self.plan_one(s)
         self.results = [{"step": s.key, "title": s.title, "action": self.plans[s.key].action,
                          "detail": self.plans[s.key].detail, "result": "not run", "outcome": ""} for s in self.steps]
         return self.plans
 
     def plan_one(self, step: Step) -> Change:
         """The step's plan, handing what it settles to the later steps through the run record."""
+        before = self.steps[:next(i for i, x in enumerate(self.steps) if x.key == step.key)]
+        self.run.earlier_writes = any(self.plans[x.key].writes for x in before if x.key in self.plans)
         change = step.plan(self.run)
         for name, value in change.publish.items():
             if name not in step.publishes:
@@ -184,8 +192,13 @@ class Engine:
             return set(before)
         publishers = {f: x.key for x in self.steps[:len(before)] for f in x.publishes}
         alone = [i for i, x in enumerate(self.steps[:len(before)]) if x.alone]
-        return ({k for k in (*s.after, *s.follows) if k in before} | {publishers[f] for f in s.reads if f in publishers}
+        keys = ({k for k in (*s.after, *s.follows) if k in before} | {publishers[f] for f in s.reads if f in publishers}
                 | (set(before[:alone[-1] + 1]) if alone else set()))
+        # Waited for up to the point it names only (an earlier step's whole apply when it stands alone).
+        return {f"{k}.{s.early[k]}" if k in s.early and not self._alone(k) else k for k in keys}
+
+    def _alone(self, key: str) -> bool:
+        return any(x.alone for x in self.steps if x.key == key)
 
     def apply_together(self) -> None:
         """Starts each step once the steps it depends on have ended; the first failure lets the steps under way
@@ -196,10 +209,30 @@ class Engine:
         ended: queue.Queue = queue.Queue()
         waiting_on = {s.key: self.depends(s) for s in self.steps}
         todo = list(zip(self.steps, self.results, strict=True))
-        done: set[str] = set()
+        done: set[str] = set()  # steps ended, and points reached ("account.exists")
         skipped: dict[str, str] = {}
         running = 0
         failure: BaseException | None = None
+        changed = threading.Condition()
+        keys = {s.key for s in self.steps}
+
+        def reached(name: str) -> bool:
+            return name in done or name.split(".", 1)[0] in done
+
+        def reach(name: str) -> None:
+            ended.put((None, name))
+
+        def wait_for(key: str) -> None:
+            with changed:
+                while key in keys and key not in done:
+                    if failure is not None:
+                        raise Abandoned(key)
+                    changed.wait()
+
+        def mark(name: str) -> None:
+            with changed:
+                done.add(name)
+                changed.notify_all()
 
         def work(s: Step):
             try:
@@ -209,35 +242,52 @@ class Engine:
                 outcome = e
             ended.put((s, outcome))
 
-        while True:
-            progressed = failure is None
-            while progressed:
-                progressed = False
-                for s, res in [t for t in todo if waiting_on[t[0].key] <= done]:
-                    todo.remove((s, res))
-                    progressed = True
-                    self.current = s
-                    if self.settled(s, res, skipped):
-                        done.add(s.key)
-                    else:
-                        running += 1
-                        self.running.append(s)
-                        threading.Thread(target=work, args=(s,), daemon=True, name=f"coiled-setup-{s.key}").start()
-            if not running:
-                break
-            s, outcome = ended.get()
-            running -= 1
-            self.running.remove(s)
-            res = next(r for r in self.results if r["step"] == s.key)
-            if isinstance(outcome, BaseException) and not isinstance(outcome, UserError):
-                res.update(result="failed", outcome=f"{type(outcome).__name__}: {outcome}")
-                failure = failure or outcome  # raised once the steps under way have ended, like a failure
-                continue
-            try:
-                self.applied(s, res, skipped, outcome)
-                done.add(s.key)
-            except UserError as e:
-                failure = failure or e
+        before = self.run.reach, self.run.wait_for
+        self.run.reach, self.run.wait_for = reach, wait_for
+        try:
+            while True:
+                progressed = failure is None
+                while progressed:
+                    progressed = False
+                    for s, res in [t for t in todo if all(reached(n) for n in waiting_on[t[0].key])]:
+                        todo.remove((s, res))
+                        progressed = True
+                        self.current = s
+                        if self.settled(s, res, skipped):
+                            mark(s.key)
+                        else:
+                            running += 1
+                            self.running.append(s)
+                            mark(f"{s.key}.start")
+                            threading.Thread(target=work, args=(s,), daemon=True,
+                                             name=f"coiled-setup-{s.key}").start()
+                if not running:
+                    break
+                s, outcome = ended.get()
+                if s is None:  # a point reached within a step's apply
+                    mark(outcome)
+                    continue
+                running -= 1
+                self.running.remove(s)
+                res = next(r for r in self.results if r["step"] == s.key)
+                if isinstance(outcome, Abandoned):
+                    res.update(outcome=f"not run: it waits for '{outcome.args[0]}', which did not end")
+                    continue
+                if isinstance(outcome, BaseException) and not isinstance(outcome, UserError):
+                    res.update(result="failed", outcome=f"{type(outcome).__name__}: {outcome}")
+                    failure = failure or outcome  # raised once the steps under way have ended, like a failure
+                    with changed:
+                        changed.notify_all()
+                    continue
+                try:
+                    self.applied(s, res, skipped, outcome)
+                    mark(s.key)
+                except UserError as e:
+                    with changed:
+                        failure = failure or e
+                        changed.notify_all()
+        finally:
+            self.run.reach, self.run.wait_for = before
         self.current = None
         if failure is not None:
             raise failure

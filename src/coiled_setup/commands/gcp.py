@@ -67,6 +67,7 @@ class Wizard(Session):
         self.lock: ProjectLock | None = None
         self.lift_log_sink = False  # domain restricted sharing found, and --allow-log-sink-exception given
         self.accounts = None  # the project's accounts for the account question, being listed meanwhile
+        self.services: dict[str, bool] = {}  # which APIs are on, as the preflight read them
 
     def drive(self) -> int:
         return super().drive(self.execute)
@@ -229,6 +230,15 @@ class Wizard(Session):
                             f"{org_policies.ADMIN_ROLE}), then run again.",
                             ORG_POLICY)
 
+    def after_preflight(self, g: Google, coiled, cur: InPlace, services: dict[str, bool]) -> None:
+        """After the preflight: who runs where, and the questions."""
+        self.services = services
+        self.ui.info(f"Project [bold]{self.opts.project}[/] as {g.principal or 'your account'}"
+                     + (f", Coiled workspace [bold]{self.opts.workspace}[/]" if coiled else "")
+                     + (" (a rehearsal against the local sandbox: nothing leaves this machine)"
+                        if os.environ.get(SANDBOX_VAR) else ""))
+        self.choose(g, cur)
+
     # -- interactive choices -------------------------------------------------------------------------
     def choose(self, g: Google, cur: InPlace) -> None:
         """The interactive questions, each defaulting to what is in place (Enter everywhere changes nothing)."""
@@ -310,33 +320,32 @@ class Wizard(Session):
         # What is in place decides what this run does (Artifact Registry or not), so it comes before preflight.
         cur = read(o, coiled, journal)
         keep(o, cur)
-        services = self.preflight(g)
-        ui.info(f"Project [bold]{o.project}[/] as {g.principal or 'your account'}"
-                + (f", Coiled workspace [bold]{o.workspace}[/]" if coiled else "")
-                + (" (a rehearsal against the local sandbox: nothing leaves this machine)"
-                   if os.environ.get(SANDBOX_VAR) else ""))
-        self.choose(g, cur)
+        # A run that died while the policy was lifted puts the project's policy back before anything is read.
+        restore = bool(journal.get(log_sink.PENDING)) and not o.dry_run and not self.export
+        # With nothing to ask between them, the preflight goes out with the observations (and is told first).
+        together = not o.interactive and not restore
+        if not together:
+            self.after_preflight(g, coiled, cur, self.preflight(g))
         self.network_only()
         check_instance_differs(o)
         validate(o)  # the interactive answers and the kept settings too
-        if journal.get(log_sink.PENDING) and not o.dry_run and not self.export:
-            # A run that died while the policy was lifted: put the project's policy back first (before it is read).
+        if restore:
             log_sink.restore(g, o.project, journal, ui)
-        self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(services),
+        self.run = Run(opts=o, google=g, journal=journal, ui=ui, coiled=coiled, services=dict(self.services),
                        coiled_credentials=cur.coiled_credentials)
         steps = registry.build(o)
         engine = self.make_engine(steps)
 
         # What the refusals before any write read, and the steps' observations, only read: they go out together,
         # and a refusal is told first.
-        def observe():
-            try:
-                engine.observe_all()
-            except UserError as e:
-                return e
-
-        _, policies, failed = run_all([lambda: self.refuse_privileged_account(g), lambda: self.read_org_policies(g),
-                                       observe])
+        late = [s for s in steps if together and s.after_preflight]
+        reads = [lambda: self.refuse_privileged_account(g), lambda: self.read_org_policies(g),
+                 lambda: observed(engine, [s for s in steps if s not in late])]
+        *found, policies, failed = run_all(([lambda: self.preflight(g)] if together else []) + reads)
+        if together:
+            self.after_preflight(g, coiled, cur, found[0])
+            self.run.services.update(self.services)
+            failed = failed or observed(engine, late)
         self.org_policies(cur, journal, policies)
         if failed is not None:
             raise failed
@@ -409,6 +418,15 @@ class Wizard(Session):
         for reading in readings:
             if reading.warning:
                 offer(self.run.google, reading, self.ui)
+
+
+def observed(engine: Engine, steps) -> UserError | None:
+    """Observes the steps together; answers the refusal that stopped them, told after the preflight's."""
+    try:
+        engine.observe_all(steps)
+    except UserError as e:
+        return e
+    return None
 
 
 def run(opts: Options, export: tuple[str, Path] | None = None, terraform_key: bool = False) -> int:

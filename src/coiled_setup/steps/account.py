@@ -242,6 +242,7 @@ class AccountStep(Step):
                 # so Google may not show it everywhere yet either.
                 run.fresh_account = True
         record_account(run.journal, o.account_email)
+        run.reach("account.exists")  # what its binding needs; the key is made meanwhile
         if self.orphans:
             for kid in self.orphans:
                 delete_key(run, kid)

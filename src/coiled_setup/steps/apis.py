@@ -13,6 +13,7 @@ def wanted_services(opts) -> list[str]:
 class ApisStep(Step):
     key = "apis"
     alone = True  # a project without billing is told before any other write
+    after_preflight = True  # it observes the preflight's answers
     title = "Google APIs"
     permissions = ("serviceusage.services.get", "serviceusage.services.enable")
     publishes = ("services",)

@@ -8,6 +8,7 @@ fields it `publishes` (in its plan's `publish`, or set by its apply) and the fie
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,12 @@ class Run:
     bound_at: float | None = None
     # Domain restricted sharing would refuse Coiled's log sink its grant, and the operator allowed lifting it then.
     lift_log_sink_policy: bool = False
+    # Whether a step planned before the one being planned writes (the engine sets it before each plan).
+    earlier_writes: bool = False
+    # When steps apply together (the engine sets both): `reach("account.exists")` tells the steps that start on
+    # that point of a step's apply, and `wait_for("binding")` waits, within an apply, for an earlier step to end.
+    reach: Callable[[str], None] = field(default=lambda name: None, repr=False)
+    wait_for: Callable[[str], None] = field(default=lambda key: None, repr=False)
 
 
 @dataclass
@@ -88,6 +95,12 @@ class Step:
     # and those whose fields it reads), and whether it stands alone (after every earlier step, before every later).
     follows: tuple[str, ...] = ()
     alone = False
+    # Earlier steps this one starts on a point of, rather than on their end: {"account": "exists"} starts it once
+    # the account step has reached "exists" (run.reach); "start" is reached when a step starts.
+    early: dict[str, str] = {}
+    # Its observation uses the preflight's answers (run.services): observed once they are in, not beside the
+    # preflight's calls.
+    after_preflight = False
 
     def observe(self, run: Run) -> None:
         """Reads what exists; changes nothing."""

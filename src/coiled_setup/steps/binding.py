@@ -17,9 +17,11 @@ class BindingStep(Step):
 
     def __init__(self, member: Callable[[Run], str], role: Callable[[Run], str], key: str = "binding",
                  title: str = "Project IAM binding", after: tuple[str, ...] = ("account", "role"),
-                 paces: bool = False, first_writer: bool = False, follows: tuple[str, ...] = ()):
+                 paces: bool = False, first_writer: bool = False, follows: tuple[str, ...] = (),
+                 early: dict[str, str] | None = None):
         self.member, self.role = member, role
         self.key, self.title, self.after, self.follows = key, title, after, follows
+        self.early = early or {}
         self.present = False
         # The run's first write of the project's policy: the policy read at observation (and its etag) is still
         # current unless someone else wrote since, which the etag tells.
@@ -62,4 +64,4 @@ class BindingStep(Step):
 
 def steps_for(opts) -> list[Step]:
     return [BindingStep(lambda run: f"serviceAccount:{run.opts.account_email}", lambda run: run.opts.role_name,
-                        paces=True, first_writer=True)]
+                        paces=True, first_writer=True, early={"account": "exists"})]  # not its key

@@ -29,17 +29,17 @@ class Repo:
     name: str
     format: str | None = None
     granted: bool = False
-    settling: bool = False  # enabled, but Google does not serve it yet
-    seen: bool = False  # Google answered the observation: `format` is what it said
+    disabled: bool = False  # Google answered that the API is off (or, just enabled, not served yet)
 
 
 class RegistryStep(Step):
     key = "registry"
     title = "Artifact Registry"
     after = ("apis", "account")
-    # While Google does not know a new account yet, granting it is refused and tried again: the project's binding
-    # waits that out, and the grant here follows it instead of polling beside it.
-    follows = ("binding",)
+    # The repository needs only its API: made while the account is. Its grant names the account, and while Google
+    # does not know a new account yet a grant is refused and tried again: the project's binding waits that out,
+    # and the grant here waits for it (run.wait_for) instead of polling beside it.
+    early = {"account": "start"}
     permissions = ("artifactregistry.repositories.get", "artifactregistry.repositories.create",
                    "artifactregistry.repositories.getIamPolicy", "artifactregistry.repositories.setIamPolicy")
     reads = ("services",)
@@ -65,13 +65,12 @@ class RegistryStep(Step):
         o = run.opts
         self.repos = [Repo(r, repository_name(o.project, r)) for r in o.repo_regions]
         self.kept = [n for n in run.journal.created_repositories() if n not in o.repositories]
-        on = run.services.get(ARTIFACT_REGISTRY)
-        if on is None:
-            on = run.google.service_enabled(o.project, ARTIFACT_REGISTRY)
-        if on:
-            # Set up here before: the repositories most likely exist, so their policies are read beside them.
-            known = run.journal.get("account") is not None
-            run_all([lambda r=r: self._observe(run, r, known) for r in self.repos])
+        if run.services.get(ARTIFACT_REGISTRY) is False:
+            return  # known off: nothing there to read
+        # Read while the preflight learns which APIs are on (Google answers SERVICE_DISABLED when it is off). Set up
+        # here before, the repositories most likely exist, so their policies are read beside them.
+        known = run.journal.get("account") is not None
+        run_all([lambda r=r: self._observe(run, r, known) for r in self.repos])
 
     def _observe(self, run: Run, r: Repo, known: bool) -> None:
         g = run.google
@@ -90,13 +89,12 @@ class RegistryStep(Step):
             if r.format is not None:
                 r.granted = holds(found if found is not None else g.get_repo_policy(r.name), REPO_ROLE,
                                   self.member(run))
-            r.seen = True
         except CloudError as e:
             if not _settling(e):
                 raise
-            # Enabled by an earlier (interrupted or failed) run and still propagating: nothing there yet,
-            # and apply waits until the API answers.
-            r.format, r.granted, r.settling = None, False, True
+            # Off, or enabled by an earlier (interrupted or failed) run and still propagating: nothing could be
+            # read, and apply creates the repository once the API answers.
+            r.format, r.granted, r.disabled = None, False, True
 
     def plan(self, run: Run) -> Change:
         for r in self.repos:
@@ -105,7 +103,9 @@ class RegistryStep(Step):
                     f"Repository {r.name} exists with format {r.format}, but Coiled needs a DOCKER repository named "
                     "coiled: delete or rename it, or pass --no-gar."
                 )
-        changes = [self._plan(r) for r in self.repos]
+        # The API reads as on, yet Google did not serve it: just enabled, still propagating.
+        settling = bool(run.services.get(ARTIFACT_REGISTRY))
+        changes = [self._plan(r, settling) for r in self.repos]
         action = (CREATE if any(a == CREATE for a, _ in changes) else
                   UPDATE if any(a == UPDATE for a, _ in changes) else NOTHING)
         details = [d for _, d in changes] + [f"kept {n} (not a registry region of this run; teardown "
@@ -113,9 +113,9 @@ class RegistryStep(Step):
         return Change(action, "; ".join(details))
 
     @staticmethod
-    def _plan(r: Repo) -> tuple[str, str]:
+    def _plan(r: Repo, settling: bool = False) -> tuple[str, str]:
         if r.format is None:
-            note = " (once the just-enabled Artifact Registry API takes effect)" if r.settling else ""
+            note = " (once the just-enabled Artifact Registry API takes effect)" if settling and r.disabled else ""
             return CREATE, f"create DOCKER repository {r.name}; grant {REPO_ROLE}{note}"
         if not r.granted:
             return UPDATE, f"grant {REPO_ROLE} on {r.name}"
@@ -144,27 +144,31 @@ class RegistryStep(Step):
         g, o = run.google, run.opts
         name = r.name
         done = []
-        # What the observation saw stands (a retry observes again first); unseen, the API was off or settling.
-        fmt = r.format if r.seen else self._until_ready(run, lambda: g.get_repository(name),
-                                                         "waiting for Artifact Registry to be enabled")
-        if fmt is not None and fmt != "DOCKER":  # seen only now when the API was still settling at observe
-            r.format = fmt
-            self.plan(run)
-        if fmt is None:
+        # What the observation saw stands (a retry observes again first); unseen, the API was off or settling,
+        # and a repository made before it was turned off shows itself as already there.
+        if r.format is None:
             try:
-                op = g.start_create_repository(o.project, r.region, "coiled", "Software environments for Coiled")
+                op = self._until_ready(run, lambda: g.start_create_repository(
+                    o.project, r.region, "coiled", "Software environments for Coiled"),
+                    "waiting for Artifact Registry to be enabled")
                 if op:
                     waiting.poll(lambda: g.operation_done("registry", op), timeout=o.wait_timeout,
                                  what="creating the repository", tick=run.ui.tick)
                 done.append("created repository")  # its operation done: the repository is there
             except AlreadyExists:
                 # Someone else's creation (or our own whose answer was lost) may still be under way.
-                waiting.poll(lambda: g.get_repository(name), timeout=o.wait_timeout,
-                             what="waiting for the repository to appear", tick=run.ui.tick)
+                fmt = waiting.poll(lambda: g.get_repository(name), timeout=o.wait_timeout,
+                                   what="waiting for the repository to appear", tick=run.ui.tick)
+                if fmt != "DOCKER":
+                    r.format = fmt
+                    self.plan(run)  # refuses it
             run.journal.created_repository(name)
+        # The policy is read while the project's binding is written; the grant waits for that binding.
+        held = [g.get_repo_policy(name)]
+        run.wait_for("binding")
         wrote = policies.ensure_member(
-            lambda: g.get_repo_policy(name), lambda pol: g.set_repo_policy(name, pol), REPO_ROLE, self.member(run),
-            timeout=o.wait_timeout, tick=run.ui.tick, on_conflict=run.ui.conflict,
+            lambda: held.pop() if held else g.get_repo_policy(name), lambda pol: g.set_repo_policy(name, pol),
+            REPO_ROLE, self.member(run), timeout=o.wait_timeout, tick=run.ui.tick, on_conflict=run.ui.conflict,
         )
         if wrote:
             done.append(f"granted {REPO_ROLE}")
