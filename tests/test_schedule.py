@@ -329,3 +329,20 @@ def test_a_step_waiting_within_its_apply_for_a_failed_one_ends_not_run():
     results = {r["step"]: r["result"] for r in engine.results}
     # The later step started on the waiter's point, before the failure.
     assert results == {"first": "failed", "waiter": "not run", "later": "ok"}, engine.results
+
+
+def test_coiled_is_read_while_google_connects_and_each_read_once(make_sandbox, cli):
+    """A run that asks nothing knows its workspace from the memberships: what Coiled holds is read before the first
+    Google call (while Google's libraries load), and those answers serve the plan too."""
+    sb = make_sandbox(**FAST)
+    cli(sb, *GCP, check=0)
+    mark = len(calls(sb))
+    cli(sb, *GCP, check=0)
+    made = calls(sb, mark)
+    first_google = min(c["time"] for c in made if c["service"] != "coiled") - L  # when it was sent
+    reads = [c for c in made if c["service"] == "coiled" and c["method"].startswith("GET")
+             and "/user/me" not in c["method"]]
+    assert sorted(c["method"] for c in reads) == sorted([
+        "GET /api/v1/{ws}/backend_options/", "GET /api/v2/setup/account/{ws}/gcp/settings",
+        "GET /api/v2/setup/account/{ws}/gcp/regions", "GET /api/v2/setup/account/{ws}/gcp/global"]), reads
+    assert all(c["time"] < first_google for c in reads), reads

@@ -76,6 +76,19 @@ def client_class(package: str, service: str, name: str):
     return getattr(importlib.import_module(f"{services}.client"), name)
 
 
+def preload(names) -> None:
+    """Imports these clients (keys of _CLIENTS) in the background, while the run waits on the network: the first
+    calls, made together, would otherwise import them one after another."""
+    def work():
+        for name in names:
+            try:
+                client_class(*_CLIENTS[name])
+            except Exception:  # noqa: BLE001 - the call that needs it imports it again, and says why
+                return
+
+    threading.Thread(target=work, daemon=True, name="coiled-setup-imports").start()
+
+
 def types_module(package: str):
     """google.cloud.<package>.types, without the rest of the package (see client_class)."""
     import importlib

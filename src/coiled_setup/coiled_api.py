@@ -225,7 +225,7 @@ class Coiled:
         """read(), or the answer kept from the last read of `name` (used once, and only while nothing is
         written); `keep`: keep this answer for the next read."""
         if name in self._kept:
-            return self._kept.pop(name)
+            return self._kept[name] if keep else self._kept.pop(name)
         answer = read()
         if keep:
             self._kept[name] = answer
@@ -263,8 +263,9 @@ class Coiled:
                          {"managed": True, "network": None, "scheduler_network_tags": None,
                           "cluster_network_tags": None})
 
-    def get_global(self) -> dict:
-        return self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/global", ok_missing=True) or {}
+    def get_global(self, keep: bool = False) -> dict:
+        return self._once("global", lambda: self.call("GET", f"/api/v2/setup/account/{self.workspace}/gcp/global",
+                                                      ok_missing=True) or {}, keep)
 
     def start_region(self, region: str) -> dict:
         return self.call("POST", f"/api/v2/setup/account/{self.workspace}/gcp/regions",

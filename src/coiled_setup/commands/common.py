@@ -6,7 +6,7 @@ import os
 import sys
 
 from coiled_setup import context
-from coiled_setup.cloud import CloudError, Google, NoCredentials, Transient, Unreachable
+from coiled_setup.cloud import CloudError, Google, NoCredentials, Transient, Unreachable, preload
 from coiled_setup.coiled_api import Coiled, CoiledUnauthorized
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import BadInput, UserError
@@ -18,9 +18,12 @@ def notice(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def connect_google(notify=notice, project: str = "") -> Google:
+def connect_google(notify=notice, project: str = "", clients: tuple[str, ...] = ()) -> Google:
     """The operator's Google, its credentials accepted and its endpoint answering (refused credentials are bad
-    input, told at once; a Google that does not answer is told within seconds, and given up on in 30)."""
+    input, told at once; a Google that does not answer is told within seconds, and given up on in 30). The
+    `clients` the command calls are imported meanwhile."""
+    if clients:
+        preload(clients)
     try:
         g = Google.from_environment()
     except NoCredentials as e:
@@ -139,6 +142,7 @@ class Session:
     ending told in one sentence (and the JSON document), however the command ends."""
 
     idle = ""  # what a plan without writes says, when not the engine's default
+    clients: tuple[str, ...] = ()  # the Google clients its first calls use, imported while it connects
 
     def __init__(self, command: str, opts, ui):
         self.command, self.opts, self.ui = command, opts, ui
@@ -170,9 +174,17 @@ class Session:
             if not o.upload:
                 return None
             c, wanted = coiled_client(o.coiled_server, o.workspace, skip_flag)
-            return c, wanted, workspace_reads(c)
+            reads = workspace_reads(c)
+            if not o.interactive:  # a workspace chosen without asking: its reads go out while Google connects
+                try:
+                    choose_workspace(c, wanted, None, reads)
+                except BadInput:
+                    pass  # told by the choice below
+                else:
+                    self.read_coiled_early(c)
+            return c, wanted, reads
 
-        g, found = run_all([lambda: connect_google(project=o.project), coiled])
+        g, found = run_all([lambda: connect_google(project=o.project, clients=self.clients), coiled])
         if found is None:
             return g, None
         c, wanted, reads = found
@@ -180,6 +192,9 @@ class Session:
         o.workspace = choose_workspace(c, wanted, ask, reads)
         c.confirm = confirmer(o.interactive, o.yes, self.ui)
         return g, c
+
+    def read_coiled_early(self, c: Coiled) -> None:
+        """The workspace's reads the command makes first, kept for it (Coiled's client keeps them until a write)."""
 
     def check_permissions(self, g, steps) -> None:
         """The operator holds every permission the steps use (one call), before the first write; exit 3 if not."""

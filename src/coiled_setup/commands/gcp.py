@@ -58,6 +58,7 @@ def _prompt_rule(rule):
 
 
 class Wizard(Session):
+    clients = ("projects", "usage", "iam", "orgpolicy", "registry", "quotas")  # the preflight's and observations'
     def __init__(self, opts: Options, ui: Ui, export: tuple[str, Path] | None = None, terraform_key: bool = False):
         super().__init__("gcp", opts, ui)
         self.opts: Options = opts
@@ -71,6 +72,16 @@ class Wizard(Session):
 
     def drive(self) -> int:
         return super().drive(self.execute)
+
+    def read_coiled_early(self, c) -> None:
+        # What is in place, and the Coiled step's own observation.
+        from coiled_setup.coiled_api import CoiledError
+
+        try:
+            run_all([lambda: c.backend_options(keep=True), lambda: c.get_settings(keep=True),
+                     lambda: c.get_regions(keep=True), lambda: c.get_global(keep=True)])
+        except CoiledError:
+            pass  # read again when used, and told then
 
     # -- 0. context and validation ----------------------------------------------------------------
     def resolve(self) -> None:
