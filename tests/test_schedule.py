@@ -346,3 +346,18 @@ def test_coiled_is_read_while_google_connects_and_each_read_once(make_sandbox, c
         "GET /api/v1/{ws}/backend_options/", "GET /api/v2/setup/account/{ws}/gcp/settings",
         "GET /api/v2/setup/account/{ws}/gcp/regions", "GET /api/v2/setup/account/{ws}/gcp/global"]), reads
     assert all(c["time"] < first_google for c in reads), reads
+
+
+def test_one_poller_at_a_time_while_google_learns_a_new_account(make_sandbox, cli):
+    """Google knows a new account only after a while: the key's step waits for it, and the binding started beside
+    it waits for that step after its first refusal instead of polling too; the repository, refused while its
+    just-enabled API settles, waits for the binding (its grant would anyway)."""
+    sb = make_sandbox(propagation_delay_s=3, operation_s=0, infra_s=0.05)
+    cli(sb, *GCP, check=0)
+    made = calls(sb)
+    key = one(made, "CreateServiceAccountKey", code="OK")
+    refused = [c for c in made if c["method"] == "SetIamPolicy" and c["service"] == "resourcemanager"
+               and c["code"] != "OK" and c["time"] < key["time"]]
+    assert len(refused) <= 1, refused
+    creates = [c for c in made if c["method"] == "CreateRepository"]
+    assert len(creates) <= 2, [(c["code"], c["time"]) for c in creates]

@@ -48,10 +48,18 @@ class BindingStep(Step):
         def get():
             return held.pop() if held else g.get_policy(p)
 
+        def unknown_member():
+            unknown.append(1)
+            if len(unknown) == 1:
+                # Started beside the account step's key: while Google does not know the account, that step waits for
+                # it too, so this one polls only once it has ended (one poller at a time, as long as the wait).
+                for key in self.after:
+                    run.wait_for(key)
+
         wrote = policies.ensure_member(
             get, lambda pol: g.set_policy(p, pol), self.role(run), self.member(run),
             timeout=run.opts.wait_timeout, tick=run.ui.tick, on_conflict=run.ui.conflict,
-            on_unknown=lambda: unknown.append(1),
+            on_unknown=unknown_member,
         )
         if wrote and self.paces:
             run.bound_at = retry.now()

@@ -122,14 +122,20 @@ class RegistryStep(Step):
         return NOTHING, f"{r.name} with {REPO_ROLE}"
 
     def _until_ready(self, run: Run, fn, what: str):
-        """Runs `fn`, waiting with backoff while the API is still settling after enablement."""
+        """Runs `fn`, waiting with backoff while the API is still settling after enablement; first for the project's
+        binding, which its grant waits for anyway (Google takes about as long to know a new account)."""
+        waited = []
+
         def attempt():
             try:
                 return (fn(),)
             except CloudError as e:
-                if _settling(e):
-                    return None
-                raise
+                if not _settling(e):
+                    raise
+            if not waited:
+                waited.append(True)
+                run.wait_for("binding")
+            return None
         return waiting.poll(attempt, timeout=run.opts.wait_timeout, what=what, tick=run.ui.tick)[0]
 
     def apply(self, run: Run) -> str:
