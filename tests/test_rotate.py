@@ -72,6 +72,7 @@ def setup(make_sandbox, cli):
 def test_rotation_hands_over_a_new_key_then_deletes_only_the_old_one(setup, cli):
     sb, c, foreign = setup
     old = held(sb)
+    mark = len(calls(sb))
     out = cli(sb, *ROTATE, check=0)
     new = held(sb)
     assert new != old
@@ -91,6 +92,9 @@ def test_rotation_hands_over_a_new_key_then_deletes_only_the_old_one(setup, cli)
     deleted = [i for i, x in enumerate(log) if x["method"] == "DeleteServiceAccountKey"]
     accepted = [i for i, x in enumerate(log) if x["caller"] == SA and x["code"] == "OK"]
     assert deleted and accepted and min(deleted) > handed > min(accepted)
+    # Only the new key is tested: none of the rotation's calls as the account comes before it exists.
+    made = next(i for i, x in enumerate(log) if i >= mark and x["method"] == "CreateServiceAccountKey")
+    assert min(i for i in accepted if i >= mark) > made
     assert not any("private_key" in json.dumps(x) and "BEGIN" in json.dumps(x) for x in [journal(sb)])
 
 

@@ -11,6 +11,10 @@ class KeyAcceptedStep(ConfirmStep):
     title = "New key accepted by Google"
     after = ("new_key",)
     reads = ("key_id", "keyfile", "coiled_credentials")
+    early = {}
+
+    def observe(self, run: Run) -> None:
+        """Nothing to test beforehand: the key it tests is the one the rotation makes."""
 
     def plan(self, run: Run) -> Change:
         if run.key_id is not None and run.key_id == run.coiled_credentials.get("private_key_id"):
