@@ -201,3 +201,32 @@ def test_gcp_and_verify_refuse_the_same_input_with_the_same_sentence(cli, sandbo
             for cmd in ("gcp", "verify")}
     assert said["gcp"] == said["verify"]
     assert value in said["gcp"]
+
+
+def test_a_key_file_read_then_used_loads_its_private_key_once(sandbox, tmp_path, monkeypatch):
+    """Loading an RSA key checks it (about 35 ms of CPU): the key file's checks and the calls made with it share
+    one load, and the credentials made from it are accepted by Google."""
+    from google.auth import crypt
+
+    from coiled_setup import keyfile
+    from coiled_setup.cloud import Google
+    from tests.helpers import clients
+
+    c = clients(sandbox)
+    sa = c.iam.create_service_account(name=f"projects/{P}", account_id="coiled-once")
+    data = json.loads(c.iam.create_service_account_key(name=f"projects/-/serviceAccounts/{sa.email}").private_key_data)
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps(data))
+    path.chmod(0o600)
+    loads = []
+    real = crypt.RSASigner.from_string.__func__
+    monkeypatch.setattr(crypt.RSASigner, "from_string",
+                        classmethod(lambda cls, *a, **k: loads.append(1) or real(cls, *a, **k)))
+    monkeypatch.setenv("COILED_SETUP_GOOGLE_ENDPOINT", sandbox.google_endpoint)
+    read = keyfile.read(path)
+    g = Google.from_key(keyfile.read(path))
+    try:
+        g.authenticate()
+    finally:
+        g.close()
+    assert read == data and len(loads) == 1
