@@ -93,9 +93,10 @@ def test_policy_writes_are_retried_by_their_own_loop_under_faults_and_propagatio
         assert ok_reads.endswith(("S", "G")), f"{resource}: {t}"
     reads = project_trace.count("G")
     # One read after each failed write (a refused one is tried again without), plus the privilege check's read
-    # before planning (is Coiled's account an owner?) and the step's observation, whose etag the first write uses.
+    # before planning (is Coiled's account an owner?) and the step's observation, whose etag the first write uses:
+    # one read when they ask while it is under way (they share it), two when one came after it had ended.
     assert "r" in project_trace and "rG" not in project_trace.replace("g", ""), project_trace
-    assert reads == project_trace.count("t") + 2, project_trace
+    assert reads - project_trace.count("t") in (1, 2), project_trace
 
 
 # -- one layer per call: the same read is never retried again above the adapter ------------------------------------

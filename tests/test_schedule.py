@@ -94,6 +94,8 @@ def test_a_fresh_run_reads_nothing_twice_and_polls_no_finished_operation(make_sa
     enable = one(made, "BatchEnableServices")
     reads = [c for c in made if c["method"] == "GetIamPolicy" and c["service"] == "resourcemanager"]
     assert reads and all(c["time"] < enable["time"] for c in reads)
+    # Read once: the refusal of a privileged account and the bindings' observations ask at the same time.
+    assert len(reads) == 1, reads
 
 
 def test_a_rerun_reads_what_depends_on_nothing_at_once(make_sandbox, cli):

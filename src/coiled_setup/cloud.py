@@ -528,6 +528,8 @@ class Google:
         self.notify = None
         self._reach = Reachability()
         self._numbers: dict[str, str] = {}  # project id -> number, as get_project learnt them
+        self._under_way: dict[tuple, list] = {}  # reads being made now, shared by whoever asks meanwhile
+        self._under_way_lock = threading.Lock()
 
     @property
     def where(self) -> str:
@@ -689,10 +691,34 @@ class Google:
         return held
 
     def get_policy(self, project: str) -> Policy:
-        pb = self._read(lambda: self.projects.get_iam_policy(
-            request={"resource": f"projects/{project}", "options": {"requested_policy_version": 3}}, **_CALL
-        ))
-        return _policy_from_pb(pb)
+        """The project's policy (a value: nobody changes it in place). Callers asking at the same time (the refusal
+        of a privileged account and the bindings' observations) share one read."""
+        return self._shared(("policy", project), lambda: _policy_from_pb(self._read(
+            lambda: self.projects.get_iam_policy(
+                request={"resource": f"projects/{project}", "options": {"requested_policy_version": 3}}, **_CALL))))
+
+    def _shared(self, key: tuple, read):
+        """read(), or the answer of the same read already under way: asked at the same time, its answer is as fresh
+        as a read of one's own (an answer is never kept for later)."""
+        with self._under_way_lock:
+            waiting_for = self._under_way.get(key)
+            if waiting_for is None:
+                self._under_way[key] = box = [threading.Event(), None, None]
+        if waiting_for is not None:
+            waiting_for[0].wait()
+            if waiting_for[2] is not None:
+                raise waiting_for[2]
+            return waiting_for[1]
+        try:
+            box[1] = read()
+            return box[1]
+        except BaseException as e:
+            box[2] = e
+            raise
+        finally:
+            with self._under_way_lock:
+                self._under_way.pop(key, None)
+            box[0].set()
 
     def set_policy(self, project: str, policy: Policy) -> Policy:
         with self._calling():
