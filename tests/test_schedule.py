@@ -124,13 +124,37 @@ def test_a_rerun_reads_what_depends_on_nothing_at_once(make_sandbox, cli):
 
 
 
+def applied_together(steps):
+    """The engine applying `steps` together in a thread of its own, given 10 s: (engine, what it raised, whether it
+    ended)."""
+    import threading
+
+    from coiled_setup.engine import Consent, Engine
+    from coiled_setup.steps.base import Run
+    from coiled_setup.ui import Ui
+
+    engine = Engine(Run(opts=None, google=None, journal=None, ui=Ui(interactive=False)), steps,
+                    Consent(interactive=False, yes=True), "p", together=True)
+    engine.plan()
+    raised = []
+
+    def apply():
+        try:
+            engine.apply()
+        except BaseException as e:  # noqa: BLE001 - what the run would raise
+            raised.append(e)
+
+    t = threading.Thread(target=apply, daemon=True)
+    t.start()
+    t.join(10)
+    return engine, raised, not t.is_alive()
+
+
 def test_a_bug_in_a_step_applied_beside_others_is_raised_not_waited_for():
     """An unexpected error in a step's thread reaches the run (its traceback, exit 1), never a run that hangs."""
     import threading
 
-    from coiled_setup.engine import Consent, Engine
-    from coiled_setup.steps.base import CREATE, Change, Run, Step
-    from coiled_setup.ui import Ui
+    from coiled_setup.steps.base import CREATE, Change, Step
 
     class Slow(Step):
         key, title = "slow", "Slow"
@@ -148,21 +172,8 @@ def test_a_bug_in_a_step_applied_beside_others_is_raised_not_waited_for():
         def apply(self, run):
             raise RuntimeError("planted")
 
-    run = Run(opts=None, google=None, journal=None, ui=Ui(interactive=False))
-    engine = Engine(run, [Slow(), Broken()], Consent(interactive=False, yes=True), "p", together=True)
-    engine.plan()
-    raised = []
-
-    def apply():
-        try:
-            engine.apply()
-        except BaseException as e:  # noqa: BLE001 - what the run would raise
-            raised.append(e)
-
-    t = threading.Thread(target=apply, daemon=True)
-    t.start()
-    t.join(10)
-    assert not t.is_alive(), "the run waited for a step whose thread had died"
+    engine, raised, ended = applied_together([Slow(), Broken()])
+    assert ended, "the run waited for a step whose thread had died"
     assert len(raised) == 1 and isinstance(raised[0], RuntimeError) and "planted" in str(raised[0])
     assert {r["step"]: r["result"] for r in engine.results}["slow"] == "ok"
 
@@ -279,10 +290,8 @@ def test_a_step_waiting_within_its_apply_for_a_failed_one_ends_not_run():
     its own, and the run ends with the failure."""
     import threading
 
-    from coiled_setup.engine import Consent, Engine
     from coiled_setup.errors import UserError
-    from coiled_setup.steps.base import CREATE, Change, Run, Step
-    from coiled_setup.ui import Ui
+    from coiled_setup.steps.base import CREATE, Change, Step
 
     class First(Step):
         key, title = "first", "First"
@@ -312,21 +321,8 @@ def test_a_step_waiting_within_its_apply_for_a_failed_one_ends_not_run():
         def apply(self, run):
             return "done"
 
-    run = Run(opts=None, google=None, journal=None, ui=Ui(interactive=False))
-    engine = Engine(run, [First(), Waiter(), Later()], Consent(interactive=False, yes=True), "p", together=True)
-    engine.plan()
-    raised = []
-
-    def apply():
-        try:
-            engine.apply()
-        except BaseException as e:  # noqa: BLE001 - what the run would raise
-            raised.append(e)
-
-    t = threading.Thread(target=apply, daemon=True)
-    t.start()
-    t.join(10)
-    assert not t.is_alive(), "a step waited for a failed one forever"
+    engine, raised, ended = applied_together([First(), Waiter(), Later()])
+    assert ended, "a step waited for a failed one forever"
     assert len(raised) == 1 and isinstance(raised[0], UserError) and "planted" in raised[0].message
     results = {r["step"]: r["result"] for r in engine.results}
     # The later step started on the waiter's point, before the failure.
