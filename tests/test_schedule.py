@@ -208,25 +208,25 @@ def test_ctrl_c_names_the_steps_under_way(make_sandbox, tmp_path):
     assert "Interrupted during 'Service account and key'" in err, err
 
 
+def fresh_holding(make_sandbox, cli, method: str):
+    """A fresh run whose answers to `method` the sandbox holds back: its calls, and the held one."""
+    sb = make_sandbox(propagation_delay_s=0, operation_s=0, infra_s=0.05)
+    hold(sb, method)
+    cli(sb, *GCP, check=0)
+    made = calls(sb)
+    return made, one(made, method)
+
 
 def test_the_binding_is_written_while_the_key_is_made(make_sandbox, cli):
     """The project's binding needs the account to exist, not its key."""
-    sb = make_sandbox(propagation_delay_s=0, operation_s=0, infra_s=0.05)
-    hold(sb, "CreateServiceAccountKey")
-    cli(sb, *GCP, check=0)
-    made = calls(sb)
-    key = one(made, "CreateServiceAccountKey")
+    made, key = fresh_holding(make_sandbox, cli, "CreateServiceAccountKey")
     assert during(key, one(made, "SetIamPolicy", service="resourcemanager"))
 
 
 def test_the_repository_is_made_while_the_account_is_and_granted_after_the_binding(make_sandbox, cli):
     """A repository needs its API, not the account; its grant names the account, so it follows the project's
     binding (which waits for Google to know a new account)."""
-    sb = make_sandbox(propagation_delay_s=0, operation_s=0, infra_s=0.05)
-    hold(sb, "CreateServiceAccount")
-    cli(sb, *GCP, check=0)
-    made = calls(sb)
-    account = one(made, "CreateServiceAccount")
+    made, account = fresh_holding(make_sandbox, cli, "CreateServiceAccount")
     assert during(account, one(made, "CreateRepository"))
     # Observed before the first write (the API off): after enabling, the repository is created, not read first.
     enable = one(made, "BatchEnableServices")
@@ -237,11 +237,7 @@ def test_the_repository_is_made_while_the_account_is_and_granted_after_the_bindi
 
 
 def test_the_preflight_and_the_observations_go_together(make_sandbox, cli):
-    sb = make_sandbox(propagation_delay_s=0, operation_s=0, infra_s=0.05)
-    hold(sb, "GetProject")
-    cli(sb, *GCP, check=0)
-    made = calls(sb)
-    project = one(made, "GetProject")
+    made, project = fresh_holding(make_sandbox, cli, "GetProject")
     observed = [c for c in made if c["method"] in ("GetServiceAccount", "GetRole", "GetRepository",
                                                    "GetEffectivePolicy")]
     assert {c["method"] for c in observed} == {"GetServiceAccount", "GetRole", "GetRepository", "GetEffectivePolicy"}
