@@ -355,3 +355,60 @@ def test_one_poller_at_a_time_while_google_learns_a_new_account(make_sandbox, cl
     assert len(refused) <= 1, refused
     creates = [c for c in made if c["method"] == "CreateRepository"]
     assert len(creates) <= 2, [(c["code"], c["time"]) for c in creates]
+
+
+def test_a_step_waiting_for_one_under_way_when_another_fails_ends_with_it():
+    """The first failure lets the steps under way end: one waiting within its apply (run.wait_for) for a step
+    still under way, which then ends well, goes on as that step does, rather than ending "not run" with a reason
+    that says the awaited step did not end."""
+    import threading
+
+    from coiled_setup.engine import Consent, Engine
+    from coiled_setup.errors import UserError
+    from coiled_setup.steps.base import CREATE, Change, Run, Step
+    from coiled_setup.ui import Ui
+
+    class Slow(Step):
+        key, title = "slow", "Slow"
+
+        def plan(self, run):
+            return Change(CREATE, self.key)
+
+        def apply(self, run):
+            threading.Event().wait(0.5)
+            return "done"
+
+    class Failing(Slow):
+        key, title = "failing", "Failing"
+
+        def apply(self, run):
+            threading.Event().wait(0.1)
+            raise UserError("planted")
+
+    class Waiter(Slow):
+        key, title = "waiter", "Waiter"
+        early = {"slow": "start"}
+        after = ("slow",)
+
+        def apply(self, run):
+            run.wait_for("slow")
+            return "done"
+
+    run = Run(opts=None, google=None, journal=None, ui=Ui(interactive=False))
+    engine = Engine(run, [Slow(), Failing(), Waiter()], Consent(interactive=False, yes=True), "p", together=True)
+    engine.plan()
+    raised = []
+
+    def apply():
+        try:
+            engine.apply()
+        except BaseException as e:  # noqa: BLE001 - what the run would raise
+            raised.append(e)
+
+    t = threading.Thread(target=apply, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "a step waited forever"
+    assert len(raised) == 1 and isinstance(raised[0], UserError) and "planted" in raised[0].message
+    results = {r["step"]: r["result"] for r in engine.results}
+    assert results == {"slow": "ok", "failing": "failed", "waiter": "ok"}, engine.results

@@ -215,6 +215,7 @@ class Engine:
         failure: BaseException | None = None
         changed = threading.Condition()
         keys = {s.key for s in self.steps}
+        under_way: set[str] = set()  # keys of the steps applying now
 
         def reached(name: str) -> bool:
             return name in done or name.split(".", 1)[0] in done
@@ -225,13 +226,19 @@ class Engine:
         def wait_for(key: str) -> None:
             with changed:
                 while key in keys and key not in done:
-                    if failure is not None:
+                    # After a failure a step under way still ends (and may end well); any other never will.
+                    if failure is not None and key not in under_way:
                         raise Abandoned(key)
                     changed.wait()
 
         def mark(name: str) -> None:
             with changed:
                 done.add(name)
+                changed.notify_all()
+
+        def ended_now(key: str) -> None:
+            with changed:
+                under_way.discard(key)
                 changed.notify_all()
 
         def work(s: Step):
@@ -258,6 +265,8 @@ class Engine:
                         else:
                             running += 1
                             self.running.append(s)
+                            with changed:
+                                under_way.add(s.key)
                             mark(f"{s.key}.start")
                             threading.Thread(target=work, args=(s,), daemon=True,
                                              name=f"coiled-setup-{s.key}").start()
@@ -271,13 +280,15 @@ class Engine:
                 self.running.remove(s)
                 res = next(r for r in self.results if r["step"] == s.key)
                 if isinstance(outcome, Abandoned):
-                    res.update(outcome=f"not run: it waits for '{outcome.args[0]}', which did not end")
+                    awaited = next(r for r in self.results if r["step"] == outcome.args[0])
+                    res.update(outcome=f"not run: it waits for '{awaited['title']}', which "
+                                       f"{'failed' if awaited['result'] == 'failed' else 'did not run'}")
+                    ended_now(s.key)
                     continue
                 if isinstance(outcome, BaseException) and not isinstance(outcome, UserError):
                     res.update(result="failed", outcome=f"{type(outcome).__name__}: {outcome}")
                     failure = failure or outcome  # raised once the steps under way have ended, like a failure
-                    with changed:
-                        changed.notify_all()
+                    ended_now(s.key)
                     continue
                 try:
                     self.applied(s, res, skipped, outcome)
@@ -286,6 +297,7 @@ class Engine:
                     with changed:
                         failure = failure or e
                         changed.notify_all()
+                ended_now(s.key)
         finally:
             self.run.reach, self.run.wait_for = before
         self.current = None

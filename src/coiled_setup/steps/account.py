@@ -249,6 +249,10 @@ class AccountStep(Step):
             done.append(f"deleted {count(len(self.orphans), 'orphaned key')}")
             self.orphans = []
         if self.needs_key(run):
+            pending = run.journal.get("key_pending")
+            if pending and pending.get("email") == o.account_email and not pending.get("uncertain"):
+                # Left by a run that ended before the creation's answer: its key may exist, not listed yet.
+                run.journal.set(key_pending={**pending, "uncertain": True})
             self._create_key(run, made)  # settles what an earlier attempt may have left first
             done.append(f"created key {run.key_id[:12]}…")
         else:
