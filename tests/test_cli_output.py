@@ -163,6 +163,13 @@ def test_count():
         ("1 permission", "81 permissions", "0 keys")
 
 
+def test_listing():
+    from coiled_setup.wording import listing
+
+    assert [listing([]), listing(["'A'"]), listing(["'A'", "'B'"]), listing(x for x in ["'A'", "'B and C'", "'D'"])] \
+        == ["", "'A'", "'A' and 'B'", "'A', 'B and C' and 'D'"]
+
+
 def test_the_plan_counts_permissions_as_verify_does(sandbox, cli):
     plan = document(cli(sandbox, "gcp", "--non-interactive", "--dry-run", "--create-instance-service-account",
                         "--output", "json", check=0))

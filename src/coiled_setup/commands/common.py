@@ -11,6 +11,7 @@ from coiled_setup.coiled_api import Coiled, CoiledUnauthorized
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import BadInput, UserError
 from coiled_setup.remedies import explain
+from coiled_setup.wording import listing
 
 
 def notice(text: str) -> None:
@@ -264,7 +265,7 @@ class Session:
             code = INTERRUPTED
             done = self.engine.done() if self.engine else []
             current = self.engine.under_way() if self.engine else []
-            where = (" during " + " and ".join(f"'{t}'" for t in current)) if current else ""
+            where = (" during " + listing(f"'{t}'" for t in current)) if current else ""
             error = (f"Interrupted{where}; done so far: {', '.join(done) or 'nothing'}. Run the same command again "
                      "to resume where it stopped.")
             ui.error(error)
