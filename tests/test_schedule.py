@@ -412,3 +412,27 @@ def test_a_step_waiting_for_one_under_way_when_another_fails_ends_with_it():
     assert len(raised) == 1 and isinstance(raised[0], UserError) and "planted" in raised[0].message
     results = {r["step"]: r["result"] for r in engine.results}
     assert results == {"slow": "ok", "failing": "failed", "waiter": "ok"}, engine.results
+
+
+def test_what_is_done_so_far_counts_changes_not_checks():
+    """Ctrl-C says what was done so far: a step that only checked changed nothing."""
+    from coiled_setup.steps.base import CHECK, CREATE, Change, Step
+
+    class Made(Step):
+        key, title = "made", "Made"
+
+        def plan(self, run):
+            return Change(CREATE, "made")
+
+        def apply(self, run):
+            return "made"
+
+    class Checked(Made):
+        key, title = "checked", "Checked"
+
+        def plan(self, run):
+            return Change(CHECK, "checked")
+
+    engine, raised, ended = applied_together([Made(), Checked()])
+    assert ended and not raised
+    assert engine.done() == ["Made"]

@@ -11,7 +11,7 @@ from coiled_setup.coiled_api import CoiledError
 from coiled_setup.concurrency import run_all
 from coiled_setup.errors import BAD_INPUT, OK, UserError
 from coiled_setup.remedies import explain
-from coiled_setup.steps.base import NOTHING, Change, Run, Step
+from coiled_setup.steps.base import CHECK, NOTHING, Change, Run, Step
 
 
 class Abandoned(Exception):
@@ -354,4 +354,4 @@ class Engine:
 
     def done(self) -> list[str]:
         """The titles of the steps that changed something."""
-        return [r["title"] for r in self.results if r["result"] == "ok" and r["action"] != NOTHING]
+        return [r["title"] for r in self.results if r["result"] == "ok" and r["action"] not in (NOTHING, CHECK)]
