@@ -124,6 +124,22 @@ def test_a_rerun_reads_what_depends_on_nothing_at_once(make_sandbox, cli):
 
 
 
+def planned_step():
+    """The base of the engine tests' steps: a step that plans a change and applies it."""
+    from coiled_setup.steps.base import CREATE, Change, Step
+
+    class Planned(Step):
+        key, title = "planned", "Planned"
+
+        def plan(self, run):
+            return Change(CREATE, self.key)
+
+        def apply(self, run):
+            return "done"
+
+    return Planned
+
+
 def applied_together(steps):
     """The engine applying `steps` together in a thread of its own, given 10 s: (engine, what it raised, whether it
     ended)."""
@@ -154,13 +170,8 @@ def test_a_bug_in_a_step_applied_beside_others_is_raised_not_waited_for():
     """An unexpected error in a step's thread reaches the run (its traceback, exit 1), never a run that hangs."""
     import threading
 
-    from coiled_setup.steps.base import CREATE, Change, Step
-
-    class Slow(Step):
+    class Slow(planned_step()):
         key, title = "slow", "Slow"
-
-        def plan(self, run):
-            return Change(CREATE, "slow")
 
         def apply(self, run):
             threading.Event().wait(0.2)
@@ -287,13 +298,9 @@ def test_a_step_waiting_within_its_apply_for_a_failed_one_ends_not_run():
     import threading
 
     from coiled_setup.errors import UserError
-    from coiled_setup.steps.base import CREATE, Change, Step
 
-    class First(Step):
+    class First(planned_step()):
         key, title = "first", "First"
-
-        def plan(self, run):
-            return Change(CREATE, self.key)
 
         def apply(self, run):
             threading.Event().wait(0.2)
@@ -309,13 +316,10 @@ def test_a_step_waiting_within_its_apply_for_a_failed_one_ends_not_run():
             run.wait_for("first")
             return "done"
 
-    class Later(First):
+    class Later(planned_step()):
         key, title = "later", "Later"
         early = {"waiter": "halfway"}
         after = ("waiter",)
-
-        def apply(self, run):
-            return "done"
 
     engine, raised, ended = applied_together([First(), Waiter(), Later()])
     assert ended, "a step waited for a failed one forever"
@@ -363,16 +367,10 @@ def test_a_step_waiting_for_one_under_way_when_another_fails_ends_with_it():
     that says the awaited step did not end."""
     import threading
 
-    from coiled_setup.engine import Consent, Engine
     from coiled_setup.errors import UserError
-    from coiled_setup.steps.base import CREATE, Change, Run, Step
-    from coiled_setup.ui import Ui
 
-    class Slow(Step):
+    class Slow(planned_step()):
         key, title = "slow", "Slow"
-
-        def plan(self, run):
-            return Change(CREATE, self.key)
 
         def apply(self, run):
             threading.Event().wait(0.5)
@@ -394,21 +392,8 @@ def test_a_step_waiting_for_one_under_way_when_another_fails_ends_with_it():
             run.wait_for("slow")
             return "done"
 
-    run = Run(opts=None, google=None, journal=None, ui=Ui(interactive=False))
-    engine = Engine(run, [Slow(), Failing(), Waiter()], Consent(interactive=False, yes=True), "p", together=True)
-    engine.plan()
-    raised = []
-
-    def apply():
-        try:
-            engine.apply()
-        except BaseException as e:  # noqa: BLE001 - what the run would raise
-            raised.append(e)
-
-    t = threading.Thread(target=apply, daemon=True)
-    t.start()
-    t.join(10)
-    assert not t.is_alive(), "a step waited forever"
+    engine, raised, ended = applied_together([Slow(), Failing(), Waiter()])
+    assert ended, "a step waited forever"
     assert len(raised) == 1 and isinstance(raised[0], UserError) and "planted" in raised[0].message
     results = {r["step"]: r["result"] for r in engine.results}
     assert results == {"slow": "ok", "failing": "failed", "waiter": "ok"}, engine.results
@@ -416,16 +401,10 @@ def test_a_step_waiting_for_one_under_way_when_another_fails_ends_with_it():
 
 def test_what_is_done_so_far_counts_changes_not_checks():
     """Ctrl-C says what was done so far: a step that only checked changed nothing."""
-    from coiled_setup.steps.base import CHECK, CREATE, Change, Step
+    from coiled_setup.steps.base import CHECK, Change
 
-    class Made(Step):
+    class Made(planned_step()):
         key, title = "made", "Made"
-
-        def plan(self, run):
-            return Change(CREATE, "made")
-
-        def apply(self, run):
-            return "made"
 
     class Checked(Made):
         key, title = "checked", "Checked"
