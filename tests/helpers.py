@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import types
 import urllib.error
@@ -96,3 +99,22 @@ def wait_until(check, timeout: float = 5.0, step: float = 0.05):
             if time.monotonic() > deadline:
                 raise
         time.sleep(step)
+
+
+def killed_when(sb, home, args, until) -> bool:
+    """Runs `coiled-setup ARGS` against the sandbox and kills it (SIGKILL) once until() holds, within a minute; then
+    lets the sandbox answer every call again. Answers whether until() held."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
+    env.update(sb.env, HOME=str(home), GRPC_VERBOSITY="ERROR")
+    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *args], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    held = False
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (held := until()):
+            time.sleep(0.01)
+        proc.kill()
+    finally:
+        proc.wait(timeout=30)
+    sb.world.config.hold_method, sb.world.config.hold_s = "", 0
+    return held

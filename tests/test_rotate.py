@@ -9,16 +9,12 @@ verify silent about a key older than Google's 90 days.
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import calls, clients, credentials, state
+from tests.helpers import calls, clients, credentials, killed_when, state
 
 P = "coiled-demo"
 SA = f"coiled@{P}.iam.gserviceaccount.com"
@@ -41,22 +37,6 @@ def journal(sb) -> dict:
 
 def key_file(sb) -> Path:
     return Path(journal(sb)["key_file"])
-
-
-def killed_when(sb, home, until) -> None:
-    """Runs a rotation and kills it (SIGKILL) once until() holds."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
-    env.update(sb.env, HOME=str(home), GRPC_VERBOSITY="ERROR")
-    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *ROTATE], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not until():
-            time.sleep(0.02)
-        proc.kill()
-    finally:
-        proc.wait(timeout=30)
-    sb.world.config.hold_method, sb.world.config.hold_s = "", 0
 
 
 @pytest.fixture
@@ -124,7 +104,7 @@ def test_a_rotation_killed_after_coiled_took_the_new_key_is_finished_not_repeate
     old = held(sb)
     # Coiled stores the new key, then its answer is held: the rotation is killed before deleting the old key.
     sb.world.config.hold_method, sb.world.config.hold_s = "POST /api/v2/cloud-credentials/{ws}/gcp", 30
-    killed_when(sb, tmp_path, lambda: held(sb) != old)
+    killed_when(sb, tmp_path, ROTATE, lambda: held(sb) != old)
     new = held(sb)
     assert new != old and sorted(user_keys(c)) == sorted([old, new, foreign])
     mark = len(calls(sb))
@@ -139,7 +119,8 @@ def test_a_rotation_killed_before_the_key_reached_the_file_leaves_no_key_nobody_
     sb, c, foreign = setup
     old = held(sb)
     sb.world.config.hold_method, sb.world.config.hold_s = "CreateServiceAccountKey", 30
-    killed_when(sb, tmp_path, lambda: len(user_keys(c)) >= 3)  # the key exists; its private half never reached the file
+    # Killed once the key exists: its private half never reached the file.
+    killed_when(sb, tmp_path, ROTATE, lambda: len(user_keys(c)) >= 3)
     assert len(user_keys(c)) == 3 and held(sb) == old
     cli(sb, *ROTATE, check=0)
     new = held(sb)

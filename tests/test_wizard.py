@@ -2,10 +2,7 @@
 
 import copy
 import json
-import os
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import yaml
 
 from coiled_setup import role_templates
 from coiled_setup.sandbox.scenario import DEFAULT_SCENARIO
-from tests.helpers import calls, clients, http, state
+from tests.helpers import calls, clients, http, killed_when, state
 
 P = "coiled-demo"
 SA = f"coiled@{P}.iam.gserviceaccount.com"
@@ -254,24 +251,14 @@ def test_an_account_bound_only_under_a_condition_gets_an_unconditional_binding(m
     assert (c.title, c.description, c.expression) == (cond["title"], cond["description"], cond["expression"])
 
 
+def key_created(sb):
+    return lambda: any(x["method"] == "CreateServiceAccountKey" and x["code"] == "OK" for x in calls(sb))
+
+
 def test_crash_right_after_the_key_is_created_leaves_no_orphan(make_sandbox, cli, tmp_path):
     sb = make_sandbox(hold_method="CreateServiceAccountKey", hold_s=30)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
-    env.update(sb.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR")
-    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *ARGS], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if any(x["method"] == "CreateServiceAccountKey" and x["code"] == "OK" for x in calls(sb)):
-                proc.kill()  # the key exists on Google; its private half never reaches a file
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("the wizard never created a key")
-    finally:
-        proc.wait(timeout=30)
-    sb.world.config.hold_method = ""
+    # Killed once the key exists on Google: its private half never reaches a file.
+    assert killed_when(sb, tmp_path, ARGS, key_created(sb)), "the wizard never created a key"
     c = clients(sb)
     assert len(user_keys(c)) == 1
     assert journal(sb)["key_pending"] is not None
@@ -289,22 +276,7 @@ def test_a_rerun_right_after_a_crash_at_the_keys_creation_deletes_the_key_google
     creation's answer does not see the key in the list, yet it is the one the crashed run made, and nobody holds
     its private half; the re-run looks for it (as after a lost answer within a run) and deletes it."""
     sb = make_sandbox(hold_method="CreateServiceAccountKey", hold_s=30, key_list_lag_s=2)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DASK_", "COILED_"))}
-    env.update(sb.env, HOME=str(tmp_path), GRPC_VERBOSITY="ERROR")
-    proc = subprocess.Popen([sys.executable, "-m", "coiled_setup", *ARGS], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if any(x["method"] == "CreateServiceAccountKey" and x["code"] == "OK" for x in calls(sb)):
-                proc.kill()
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("the wizard never created a key")
-    finally:
-        proc.wait(timeout=30)
-    sb.world.config.hold_method = ""
+    assert killed_when(sb, tmp_path, ARGS, key_created(sb)), "the wizard never created a key"
 
     def keys() -> list[str]:  # what Google holds, not its lagging list
         return [k for k, v in state(sb)["keys"].items() if v["email"] == SA]
