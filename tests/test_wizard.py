@@ -529,3 +529,23 @@ def test_the_printed_operator_roles_are_enough_and_the_printout_changes_nothing(
     short = make_sandbox(s, operation_s=0.05, infra_s=0.05)
     proc = cli(short, "gcp", "--non-interactive", "--yes", check=3)
     assert "roles/iam.roleAdmin" in proc.stderr
+
+
+def test_a_run_killed_after_the_key_reached_its_file_leaves_no_pending_record_behind(make_sandbox, cli):
+    """Killed between writing the new key's file and clearing its pending record (a step beside it held the run
+    at a call): the next run finds the key in its file, so the record is settled, and a later run does not take
+    keys made since for what that creation left. A record whose key never reached the file is kept."""
+    sb = make_sandbox(propagation_delay_s=0, operation_s=0, infra_s=0.05)
+    cli(sb, *ARGS, check=0)
+    path = sb.state_dir / "home" / "state" / f"journal-{P}.json"
+    kid = journal(sb)["key_id"]
+    record = {"email": SA, "known": [], "started": time.time() - 3600}
+    path.write_text(json.dumps({**journal(sb), "key_pending": record}))
+    mark = len(calls(sb))
+    cli(sb, *ARGS, check=0)
+    assert journal(sb)["key_pending"] is None
+    assert writes(sb, mark) == []
+    # The file's key was there before the creation: what it made may not be listed yet, so the record stays.
+    path.write_text(json.dumps({**journal(sb), "key_pending": {**record, "known": [kid]}}))
+    cli(sb, *ARGS, check=0)
+    assert journal(sb)["key_pending"] == {**record, "known": [kid]}

@@ -265,6 +265,10 @@ class AccountStep(Step):
             run.keyfile, run.key_id, run.key_path = self.local, self.local["private_key_id"], str(self.local_path)
             if run.journal.get("key_file") != run.key_path or run.journal.get("key_id") != run.key_id:
                 run.journal.set(account=run.opts.account_email, key_file=run.key_path, key_id=run.key_id)
+            pending = run.journal.get("key_pending") or {}
+            if pending.get("email") == run.opts.account_email and run.key_id not in pending.get("known", []):
+                # The key that creation made is the file's (a run killed before it cleared the record): settled.
+                run.journal.set(key_pending=None)
         else:
             run.key_id = self._coiled_key(run)
 
